@@ -1,0 +1,256 @@
+//! `archway registry serve` and `archway registry gc`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use archway_registry::gc::{self, GcOptions};
+use archway_registry::{AccessPolicy, Auth, FsStorage, Htpasswd, Registry, RegistryConfig};
+use clap::{Args, Subcommand, ValueEnum};
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Serve the OCI Distribution API (v1.1) from a directory.
+    ///
+    /// Examples:
+    ///
+    ///   archway registry serve --listen 127.0.0.1:5000 --root ./registry
+    ///
+    ///   htpasswd -Bbc users.htpasswd alice s3cret
+    ///   archway registry serve --listen 0.0.0.0:5000 --root /var/lib/archway \
+    ///       --htpasswd users.htpasswd
+    ///
+    /// Clients: `skopeo copy --dest-tls-verify=false oci:dir:tag docker://127.0.0.1:5000/x:tag`,
+    /// `podman push --tls-verify=false`, `docker push 127.0.0.1:5000/x:tag` (docker treats
+    /// loopback registries as plain HTTP).
+    #[command(verbatim_doc_comment)]
+    Serve(ServeArgs),
+    /// Delete blobs and manifests that no tag reaches.
+    ///
+    /// Marks from every tag (an index keeps its per-platform manifests; a manifest keeps its
+    /// config, layers and referrers), then removes unreachable content unused for longer than
+    /// the grace period. Safe to run while the registry serves pushes, as long as the grace
+    /// period is longer than any push takes (and at least 10 minutes).
+    ///
+    /// Example: archway registry gc --root ./registry --dry-run
+    #[command(verbatim_doc_comment)]
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:5000", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Directory holding blobs, repositories and uploads (created if missing).
+    #[arg(long, value_name = "DIR")]
+    root: PathBuf,
+    /// Require authentication: users from an htpasswd file with bcrypt hashes
+    /// (`htpasswd -B`). Enables Docker's token flow at /token.
+    #[arg(long, value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
+    /// Access list: lines of `<user|*|anonymous> <repository-glob> <pull,push,delete|*>`;
+    /// the first matching line decides. Without it, every authenticated user may do everything.
+    #[arg(long, value_name = "FILE", requires = "htpasswd")]
+    access: Option<PathBuf>,
+    /// With --htpasswd and no access list: let anonymous clients pull.
+    #[arg(long, requires = "htpasswd")]
+    anonymous_pull: bool,
+    /// Serve without authentication on a non-loopback address (refused by default).
+    #[arg(long, conflicts_with = "htpasswd")]
+    allow_unauthenticated: bool,
+    /// Token realm announced to clients (default: the request's own origin + /token).
+    #[arg(long, value_name = "URL")]
+    token_realm: Option<String>,
+    /// Service name carried in tokens.
+    #[arg(long, default_value = "archway-registry")]
+    service: String,
+    /// Largest manifest accepted, in bytes (larger → 413 MANIFEST_INVALID).
+    #[arg(long, default_value_t = archway_registry::DEFAULT_MAX_MANIFEST_SIZE)]
+    max_manifest_size: usize,
+    /// Access log format (one line per request on stderr).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Do not write the access log.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// The registry's storage directory (as given to `serve --root`).
+    #[arg(long, value_name = "DIR")]
+    root: PathBuf,
+    /// Only report what would be deleted.
+    #[arg(long)]
+    dry_run: bool,
+    /// Never delete content used more recently than this (e.g. 30m, 1h, 2days).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// Remove upload sessions idle for longer than this.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    upload_max_age: Duration,
+    /// Report format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: OutputFormat,
+}
+
+pub fn run(cmd: RegistryCommand) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cmd {
+        RegistryCommand::Serve(args) => rt.block_on(serve(args)),
+        RegistryCommand::Gc(args) => rt.block_on(run_gc(args)),
+    }
+}
+
+fn init_logging(format: LogFormat, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_env("ARCHWAY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.compact().init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format, args.quiet);
+    if !args.listen.ip().is_loopback() && args.htpasswd.is_none() && !args.allow_unauthenticated
+    {
+        bail!(
+            "refusing to serve {} without authentication: anyone who can reach it could push and delete images.\n\
+             Pass --htpasswd FILE (create one with `htpasswd -Bc FILE USER`), listen on 127.0.0.1, \
+             or pass --allow-unauthenticated if the network is trusted.",
+            args.listen
+        );
+    }
+    let storage = FsStorage::open(&args.root)
+        .with_context(|| format!("opening registry storage at {}", args.root.display()))?;
+    let auth = match &args.htpasswd {
+        None => None,
+        Some(path) => {
+            let users = Htpasswd::load(path)?;
+            let policy = match &args.access {
+                Some(p) => AccessPolicy::load(p)?,
+                None => AccessPolicy::open_to_users(args.anonymous_pull),
+            };
+            Some(Auth::new(
+                users,
+                policy,
+                args.service.clone(),
+                args.token_realm.clone(),
+            ))
+        }
+    };
+    let registry = Arc::new(Registry::new(
+        Arc::new(storage),
+        auth,
+        RegistryConfig {
+            max_manifest_size: args.max_manifest_size,
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another registry running there? choose another port with --listen)",
+                args.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    eprintln!(
+        "archway registry listening on http://{addr} (root {}, auth {})",
+        args.root.display(),
+        if args.htpasswd.is_some() { "htpasswd + tokens" } else { "off" }
+    );
+    archway_registry::serve(listener, registry, shutdown_signal()).await?;
+    eprintln!("archway registry stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+async fn run_gc(args: GcArgs) -> anyhow::Result<ExitCode> {
+    if !args.root.join("blobs").is_dir() {
+        bail!(
+            "{} is not an archway registry root (no blobs/ directory); pass the directory given to `archway registry serve --root`",
+            args.root.display()
+        );
+    }
+    let storage = FsStorage::open(&args.root)?;
+    let opts = GcOptions {
+        grace: args.grace,
+        upload_max_age: args.upload_max_age,
+        dry_run: args.dry_run,
+    };
+    if opts.grace_is_unsafe_for_live_registry() {
+        eprintln!(
+            "warning: a grace period of {} is shorter than 10 minutes; run this only while no client is pushing",
+            humantime::format_duration(opts.grace)
+        );
+    }
+    let report = gc::collect(&storage, &opts)
+        .await
+        .context("garbage collection failed; nothing after the failing step was removed")?;
+    match args.format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Text => {
+            let verb = if report.dry_run { "would remove" } else { "removed" };
+            for (repo, d) in &report.manifests_removed {
+                println!("{verb} manifest {repo}@{d}");
+            }
+            for (repo, d) in &report.blob_links_removed {
+                println!("{verb} blob link {repo}@{d}");
+            }
+            for d in &report.blobs_removed {
+                println!("{verb} blob {d}");
+            }
+            println!(
+                "{} repositories; kept {} manifests and {} blobs; {verb} {} manifests, {} blobs ({} bytes), {} stale uploads",
+                report.repositories,
+                report.manifests_kept,
+                report.blobs_kept,
+                report.manifests_removed.len(),
+                report.blobs_removed.len(),
+                report.bytes_freed,
+                report.uploads_removed
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,43 @@
+//! `archway`: build, test and ship multi-architecture container images on your own runners.
+//!
+//! This crate only parses arguments and prints; every capability lives in a library crate.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Build, test and ship multi-architecture (linux/amd64 + linux/arm64) container images on
+/// your own machines.
+#[derive(Debug, Parser)]
+#[command(name = "archway", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The built-in OCI registry: serve it, collect its garbage.
+    #[command(subcommand)]
+    Registry(commands::registry::RegistryCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Registry(cmd) => commands::registry::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! OCI core types shared by every Archway crate.
+//!
+//! * [`digest`]: content digests (sha256, sha512), streaming hashing and verification;
+//! * [`media_type`]: the OCI and Docker media types Archway understands;
+//! * [`manifest`]: lenient parsing of image manifests and indexes into the references a
+//!   registry or a copier must follow (config, layers, children, subject);
+//! * [`platform`]: `os/arch[/variant]` parsing and normalisation with the usual aliases;
+//! * [`layout`]: reading and writing OCI image layouts (`oci-layout`, `index.json`, `blobs/`).
+//!
+//! The serde types of the image specification itself come from the `oci-spec` crate and are
+//! re-exported as [`spec`].
+
+pub mod atomic_file;
+pub mod digest;
+pub mod layout;
+pub mod manifest;
+pub mod media_type;
+pub mod platform;
+
+pub use digest::{Algorithm, Digest, Digester, DigestError};
+pub use manifest::{Descriptor, ImageManifest, Index, ManifestError, ManifestKind, ParsedManifest};
+pub use platform::{Platform, PlatformError};
+
+/// The image specification's own types (manifests, indexes, configs), from `oci-spec`.
+pub use oci_spec::image as spec;

@@ -1,0 +1,1001 @@
+//! The filesystem backend: the embedded default.
+//!
+//! ```text
+//! ROOT/blobs/<alg>/<hex[..2]>/<hex>                           blob content (immutable)
+//! ROOT/repositories/<name>/_layers/<alg>/<hex>                  blob link (empty file)
+//! ROOT/repositories/<name>/_manifests/revisions/<alg>/<hex>     manifest link (media type)
+//! ROOT/repositories/<name>/_manifests/tags/<tag>                tag (digest)
+//! ROOT/repositories/<name>/_referrers/<alg>/<subject hex>/<alg>-<hex>   referrer descriptor
+//! ROOT/uploads/<id>/info                                        upload owner (repository)
+//! ROOT/uploads/<id>/data                                        bytes received so far
+//! ```
+//!
+//! Crash safety: every file that is ever replaced (tags, links with content, referrers) is
+//! written with [`atomic_file::write`]; blobs are written to their upload file, fsynced,
+//! verified and renamed into place, so a blob path only ever holds verified content.
+//! Operations that create several files order them so that whatever survives a `kill -9` is
+//! consistent: blob before link, manifest before revision link, revision before tag.
+//!
+//! Upload hashing state lives in memory; after a restart it is rebuilt by hashing the data file
+//! once, so uploads resume across restarts.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use archway_oci::atomic_file::{self, TEMP_PREFIX};
+use archway_oci::{Algorithm, Descriptor, Digest, Digester};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{Aged, BlobContent, ByteStream, Result, Storage, StorageError, TOUCH_INTERVAL, UploadInfo};
+use crate::names::RepoName;
+
+/// Blobs up to this size are read whole; larger ones are streamed.
+const WHOLE_READ_LIMIT: u64 = 4 * 1024 * 1024;
+/// Chunk size for streaming reads and for batching upload writes.
+const IO_CHUNK: usize = 1024 * 1024;
+
+#[derive(Debug)]
+struct LoadedUpload {
+    file: File,
+    digester: Digester,
+    size: u64,
+}
+
+/// In-memory state of an upload session; `None` until first used after (re)start, and again
+/// after a failed write so that the next use re-derives it from disk.
+#[derive(Debug, Default)]
+struct UploadSlot {
+    loaded: Option<LoadedUpload>,
+}
+
+/// Filesystem storage rooted at one directory.
+#[derive(Debug, Clone)]
+pub struct FsStorage {
+    root: Arc<PathBuf>,
+    uploads: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadSlot>>>>>,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(StorageError::Io {
+            context: "storage worker".into(),
+            source: io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+fn ctx(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io {
+        context: path.display().to_string(),
+        source,
+    }
+}
+
+/// `Ok(None)` for a missing file, the content otherwise.
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ctx(path)(e)),
+    }
+}
+
+fn remove_optional(path: &Path) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(ctx(path)(e)),
+    }
+}
+
+/// Directory entries that are not temporary files, with their modification times.
+fn list_dir(dir: &Path) -> Result<Option<Vec<(String, SystemTime)>>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ctx(dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(ctx(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let modified = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        out.push((name, modified));
+    }
+    Ok(Some(out))
+}
+
+/// Reads `<alg>/<hex>` link directories into digests.
+fn list_digest_dir(dir: &Path) -> Result<Vec<Aged<Digest>>> {
+    let mut out = Vec::new();
+    for alg in Algorithm::ALL {
+        for (hex, modified) in list_dir(&dir.join(alg.as_str()))?.unwrap_or_default() {
+            if let Ok(d) = Digest::new(alg, &hex) {
+                out.push(Aged { item: d, modified });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn valid_upload_id(id: &str) -> bool {
+    uuid::Uuid::parse_str(id).is_ok() && !id.contains(['/', '.'])
+}
+
+impl FsStorage {
+    /// Opens (creating if needed) a storage root.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root: PathBuf = root.into();
+        for sub in ["blobs", "repositories", "uploads"] {
+            let d = root.join(sub);
+            fs::create_dir_all(&d).map_err(ctx(&d))?;
+        }
+        Ok(FsStorage {
+            root: Arc::new(root),
+            uploads: Arc::default(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        blob_path(&self.root, d)
+    }
+
+    fn repo_dir(&self, repo: &RepoName) -> PathBuf {
+        self.root.join("repositories").join(repo.as_str())
+    }
+
+    fn layer_link(&self, repo: &RepoName, d: &Digest) -> PathBuf {
+        self.repo_dir(repo)
+            .join("_layers")
+            .join(d.algorithm().as_str())
+            .join(d.hex())
+    }
+
+    fn revision_link(&self, repo: &RepoName, d: &Digest) -> PathBuf {
+        self.repo_dir(repo)
+            .join("_manifests/revisions")
+            .join(d.algorithm().as_str())
+            .join(d.hex())
+    }
+
+    fn tag_path(&self, repo: &RepoName, tag: &str) -> PathBuf {
+        self.repo_dir(repo).join("_manifests/tags").join(tag)
+    }
+
+    fn referrers_dir(&self, repo: &RepoName, subject: &Digest) -> PathBuf {
+        self.repo_dir(repo)
+            .join("_referrers")
+            .join(subject.algorithm().as_str())
+            .join(subject.hex())
+    }
+
+    fn upload_dir(&self, id: &str) -> PathBuf {
+        self.root.join("uploads").join(id)
+    }
+
+    /// The in-memory slot of an upload, after checking on disk that it exists and belongs to
+    /// `repo`.
+    async fn upload_slot(
+        &self,
+        repo: &RepoName,
+        id: &str,
+    ) -> Result<Arc<tokio::sync::Mutex<UploadSlot>>> {
+        if !valid_upload_id(id) {
+            return Err(StorageError::UploadUnknown(id.to_owned()));
+        }
+        let info = self.upload_dir(id).join("info");
+        let owner = blocking(move || read_optional(&info)).await?;
+        if owner.as_deref() != Some(repo.as_str().as_bytes()) {
+            return Err(StorageError::UploadUnknown(id.to_owned()));
+        }
+        let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(map.entry(id.to_owned()).or_default().clone())
+    }
+
+    fn forget_upload(&self, id: &str) {
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Loads (or rebuilds after a restart) the hashing state of an upload.
+    async fn ensure_loaded(&self, id: &str, slot: &mut UploadSlot) -> Result<()> {
+        if slot.loaded.is_some() {
+            return Ok(());
+        }
+        let data = self.upload_dir(id).join("data");
+        let loaded = blocking(move || {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(&data)
+                .map_err(ctx(&data))?;
+            file.seek(SeekFrom::Start(0)).map_err(ctx(&data))?;
+            let digester = Digester::new(Algorithm::Sha256)
+                .read_all(&mut file)
+                .map_err(ctx(&data))?;
+            let size = digester.len();
+            Ok(LoadedUpload {
+                file,
+                digester,
+                size,
+            })
+        })
+        .await?;
+        slot.loaded = Some(loaded);
+        Ok(())
+    }
+
+    /// Writes a request body into a loaded upload. A blocking writer hashes and writes 1 MiB
+    /// batches while the async side keeps receiving.
+    async fn write_body(
+        &self,
+        mut loaded: LoadedUpload,
+        mut body: ByteStream,
+    ) -> (Option<LoadedUpload>, Result<()>) {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+        let writer = tokio::task::spawn_blocking(move || {
+            while let Some(buf) = rx.blocking_recv() {
+                if let Err(e) = loaded.file.write_all(&buf) {
+                    return (None, Err(e));
+                }
+                loaded.digester.update(&buf);
+                loaded.size += buf.len() as u64;
+            }
+            (Some(loaded), Ok(()))
+        });
+        let mut pending = BytesMut::new();
+        let mut body_result = Ok(());
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(c) => {
+                    pending.extend_from_slice(&c);
+                    if pending.len() >= IO_CHUNK && tx.send(pending.split().freeze()).await.is_err()
+                    {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    body_result = Err(StorageError::BodyRead(e.to_string()));
+                    break;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let _ = tx.send(pending.freeze()).await;
+        }
+        drop(tx);
+        match writer.await {
+            Ok((loaded, Ok(()))) => (loaded, body_result),
+            Ok((_, Err(e))) => (
+                None,
+                Err(StorageError::Io {
+                    context: "writing upload".into(),
+                    source: e,
+                }),
+            ),
+            Err(e) => (
+                None,
+                Err(StorageError::Io {
+                    context: "upload writer".into(),
+                    source: io::Error::other(e.to_string()),
+                }),
+            ),
+        }
+    }
+}
+
+pub(crate) fn blob_path(root: &Path, d: &Digest) -> PathBuf {
+    root.join("blobs")
+        .join(d.algorithm().as_str())
+        .join(&d.hex()[..2])
+        .join(d.hex())
+}
+
+/// Streams `len` bytes of `file` from `start` through a channel fed by a blocking reader.
+fn stream_file(mut file: File, start: u64, len: u64) -> ByteStream {
+    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = file.seek(SeekFrom::Start(start)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(IO_CHUNK as u64) as usize;
+            let mut buf = BytesMut::zeroed(n);
+            match file.read_exact(&mut buf) {
+                Ok(()) => {
+                    left -= n as u64;
+                    if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                        return; // client went away
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+#[async_trait]
+impl Storage for FsStorage {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let path = self.blob_path(digest);
+        blocking(move || match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ctx(&path)(e)),
+        })
+        .await
+    }
+
+    async fn read_blob(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<BlobContent> {
+        let path = self.blob_path(digest);
+        let d = digest.clone();
+        blocking(move || {
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::BlobUnknown(d));
+                }
+                Err(e) => return Err(ctx(&path)(e)),
+            };
+            let size = file.metadata().map_err(ctx(&path))?.len();
+            let (start, len) = match range {
+                Some((s, e)) => (s, e.min(size.saturating_sub(1)) + 1 - s),
+                None => (0, size),
+            };
+            if range.is_none() && size <= WHOLE_READ_LIMIT {
+                let mut buf = Vec::with_capacity(size as usize);
+                file.read_to_end(&mut buf).map_err(ctx(&path))?;
+                return Ok(BlobContent::Bytes(buf.into()));
+            }
+            Ok(BlobContent::Stream(stream_file(file, start, len)))
+        })
+        .await
+    }
+
+    async fn read_blob_bytes(&self, digest: &Digest) -> Result<Option<Bytes>> {
+        let path = self.blob_path(digest);
+        Ok(blocking(move || read_optional(&path)).await?.map(Bytes::from))
+    }
+
+    async fn put_blob_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
+        let actual = Digest::of(digest.algorithm(), &bytes);
+        if &actual != digest {
+            return Err(StorageError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        let path = self.blob_path(digest);
+        blocking(move || {
+            if path.exists() {
+                touch(&path);
+                return Ok(());
+            }
+            atomic_file::write(&path, &bytes).map_err(ctx(&path))
+        })
+        .await
+    }
+
+    async fn touch_blob(&self, digest: &Digest) -> Result<bool> {
+        let path = self.blob_path(digest);
+        blocking(move || Ok(touch(&path))).await
+    }
+
+    async fn list_blobs(&self) -> Result<Vec<Aged<Digest>>> {
+        let root = self.root.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            for alg in Algorithm::ALL {
+                let dir = root.join("blobs").join(alg.as_str());
+                for (prefix, _) in list_dir(&dir)?.unwrap_or_default() {
+                    for (hex, modified) in list_dir(&dir.join(&prefix))?.unwrap_or_default() {
+                        if let Ok(d) = Digest::new(alg, &hex) {
+                            out.push(Aged { item: d, modified });
+                        }
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.item.cmp(&b.item));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_blob_unused_since(
+        &self,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<Option<u64>> {
+        let path = self.blob_path(digest);
+        blocking(move || remove_if_unused_since(&path, cutoff)).await
+    }
+
+    async fn sweep_temporary(&self, cutoff: SystemTime) -> Result<usize> {
+        let root = self.root.clone();
+        blocking(move || sweep_temp_files(&root, cutoff).map_err(ctx(&root))).await
+    }
+
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let path = self.layer_link(repo, digest);
+        blocking(move || {
+            if path.exists() {
+                touch(&path);
+                return Ok(());
+            }
+            let dir = path.parent().unwrap_or(Path::new("."));
+            fs::create_dir_all(dir).map_err(ctx(dir))?;
+            File::create(&path).map_err(ctx(&path))?;
+            atomic_file::sync_dir(dir).map_err(ctx(dir))
+        })
+        .await
+    }
+
+    async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let path = self.layer_link(repo, digest);
+        blocking(move || Ok(path.exists())).await
+    }
+
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let path = self.layer_link(repo, digest);
+        blocking(move || remove_optional(&path)).await
+    }
+
+    async fn list_blob_links(&self, repo: &RepoName) -> Result<Vec<Aged<Digest>>> {
+        let dir = self.repo_dir(repo).join("_layers");
+        blocking(move || list_digest_dir(&dir)).await
+    }
+
+    async fn unlink_blob_unused_since(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<bool> {
+        let path = self.layer_link(repo, digest);
+        blocking(move || Ok(remove_if_unused_since(&path, cutoff)?.is_some())).await
+    }
+
+    async fn link_manifest(&self, repo: &RepoName, digest: &Digest, media_type: &str) -> Result<()> {
+        let path = self.revision_link(repo, digest);
+        let media_type = media_type.to_owned();
+        blocking(move || {
+            if read_optional(&path)?.as_deref() == Some(media_type.as_bytes()) {
+                touch(&path);
+                return Ok(());
+            }
+            atomic_file::write(&path, media_type.as_bytes()).map_err(ctx(&path))
+        })
+        .await
+    }
+
+    async fn manifest_media_type(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
+        let path = self.revision_link(repo, digest);
+        let bytes = blocking(move || read_optional(&path)).await?;
+        Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    async fn unlink_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let path = self.revision_link(repo, digest);
+        blocking(move || remove_optional(&path)).await
+    }
+
+    async fn list_manifest_links(&self, repo: &RepoName) -> Result<Vec<Aged<Digest>>> {
+        let dir = self.repo_dir(repo).join("_manifests/revisions");
+        blocking(move || list_digest_dir(&dir)).await
+    }
+
+    async fn unlink_manifest_unused_since(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<bool> {
+        let path = self.revision_link(repo, digest);
+        blocking(move || Ok(remove_if_unused_since(&path, cutoff)?.is_some())).await
+    }
+
+    async fn set_tag(&self, repo: &RepoName, tag: &str, digest: &Digest) -> Result<()> {
+        let path = self.tag_path(repo, tag);
+        let value = digest.to_string();
+        blocking(move || {
+            if read_optional(&path)?.as_deref() == Some(value.as_bytes()) {
+                return Ok(());
+            }
+            atomic_file::write(&path, value.as_bytes()).map_err(ctx(&path))
+        })
+        .await
+    }
+
+    async fn get_tag(&self, repo: &RepoName, tag: &str) -> Result<Option<Digest>> {
+        let path = self.tag_path(repo, tag);
+        let bytes = blocking(move || read_optional(&path)).await?;
+        Ok(bytes.and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok()))
+    }
+
+    async fn delete_tag(&self, repo: &RepoName, tag: &str) -> Result<bool> {
+        let path = self.tag_path(repo, tag);
+        blocking(move || remove_optional(&path)).await
+    }
+
+    async fn list_tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>> {
+        let repo_dir = self.repo_dir(repo);
+        blocking(move || {
+            if !repo_dir.is_dir() {
+                return Ok(None);
+            }
+            let mut tags: Vec<String> = list_dir(&repo_dir.join("_manifests/tags"))?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            tags.sort();
+            Ok(Some(tags))
+        })
+        .await
+    }
+
+    async fn add_referrer(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Descriptor,
+    ) -> Result<()> {
+        let path = self.referrers_dir(repo, subject).join(format!(
+            "{}-{}",
+            referrer.digest.algorithm(),
+            referrer.digest.hex()
+        ));
+        let bytes = serde_json::to_vec(referrer)
+            .unwrap_or_else(|e| unreachable!("descriptor serialises: {e}"));
+        blocking(move || atomic_file::write(&path, &bytes).map_err(ctx(&path))).await
+    }
+
+    async fn remove_referrer(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()> {
+        let path = self
+            .referrers_dir(repo, subject)
+            .join(format!("{}-{}", referrer.algorithm(), referrer.hex()));
+        blocking(move || remove_optional(&path).map(|_| ())).await
+    }
+
+    async fn list_referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>> {
+        let dir = self.referrers_dir(repo, subject);
+        blocking(move || {
+            let mut out = Vec::new();
+            let mut names: Vec<String> = list_dir(&dir)?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            names.sort();
+            for name in names {
+                let path = dir.join(&name);
+                if let Some(bytes) = read_optional(&path)?
+                    && let Ok(d) = serde_json::from_slice::<Descriptor>(&bytes)
+                {
+                    out.push(d);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_repositories(&self) -> Result<Vec<RepoName>> {
+        let base = self.root.join("repositories");
+        blocking(move || {
+            let mut out = Vec::new();
+            let mut stack = vec![String::new()];
+            while let Some(prefix) = stack.pop() {
+                let dir = base.join(&prefix);
+                for (name, _) in list_dir(&dir)?.unwrap_or_default() {
+                    if name.starts_with('_') {
+                        continue;
+                    }
+                    let full = if prefix.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{prefix}/{name}")
+                    };
+                    let path = base.join(&full);
+                    if !path.is_dir() {
+                        continue;
+                    }
+                    if (path.join("_manifests").is_dir() || path.join("_layers").is_dir())
+                        && let Some(repo) = RepoName::parse(&full)
+                    {
+                        out.push(repo);
+                    }
+                    stack.push(full);
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn create_upload(&self, repo: &RepoName) -> Result<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let dir = self.upload_dir(&id);
+        let owner = repo.as_str().to_owned();
+        blocking(move || {
+            fs::create_dir_all(&dir).map_err(ctx(&dir))?;
+            File::create(dir.join("data")).map_err(ctx(&dir))?;
+            // `info` last: an upload without it is an unfinished creation and is unknown.
+            atomic_file::write(&dir.join("info"), owner.as_bytes()).map_err(ctx(&dir))
+        })
+        .await?;
+        Ok(id)
+    }
+
+    async fn upload_size(&self, repo: &RepoName, id: &str) -> Result<u64> {
+        let slot = self.upload_slot(repo, id).await?;
+        let guard = slot.lock().await;
+        if let Some(l) = &guard.loaded {
+            return Ok(l.size);
+        }
+        drop(guard);
+        let data = self.upload_dir(id).join("data");
+        blocking(move || match fs::metadata(&data) {
+            Ok(m) => Ok(m.len()),
+            Err(e) => Err(ctx(&data)(e)),
+        })
+        .await
+    }
+
+    async fn append_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        start: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let slot = self.upload_slot(repo, id).await?;
+        let mut guard = slot.lock().await;
+        self.ensure_loaded(id, &mut guard).await?;
+        let Some(loaded) = guard.loaded.take() else {
+            return Err(StorageError::UploadUnknown(id.to_owned()));
+        };
+        if let Some(start) = start
+            && start != loaded.size
+        {
+            let size = loaded.size;
+            guard.loaded = Some(loaded);
+            return Err(StorageError::UploadOffset {
+                expected: start,
+                size,
+            });
+        }
+        let (loaded, result) = self.write_body(loaded, body).await;
+        let size = loaded.as_ref().map(|l| l.size);
+        guard.loaded = loaded;
+        result?;
+        Ok(size.unwrap_or_default())
+    }
+
+    async fn commit_upload(&self, repo: &RepoName, id: &str, digest: &Digest) -> Result<u64> {
+        let slot = self.upload_slot(repo, id).await?;
+        let mut guard = slot.lock().await;
+        self.ensure_loaded(id, &mut guard).await?;
+        let Some(loaded) = guard.loaded.take() else {
+            return Err(StorageError::UploadUnknown(id.to_owned()));
+        };
+        let upload_dir = self.upload_dir(id);
+        let target = self.blob_path(digest);
+        let expected = digest.clone();
+        let result = blocking(move || {
+            let data = upload_dir.join("data");
+            let LoadedUpload {
+                mut file,
+                digester,
+                size,
+            } = loaded;
+            file.sync_all().map_err(ctx(&data))?;
+            let actual = if expected.algorithm() == Algorithm::Sha256 {
+                digester.finish()
+            } else {
+                file.seek(SeekFrom::Start(0)).map_err(ctx(&data))?;
+                Digester::new(expected.algorithm())
+                    .read_all(&mut file)
+                    .map_err(ctx(&data))?
+                    .finish()
+            };
+            drop(file);
+            if actual != expected {
+                let _ = fs::remove_dir_all(&upload_dir);
+                return Err(StorageError::DigestMismatch { expected, actual });
+            }
+            if target.exists() {
+                touch(&target);
+            } else {
+                atomic_file::commit(&data, &target).map_err(ctx(&target))?;
+            }
+            fs::remove_dir_all(&upload_dir).map_err(ctx(&upload_dir))?;
+            Ok(size)
+        })
+        .await;
+        drop(guard);
+        self.forget_upload(id);
+        let size = result?;
+        self.link_blob(repo, digest).await?;
+        Ok(size)
+    }
+
+    async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        let slot = self.upload_slot(repo, id).await?;
+        let guard = slot.lock().await;
+        let dir = self.upload_dir(id);
+        blocking(move || match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ctx(&dir)(e)),
+        })
+        .await?;
+        drop(guard);
+        self.forget_upload(id);
+        Ok(())
+    }
+
+    async fn list_uploads(&self) -> Result<Vec<UploadInfo>> {
+        let dir = self.root.join("uploads");
+        blocking(move || {
+            let mut out = Vec::new();
+            for (id, modified) in list_dir(&dir)?.unwrap_or_default() {
+                let up = dir.join(&id);
+                let repository = read_optional(&up.join("info"))?
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                let data_modified = fs::metadata(up.join("data"))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(modified);
+                out.push(UploadInfo {
+                    id,
+                    repository,
+                    modified: data_modified.max(modified),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn purge_upload(&self, id: &str) -> Result<()> {
+        if id.contains(['/', '.']) || id.is_empty() {
+            return Err(StorageError::UploadUnknown(id.to_owned()));
+        }
+        let dir = self.upload_dir(id);
+        blocking(move || match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ctx(&dir)(e)),
+        })
+        .await?;
+        self.forget_upload(id);
+        Ok(())
+    }
+}
+
+/// Re-stamps a file's modification time if it is older than [`TOUCH_INTERVAL`]; returns
+/// whether the file exists. Failing to re-stamp is ignored (the stamp only widens garbage
+/// collection's safety margin).
+fn touch(path: &Path) -> bool {
+    let Ok(meta) = fs::metadata(path) else {
+        return false;
+    };
+    let now = SystemTime::now();
+    let stale = meta
+        .modified()
+        .map(|m| now.duration_since(m).unwrap_or_default() > TOUCH_INTERVAL)
+        .unwrap_or(true);
+    if stale && let Ok(f) = File::open(path) {
+        let _ = f.set_modified(now);
+    }
+    true
+}
+
+/// Removes `path` if its modification time is before `cutoff`, checking immediately before
+/// the removal so that a use that re-stamped it in the meantime keeps it. Returns the size
+/// removed.
+fn remove_if_unused_since(path: &Path, cutoff: SystemTime) -> Result<Option<u64>> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ctx(path)(e)),
+    };
+    if meta.modified().map_err(ctx(path))? >= cutoff {
+        return Ok(None);
+    }
+    Ok(remove_optional(path)?.then_some(meta.len()))
+}
+
+/// Removes temporary files that a crash left behind, if last modified before `cutoff`.
+/// Returns how many were removed.
+pub fn sweep_temp_files(root: &Path, cutoff: SystemTime) -> io::Result<usize> {
+    let mut removed = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let ty = entry.file_type()?;
+            let name = entry.file_name();
+            if ty.is_dir() {
+                stack.push(entry.path());
+            } else if name.to_string_lossy().starts_with(TEMP_PREFIX) {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|m| m < cutoff)
+                    .unwrap_or(false);
+                if old {
+                    fs::remove_file(entry.path())?;
+                    removed += 1;
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(parts: &[&'static [u8]]) -> ByteStream {
+        let items: Vec<io::Result<Bytes>> = parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Box::pin(futures_util::stream::iter(items))
+    }
+
+    fn repo(s: &str) -> RepoName {
+        RepoName::parse(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn upload_commit_and_resume_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path()).unwrap();
+        let r = repo("a/b");
+        let id = s.create_upload(&r).await.unwrap();
+        assert_eq!(s.append_upload(&r, &id, Some(0), body(&[b"hello "])).await.unwrap(), 6);
+        // A chunk that does not start at the end is refused without changing the upload.
+        let err = s.append_upload(&r, &id, Some(3), body(&[b"x"])).await.unwrap_err();
+        assert!(matches!(err, StorageError::UploadOffset { expected: 3, size: 6 }));
+        // Another repository cannot touch the session.
+        assert!(matches!(
+            s.upload_size(&repo("other"), &id).await,
+            Err(StorageError::UploadUnknown(_))
+        ));
+
+        // "Restart": a new storage over the same root knows the upload and resumes hashing.
+        let s2 = FsStorage::open(dir.path()).unwrap();
+        assert_eq!(s2.upload_size(&r, &id).await.unwrap(), 6);
+        assert_eq!(s2.append_upload(&r, &id, Some(6), body(&[b"wor", b"ld"])).await.unwrap(), 11);
+        let digest = Digest::sha256(b"hello world");
+        assert_eq!(s2.commit_upload(&r, &id, &digest).await.unwrap(), 11);
+        assert!(s2.blob_linked(&r, &digest).await.unwrap());
+        assert_eq!(s2.blob_size(&digest).await.unwrap(), Some(11));
+        assert!(matches!(
+            s2.upload_size(&r, &id).await,
+            Err(StorageError::UploadUnknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn digest_mismatch_leaves_nothing_visible() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path()).unwrap();
+        let r = repo("a");
+        let id = s.create_upload(&r).await.unwrap();
+        s.append_upload(&r, &id, None, body(&[b"abc"])).await.unwrap();
+        let wrong = Digest::sha256(b"abd");
+        assert!(matches!(
+            s.commit_upload(&r, &id, &wrong).await,
+            Err(StorageError::DigestMismatch { .. })
+        ));
+        assert_eq!(s.blob_size(&wrong).await.unwrap(), None);
+        assert_eq!(s.blob_size(&Digest::sha256(b"abc")).await.unwrap(), None);
+        assert!(!s.blob_linked(&r, &wrong).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn sha512_uploads_are_verified_with_sha512() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path()).unwrap();
+        let r = repo("a");
+        let id = s.create_upload(&r).await.unwrap();
+        s.append_upload(&r, &id, None, body(&[b"data"])).await.unwrap();
+        let d = Digest::of(Algorithm::Sha512, b"data");
+        s.commit_upload(&r, &id, &d).await.unwrap();
+        match s.read_blob(&d, None).await.unwrap() {
+            BlobContent::Bytes(b) => assert_eq!(&b[..], b"data"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tags_links_referrers_and_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path()).unwrap();
+        let (a, b) = (repo("x/a"), repo("x/a/b"));
+        let d = Digest::sha256(b"{}");
+        s.put_blob_bytes(&d, Bytes::from_static(b"{}")).await.unwrap();
+        assert!(matches!(
+            s.put_blob_bytes(&d, Bytes::from_static(b"[]")).await,
+            Err(StorageError::DigestMismatch { .. })
+        ));
+        s.link_manifest(&a, &d, "application/vnd.oci.image.manifest.v1+json")
+            .await
+            .unwrap();
+        s.set_tag(&a, "v2", &d).await.unwrap();
+        s.set_tag(&a, "v1", &d).await.unwrap();
+        s.link_blob(&b, &d).await.unwrap();
+        assert_eq!(s.list_tags(&a).await.unwrap(), Some(vec!["v1".into(), "v2".into()]));
+        assert_eq!(s.list_tags(&repo("nope")).await.unwrap(), None);
+        assert_eq!(s.get_tag(&a, "v1").await.unwrap(), Some(d.clone()));
+        assert_eq!(s.list_repositories().await.unwrap(), vec![a.clone(), b.clone()]);
+        let referrer = Descriptor::for_bytes("application/vnd.oci.image.manifest.v1+json", b"r");
+        s.add_referrer(&a, &d, &referrer).await.unwrap();
+        assert_eq!(s.list_referrers(&a, &d).await.unwrap(), vec![referrer.clone()]);
+        s.remove_referrer(&a, &d, &referrer.digest).await.unwrap();
+        assert!(s.list_referrers(&a, &d).await.unwrap().is_empty());
+        assert!(s.delete_tag(&a, "v1").await.unwrap());
+        assert!(!s.delete_tag(&a, "v1").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn ranged_and_streamed_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..(5 * 1024 * 1024u32)).map(|i| (i % 253) as u8).collect();
+        let d = Digest::sha256(&data);
+        s.put_blob_bytes(&d, Bytes::from(data.clone())).await.unwrap();
+        let collect = |c: BlobContent| async move {
+            match c {
+                BlobContent::Bytes(b) => b.to_vec(),
+                BlobContent::Stream(mut st) => {
+                    let mut v = Vec::new();
+                    while let Some(x) = st.next().await {
+                        v.extend_from_slice(&x.unwrap());
+                    }
+                    v
+                }
+            }
+        };
+        assert_eq!(collect(s.read_blob(&d, None).await.unwrap()).await, data);
+        assert_eq!(
+            collect(s.read_blob(&d, Some((10, 20))).await.unwrap()).await,
+            data[10..=20].to_vec()
+        );
+    }
+}
