@@ -363,9 +363,15 @@ mod tests {
         let cases = [
             ("e3b0c442", "no `algorithm:` prefix"),
             ("md5:d41d8cd98f00b204e9800998ecf8427e", "not supported"),
-            ("sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855", "lowercase"),
+            (
+                "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+                "lowercase",
+            ),
             ("sha256:abc", "64 lowercase hex"),
-            ("sha512:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "128"),
+            (
+                "sha512:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                "128",
+            ),
         ];
         for (input, needle) in cases {
             let err = input.parse::<Digest>().unwrap_err().to_string();

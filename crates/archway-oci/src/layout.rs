@@ -126,12 +126,11 @@ impl ImageLayout {
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, LayoutError> {
         let mut out = Vec::new();
         let mut reader = self.open_blob(digest, None)?;
-        reader.read_to_end(&mut out).map_err(|e| match e
-            .get_ref()
-            .and_then(|i| i.downcast_ref::<DigestError>())
-        {
-            Some(d) => LayoutError::Corrupt(digest.clone(), d.clone()),
-            None => io_err(&self.blob_path(digest))(e),
+        reader.read_to_end(&mut out).map_err(|e| {
+            match e.get_ref().and_then(|i| i.downcast_ref::<DigestError>()) {
+                Some(d) => LayoutError::Corrupt(digest.clone(), d.clone()),
+                None => io_err(&self.blob_path(digest))(e),
+            }
         })?;
         Ok(out)
     }

@@ -17,7 +17,7 @@ pub mod manifest;
 pub mod media_type;
 pub mod platform;
 
-pub use digest::{Algorithm, Digest, Digester, DigestError};
+pub use digest::{Algorithm, Digest, DigestError, Digester};
 pub use manifest::{Descriptor, ImageManifest, Index, ManifestError, ManifestKind, ParsedManifest};
 pub use platform::{Platform, PlatformError};
 

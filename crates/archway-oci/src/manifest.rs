@@ -240,7 +240,9 @@ impl ParsedManifest {
                 (Some(config), layers, Vec::new())
             }
             ManifestKind::Index => {
-                let manifests = raw.manifests.ok_or_else(|| missing(&media_type, "manifests"))?;
+                let manifests = raw
+                    .manifests
+                    .ok_or_else(|| missing(&media_type, "manifests"))?;
                 (None, Vec::new(), manifests)
             }
         };
@@ -322,8 +324,8 @@ mod tests {
             media_type::DOCKER_MANIFEST,
             d(1)
         );
-        let m = ParsedManifest::parse(list.as_bytes(), Some(media_type::DOCKER_MANIFEST_LIST))
-            .unwrap();
+        let m =
+            ParsedManifest::parse(list.as_bytes(), Some(media_type::DOCKER_MANIFEST_LIST)).unwrap();
         assert_eq!(m.media_type, media_type::DOCKER_MANIFEST_LIST);
         assert_eq!(m.kind, ManifestKind::Index);
         let m = ParsedManifest::parse(list.as_bytes(), Some("application/json")).unwrap();
@@ -344,7 +346,11 @@ mod tests {
                 Some(media_type::OCI_MANIFEST),
                 "but was sent as",
             ),
-            (r#"{"schemaVersion":2,"mediaType":"text/html"}"#, None, "unsupported"),
+            (
+                r#"{"schemaVersion":2,"mediaType":"text/html"}"#,
+                None,
+                "unsupported",
+            ),
             (
                 r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#,
                 None,
@@ -357,7 +363,9 @@ mod tests {
             ),
         ];
         for (body, ct, needle) in cases {
-            let err = ParsedManifest::parse(body.as_bytes(), *ct).unwrap_err().to_string();
+            let err = ParsedManifest::parse(body.as_bytes(), *ct)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{body}: {err}");
         }
     }

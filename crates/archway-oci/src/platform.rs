@@ -13,9 +13,17 @@ use serde::{Deserialize, Serialize};
 pub struct Platform {
     pub architecture: String,
     pub os: String,
-    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
-    #[serde(rename = "os.features", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.features",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_features: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
@@ -40,13 +48,14 @@ pub enum PlatformError {
     },
 }
 
-const KNOWN_ARCHES: &str =
-    "amd64 (x86_64, x86-64), arm64 (aarch64), arm (armhf, armel), 386 (i386), ppc64le, s390x, riscv64, mips64le, loong64";
+const KNOWN_ARCHES: &str = "amd64 (x86_64, x86-64), arm64 (aarch64), arm (armhf, armel), 386 (i386), ppc64le, s390x, riscv64, mips64le, loong64";
 
 /// Normalises an architecture name and its variant. Returns `None` for unknown names.
 fn normalize_arch(arch: &str, variant: Option<&str>) -> Option<(&'static str, Option<String>)> {
     let arch = arch.to_ascii_lowercase();
-    let variant = variant.map(str::to_ascii_lowercase).filter(|v| !v.is_empty());
+    let variant = variant
+        .map(str::to_ascii_lowercase)
+        .filter(|v| !v.is_empty());
     let out = match arch.as_str() {
         "amd64" | "x86_64" | "x86-64" => {
             // amd64 variants are v1..v4 microarchitecture levels; v1 is the baseline.

@@ -142,18 +142,28 @@ fn body_stream(body: Body) -> ByteStream {
     )
 }
 
-/// Reads a whole request body, refusing more than `limit` bytes with 413.
+/// Reads a whole request body, refusing more than `limit` bytes with 413. An oversized body
+/// is still drained (up to four times the limit) so that the client, which is usually still
+/// sending, reads the error instead of a reset connection.
 async fn read_limited(body: Body, limit: usize, what: &str) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
     let mut buf = BytesMut::new();
+    let mut seen = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             ApiError::blob_upload_invalid(format!("reading the {what} body failed: {e}"))
         })?;
-        if buf.len() + chunk.len() > limit {
-            return Err(too_large(what, limit));
+        seen += chunk.len();
+        if seen > limit {
+            if seen > limit.saturating_mul(4) {
+                break;
+            }
+            continue;
         }
         buf.extend_from_slice(&chunk);
+    }
+    if seen > limit {
+        return Err(too_large(what, limit));
     }
     Ok(buf.freeze())
 }
@@ -224,7 +234,10 @@ async fn tags(reg: &Registry, name: &RepoName, query: &Query) -> ApiResult {
         .await?
         .ok_or_else(|| ApiError::name_unknown(name))?;
     let (page, link) = paginate(tags, query, &format!("/v2/{name}/tags/list"))?;
-    let mut r = json_response(StatusCode::OK, json!({ "name": name.as_str(), "tags": page }));
+    let mut r = json_response(
+        StatusCode::OK,
+        json!({ "name": name.as_str(), "tags": page }),
+    );
     if let Some(link) = link {
         set(&mut r, "link", &link);
     }
@@ -285,11 +298,6 @@ async fn put_manifest(
     req: Request,
 ) -> ApiResult {
     let limit = reg.config.max_manifest_size;
-    if let Some(len) = content_length(req.headers())
-        && len > limit as u64
-    {
-        return Err(too_large("manifest", limit));
-    }
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -327,7 +335,11 @@ async fn put_manifest(
         reg.storage.set_tag(name, tag, &digest).await?;
     }
     let mut r = empty(StatusCode::CREATED);
-    set(&mut r, "location", &format!("/v2/{name}/manifests/{digest}"));
+    set(
+        &mut r,
+        "location",
+        &format!("/v2/{name}/manifests/{digest}"),
+    );
     set(&mut r, DOCKER_CONTENT_DIGEST, &digest.to_string());
     if let Some(subject) = &parsed.subject {
         set(&mut r, OCI_SUBJECT, &subject.digest.to_string());
@@ -350,7 +362,8 @@ async fn verify_references(
                 }
                 if reg.storage.blob_linked(name, &blob.digest).await? {
                     reg.storage.link_blob(name, &blob.digest).await?; // re-stamp for GC
-                } else if let Some(mt) = reg.storage.manifest_media_type(name, &blob.digest).await? {
+                } else if let Some(mt) = reg.storage.manifest_media_type(name, &blob.digest).await?
+                {
                     // A config pushed as a manifest (rare, but valid) is accepted too.
                     reg.storage.link_manifest(name, &blob.digest, &mt).await?;
                 } else {
@@ -384,7 +397,12 @@ async fn delete_manifest(reg: &Registry, name: &RepoName, reference: &Reference)
             }
         }
         Reference::Digest(digest) => {
-            if reg.storage.manifest_media_type(name, digest).await?.is_none() {
+            if reg
+                .storage
+                .manifest_media_type(name, digest)
+                .await?
+                .is_none()
+            {
                 return Err(ApiError::manifest_unknown(reference));
             }
             // Tags first: no tag may point at a manifest the repository no longer has.
@@ -435,7 +453,10 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, Api
             }
             (size.saturating_sub(n), size - 1)
         }
-        (s, "") => (s.parse().map_err(|_| unsatisfiable())?, size.saturating_sub(1)),
+        (s, "") => (
+            s.parse().map_err(|_| unsatisfiable())?,
+            size.saturating_sub(1),
+        ),
         (s, e) => {
             let s: u64 = s.parse().map_err(|_| unsatisfiable())?;
             let e: u64 = e.parse().map_err(|_| unsatisfiable())?;
@@ -535,7 +556,11 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 fn upload_accepted(name: &RepoName, id: &str, size: u64, status: StatusCode) -> Response {
     let mut r = empty(status);
-    set(&mut r, "location", &format!("/v2/{name}/blobs/uploads/{id}"));
+    set(
+        &mut r,
+        "location",
+        &format!("/v2/{name}/blobs/uploads/{id}"),
+    );
     set(&mut r, "range", &range_header(size));
     set(&mut r, DOCKER_UPLOAD_UUID, id);
     r
@@ -564,9 +589,10 @@ async fn start_upload(
     if let Some(mount) = query.get("mount") {
         let digest = parse_digest_param(mount)?;
         if let Some(from) = query.get("from").and_then(RepoName::parse) {
-            let allowed = reg.auth.as_ref().is_none_or(|a| {
-                identity.is_some_and(|g| a.grant_allows(g, &from, Action::Pull))
-            });
+            let allowed = reg
+                .auth
+                .as_ref()
+                .is_none_or(|a| identity.is_some_and(|g| a.grant_allows(g, &from, Action::Pull)));
             if allowed
                 && reg.storage.blob_linked(&from, &digest).await?
                 && reg.storage.blob_size(&digest).await?.is_some()
@@ -729,7 +755,11 @@ mod tests {
         assert_eq!(r("bytes=0-1,5-6").unwrap(), None);
         assert_eq!(r("items=0-1").unwrap(), None);
         for bad in ["bytes=100-", "bytes=9-2", "bytes=x-1", "bytes=-0"] {
-            assert_eq!(r(bad).unwrap_err().status, StatusCode::RANGE_NOT_SATISFIABLE, "{bad}");
+            assert_eq!(
+                r(bad).unwrap_err().status,
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "{bad}"
+            );
         }
     }
 

@@ -136,8 +136,7 @@ impl Htpasswd {
             if user.is_empty() {
                 return Err(err("empty user name"));
             }
-            if !(hash.starts_with("$2y$") || hash.starts_with("$2b$") || hash.starts_with("$2a$"))
-            {
+            if !(hash.starts_with("$2y$") || hash.starts_with("$2b$") || hash.starts_with("$2a$")) {
                 return Err(err("not a bcrypt hash"));
             }
             users.insert(user.to_owned(), hash.to_owned());
@@ -309,7 +308,10 @@ pub enum Grant {
     /// Basic credentials or an anonymous request: decided by the policy per repository.
     Principal { user: Option<String> },
     /// A bearer token: exactly what its `access` claim lists.
-    Token { user: String, access: Vec<AccessEntry> },
+    Token {
+        user: String,
+        access: Vec<AccessEntry>,
+    },
 }
 
 impl Grant {
@@ -436,7 +438,10 @@ impl Auth {
         else {
             return Ok(None);
         };
-        let Some(b64) = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")) else {
+        let Some(b64) = v
+            .strip_prefix("Basic ")
+            .or_else(|| v.strip_prefix("basic "))
+        else {
             return Ok(None);
         };
         let decoded = base64::engine::general_purpose::STANDARD
@@ -483,7 +488,10 @@ impl Auth {
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
         let mut invalid_token = false;
         let grant = if let Some(token) = bearer {
             match self.verify_token(token.trim()) {
@@ -616,7 +624,9 @@ impl Auth {
                         .cloned()
                         .collect()
                 }
-                "registry" if s.name == "catalog" && self.policy.catalog_allowed(user.as_deref()) => {
+                "registry"
+                    if s.name == "catalog" && self.policy.catalog_allowed(user.as_deref()) =>
+                {
                     vec!["*".to_owned()]
                 }
                 _ => Vec::new(),
@@ -768,12 +778,18 @@ mod tests {
             challenge,
             r#"Bearer realm="http://reg:5000/token",service="test",scope="repository:x:pull,push""#
         );
-        assert!(a
-            .authorize(&basic("alice", "secret"), &manifest_route("x"), &Method::PUT)
-            .is_ok());
-        assert!(a
-            .authorize(&basic("alice", "wrong"), &manifest_route("x"), &Method::GET)
-            .is_err());
+        assert!(
+            a.authorize(
+                &basic("alice", "secret"),
+                &manifest_route("x"),
+                &Method::PUT
+            )
+            .is_ok()
+        );
+        assert!(
+            a.authorize(&basic("alice", "wrong"), &manifest_route("x"), &Method::GET)
+                .is_err()
+        );
     }
 
     #[test]
@@ -791,18 +807,27 @@ mod tests {
         );
         assert!(a.authorize(&h, &manifest_route("a"), &Method::PUT).is_ok());
         assert!(a.authorize(&h, &manifest_route("b"), &Method::GET).is_ok());
-        let e = a.authorize(&h, &manifest_route("b"), &Method::PUT).unwrap_err();
-        assert!(e
-            .headers
-            .iter()
-            .any(|(_, v)| v.to_str().unwrap().contains("insufficient_scope")));
+        let e = a
+            .authorize(&h, &manifest_route("b"), &Method::PUT)
+            .unwrap_err();
+        assert!(
+            e.headers
+                .iter()
+                .any(|(_, v)| v.to_str().unwrap().contains("insufficient_scope"))
+        );
         // Wrong password at the token endpoint is refused; a forged token is rejected.
-        assert!(a.issue_token(&basic("alice", "nope"), None, &scopes).is_err());
+        assert!(
+            a.issue_token(&basic("alice", "nope"), None, &scopes)
+                .is_err()
+        );
         let mut forged = HeaderMap::new();
         forged.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer eyJhbGciOiJIUzI1NiJ9.e30.x"),
         );
-        assert!(a.authorize(&forged, &manifest_route("a"), &Method::GET).is_err());
+        assert!(
+            a.authorize(&forged, &manifest_route("a"), &Method::GET)
+                .is_err()
+        );
     }
 }

@@ -45,8 +45,12 @@ impl ApiError {
     }
 
     pub fn blob_unknown(digest: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown to registry")
-            .with_detail(json!({ "digest": digest.to_string() }))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+            "blob unknown to registry",
+        )
+        .with_detail(json!({ "digest": digest.to_string() }))
     }
 
     pub fn blob_upload_unknown(id: &str) -> Self {

@@ -66,7 +66,9 @@ pub struct GcReport {
 /// Runs one collection over `storage`.
 pub async fn collect(storage: &dyn Storage, opts: &GcOptions) -> Result<GcReport, StorageError> {
     let now = SystemTime::now();
-    let cutoff = now.checked_sub(opts.grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    let cutoff = now
+        .checked_sub(opts.grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     let mut report = GcReport {
         dry_run: opts.dry_run,
         ..GcReport::default()
@@ -102,14 +104,14 @@ pub async fn collect(storage: &dyn Storage, opts: &GcOptions) -> Result<GcReport
                 keep.insert(link.item);
                 continue;
             }
-            if !opts.dry_run && let Some(subject) = subject {
+            if !opts.dry_run
+                && let Some(subject) = subject
+            {
                 storage
                     .remove_referrer(repo, &subject.digest, &link.item)
                     .await?;
             }
-            report
-                .manifests_removed
-                .push((repo.to_string(), link.item));
+            report.manifests_removed.push((repo.to_string(), link.item));
         }
 
         for link in storage.list_blob_links(repo).await? {
@@ -122,7 +124,9 @@ pub async fn collect(storage: &dyn Storage, opts: &GcOptions) -> Result<GcReport
                     .unlink_blob_unused_since(repo, &link.item, cutoff)
                     .await?;
             if removed {
-                report.blob_links_removed.push((repo.to_string(), link.item));
+                report
+                    .blob_links_removed
+                    .push((repo.to_string(), link.item));
             } else {
                 keep.insert(link.item);
             }
@@ -138,10 +142,7 @@ pub async fn collect(storage: &dyn Storage, opts: &GcOptions) -> Result<GcReport
         if opts.dry_run {
             report.bytes_freed += storage.blob_size(&blob.item).await?.unwrap_or(0);
             report.blobs_removed.push(blob.item);
-        } else if let Some(size) = storage
-            .delete_blob_unused_since(&blob.item, cutoff)
-            .await?
-        {
+        } else if let Some(size) = storage.delete_blob_unused_since(&blob.item, cutoff).await? {
             report.bytes_freed += size;
             report.blobs_removed.push(blob.item);
         } else {

@@ -104,12 +104,21 @@ async fn observe(State(reg): State<Arc<Registry>>, req: Request, next: Next) -> 
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| path.clone(), |pq| pq.as_str().to_owned());
     let remote = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
-    let req = req.map(|b| Body::new(metrics::CountingBody::new(b, reg.metrics.request_bytes(method.as_str()))));
+    let req = req.map(|b| {
+        Body::new(metrics::CountingBody::new(
+            b,
+            reg.metrics.request_bytes(method.as_str()),
+        ))
+    });
     let mut resp = next.run(req).await;
     let route = match path.as_str() {
         "/token" => "token",
@@ -130,7 +139,7 @@ async fn observe(State(reg): State<Arc<Registry>>, req: Request, next: Next) -> 
     tracing::info!(
         target: "archway::access",
         method = %method,
-        path = %path,
+        path = %target,
         status,
         route,
         micros = elapsed.as_micros() as u64,
@@ -156,7 +165,12 @@ async fn metrics_handler(State(reg): State<Arc<Registry>>) -> Response {
         .into_response()
 }
 
-fn token_response(reg: &Registry, headers: &HeaderMap, password: Option<(&str, &str)>, scopes: Vec<String>) -> Response {
+fn token_response(
+    reg: &Registry,
+    headers: &HeaderMap,
+    password: Option<(&str, &str)>,
+    scopes: Vec<String>,
+) -> Response {
     let Some(auth) = &reg.auth else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
@@ -165,7 +179,10 @@ fn token_response(reg: &Registry, headers: &HeaderMap, password: Option<(&str, &
         )
         .into_response();
     };
-    let scopes: Vec<auth::Scope> = scopes.iter().flat_map(|s| auth::Scope::parse_all(s)).collect();
+    let scopes: Vec<auth::Scope> = scopes
+        .iter()
+        .flat_map(|s| auth::Scope::parse_all(s))
+        .collect();
     match auth.issue_token(headers, password, &scopes) {
         Ok(t) => axum::Json(t).into_response(),
         Err(e) => e.into_response(),
@@ -184,8 +201,12 @@ async fn token_post(State(reg): State<Arc<Registry>>, req: Request) -> Response 
     let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
         Ok(b) => b,
         Err(e) => {
-            return ApiError::new(StatusCode::BAD_REQUEST, "UNSUPPORTED", format!("token request body: {e}"))
-                .into_response();
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "UNSUPPORTED",
+                format!("token request body: {e}"),
+            )
+            .into_response();
         }
     };
     let form = api::Query::parse(std::str::from_utf8(&body).ok());

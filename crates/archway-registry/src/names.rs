@@ -160,10 +160,7 @@ mod tests {
         assert!(!valid_tag(&"a".repeat(129)) && valid_tag(&"a".repeat(128)));
         assert_eq!(Reference::parse("v1"), Some(Reference::Tag("v1".into())));
         let d = Digest::sha256(b"x");
-        assert_eq!(
-            Reference::parse(&d.to_string()),
-            Some(Reference::Digest(d))
-        );
+        assert_eq!(Reference::parse(&d.to_string()), Some(Reference::Digest(d)));
         assert_eq!(Reference::parse("sha256:abc"), None);
         assert_eq!(Reference::parse("..."), None);
     }

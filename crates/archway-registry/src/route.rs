@@ -150,7 +150,10 @@ mod tests {
             ok("/v2/x/manifests/blobs/manifests/v1"),
             Route::Manifest(repo("x/manifests/blobs"), Reference::Tag("v1".into()))
         );
-        assert_eq!(ok(&format!("/v2/a/blobs/{d}")), Route::Blob(repo("a"), d.clone()));
+        assert_eq!(
+            ok(&format!("/v2/a/blobs/{d}")),
+            Route::Blob(repo("a"), d.clone())
+        );
         assert_eq!(ok("/v2/a/blobs/uploads/"), Route::UploadStart(repo("a")));
         assert_eq!(ok("/v2/a/blobs/uploads"), Route::UploadStart(repo("a")));
         assert_eq!(

@@ -127,6 +127,7 @@ fn init_logging(format: LogFormat, quiet: bool) {
     let filter = EnvFilter::try_from_env("ARCHWAY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -136,8 +137,7 @@ fn init_logging(format: LogFormat, quiet: bool) {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format, args.quiet);
-    if !args.listen.ip().is_loopback() && args.htpasswd.is_none() && !args.allow_unauthenticated
-    {
+    if !args.listen.ip().is_loopback() && args.htpasswd.is_none() && !args.allow_unauthenticated {
         bail!(
             "refusing to serve {} without authentication: anyone who can reach it could push and delete images.\n\
              Pass --htpasswd FILE (create one with `htpasswd -Bc FILE USER`), listen on 127.0.0.1, \
@@ -182,7 +182,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "archway registry listening on http://{addr} (root {}, auth {})",
         args.root.display(),
-        if args.htpasswd.is_some() { "htpasswd + tokens" } else { "off" }
+        if args.htpasswd.is_some() {
+            "htpasswd + tokens"
+        } else {
+            "off"
+        }
     );
     archway_registry::serve(listener, registry, shutdown_signal()).await?;
     eprintln!("archway registry stopped");
@@ -230,7 +234,11 @@ async fn run_gc(args: GcArgs) -> anyhow::Result<ExitCode> {
     match args.format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Text => {
-            let verb = if report.dry_run { "would remove" } else { "removed" };
+            let verb = if report.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            };
             for (repo, d) in &report.manifests_removed {
                 println!("{verb} manifest {repo}@{d}");
             }

@@ -33,7 +33,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{Aged, BlobContent, ByteStream, Result, Storage, StorageError, TOUCH_INTERVAL, UploadInfo};
+use super::{
+    Aged, BlobContent, ByteStream, Result, Storage, StorageError, TOUCH_INTERVAL, UploadInfo,
+};
 use crate::names::RepoName;
 
 /// Blobs up to this size are read whole; larger ones are streamed.
@@ -381,7 +383,9 @@ impl Storage for FsStorage {
 
     async fn read_blob_bytes(&self, digest: &Digest) -> Result<Option<Bytes>> {
         let path = self.blob_path(digest);
-        Ok(blocking(move || read_optional(&path)).await?.map(Bytes::from))
+        Ok(blocking(move || read_optional(&path))
+            .await?
+            .map(Bytes::from))
     }
 
     async fn put_blob_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
@@ -482,7 +486,12 @@ impl Storage for FsStorage {
         blocking(move || Ok(remove_if_unused_since(&path, cutoff)?.is_some())).await
     }
 
-    async fn link_manifest(&self, repo: &RepoName, digest: &Digest, media_type: &str) -> Result<()> {
+    async fn link_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        media_type: &str,
+    ) -> Result<()> {
         let path = self.revision_link(repo, digest);
         let media_type = media_type.to_owned();
         blocking(move || {
@@ -495,7 +504,11 @@ impl Storage for FsStorage {
         .await
     }
 
-    async fn manifest_media_type(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
+    async fn manifest_media_type(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<String>> {
         let path = self.revision_link(repo, digest);
         let bytes = blocking(move || read_optional(&path)).await?;
         Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
@@ -583,9 +596,11 @@ impl Storage for FsStorage {
         subject: &Digest,
         referrer: &Digest,
     ) -> Result<()> {
-        let path = self
-            .referrers_dir(repo, subject)
-            .join(format!("{}-{}", referrer.algorithm(), referrer.hex()));
+        let path = self.referrers_dir(repo, subject).join(format!(
+            "{}-{}",
+            referrer.algorithm(),
+            referrer.hex()
+        ));
         blocking(move || remove_optional(&path).map(|_| ())).await
     }
 
@@ -873,7 +888,8 @@ mod tests {
     use super::*;
 
     fn body(parts: &[&'static [u8]]) -> ByteStream {
-        let items: Vec<io::Result<Bytes>> = parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        let items: Vec<io::Result<Bytes>> =
+            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
         Box::pin(futures_util::stream::iter(items))
     }
 
@@ -887,10 +903,24 @@ mod tests {
         let s = FsStorage::open(dir.path()).unwrap();
         let r = repo("a/b");
         let id = s.create_upload(&r).await.unwrap();
-        assert_eq!(s.append_upload(&r, &id, Some(0), body(&[b"hello "])).await.unwrap(), 6);
+        assert_eq!(
+            s.append_upload(&r, &id, Some(0), body(&[b"hello "]))
+                .await
+                .unwrap(),
+            6
+        );
         // A chunk that does not start at the end is refused without changing the upload.
-        let err = s.append_upload(&r, &id, Some(3), body(&[b"x"])).await.unwrap_err();
-        assert!(matches!(err, StorageError::UploadOffset { expected: 3, size: 6 }));
+        let err = s
+            .append_upload(&r, &id, Some(3), body(&[b"x"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StorageError::UploadOffset {
+                expected: 3,
+                size: 6
+            }
+        ));
         // Another repository cannot touch the session.
         assert!(matches!(
             s.upload_size(&repo("other"), &id).await,
@@ -900,7 +930,12 @@ mod tests {
         // "Restart": a new storage over the same root knows the upload and resumes hashing.
         let s2 = FsStorage::open(dir.path()).unwrap();
         assert_eq!(s2.upload_size(&r, &id).await.unwrap(), 6);
-        assert_eq!(s2.append_upload(&r, &id, Some(6), body(&[b"wor", b"ld"])).await.unwrap(), 11);
+        assert_eq!(
+            s2.append_upload(&r, &id, Some(6), body(&[b"wor", b"ld"]))
+                .await
+                .unwrap(),
+            11
+        );
         let digest = Digest::sha256(b"hello world");
         assert_eq!(s2.commit_upload(&r, &id, &digest).await.unwrap(), 11);
         assert!(s2.blob_linked(&r, &digest).await.unwrap());
@@ -917,7 +952,9 @@ mod tests {
         let s = FsStorage::open(dir.path()).unwrap();
         let r = repo("a");
         let id = s.create_upload(&r).await.unwrap();
-        s.append_upload(&r, &id, None, body(&[b"abc"])).await.unwrap();
+        s.append_upload(&r, &id, None, body(&[b"abc"]))
+            .await
+            .unwrap();
         let wrong = Digest::sha256(b"abd");
         assert!(matches!(
             s.commit_upload(&r, &id, &wrong).await,
@@ -934,7 +971,9 @@ mod tests {
         let s = FsStorage::open(dir.path()).unwrap();
         let r = repo("a");
         let id = s.create_upload(&r).await.unwrap();
-        s.append_upload(&r, &id, None, body(&[b"data"])).await.unwrap();
+        s.append_upload(&r, &id, None, body(&[b"data"]))
+            .await
+            .unwrap();
         let d = Digest::of(Algorithm::Sha512, b"data");
         s.commit_upload(&r, &id, &d).await.unwrap();
         match s.read_blob(&d, None).await.unwrap() {
@@ -949,7 +988,9 @@ mod tests {
         let s = FsStorage::open(dir.path()).unwrap();
         let (a, b) = (repo("x/a"), repo("x/a/b"));
         let d = Digest::sha256(b"{}");
-        s.put_blob_bytes(&d, Bytes::from_static(b"{}")).await.unwrap();
+        s.put_blob_bytes(&d, Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
         assert!(matches!(
             s.put_blob_bytes(&d, Bytes::from_static(b"[]")).await,
             Err(StorageError::DigestMismatch { .. })
@@ -960,13 +1001,22 @@ mod tests {
         s.set_tag(&a, "v2", &d).await.unwrap();
         s.set_tag(&a, "v1", &d).await.unwrap();
         s.link_blob(&b, &d).await.unwrap();
-        assert_eq!(s.list_tags(&a).await.unwrap(), Some(vec!["v1".into(), "v2".into()]));
+        assert_eq!(
+            s.list_tags(&a).await.unwrap(),
+            Some(vec!["v1".into(), "v2".into()])
+        );
         assert_eq!(s.list_tags(&repo("nope")).await.unwrap(), None);
         assert_eq!(s.get_tag(&a, "v1").await.unwrap(), Some(d.clone()));
-        assert_eq!(s.list_repositories().await.unwrap(), vec![a.clone(), b.clone()]);
+        assert_eq!(
+            s.list_repositories().await.unwrap(),
+            vec![a.clone(), b.clone()]
+        );
         let referrer = Descriptor::for_bytes("application/vnd.oci.image.manifest.v1+json", b"r");
         s.add_referrer(&a, &d, &referrer).await.unwrap();
-        assert_eq!(s.list_referrers(&a, &d).await.unwrap(), vec![referrer.clone()]);
+        assert_eq!(
+            s.list_referrers(&a, &d).await.unwrap(),
+            vec![referrer.clone()]
+        );
         s.remove_referrer(&a, &d, &referrer.digest).await.unwrap();
         assert!(s.list_referrers(&a, &d).await.unwrap().is_empty());
         assert!(s.delete_tag(&a, "v1").await.unwrap());
@@ -979,7 +1029,9 @@ mod tests {
         let s = FsStorage::open(dir.path()).unwrap();
         let data: Vec<u8> = (0..(5 * 1024 * 1024u32)).map(|i| (i % 253) as u8).collect();
         let d = Digest::sha256(&data);
-        s.put_blob_bytes(&d, Bytes::from(data.clone())).await.unwrap();
+        s.put_blob_bytes(&d, Bytes::from(data.clone()))
+            .await
+            .unwrap();
         let collect = |c: BlobContent| async move {
             match c {
                 BlobContent::Bytes(b) => b.to_vec(),

@@ -113,7 +113,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn list_blobs(&self) -> Result<Vec<Aged<Digest>>>;
     /// Garbage collection: removes a blob for good unless it was used at or after `cutoff`
     /// (checked at the moment of deletion). Returns the size freed.
-    async fn delete_blob_unused_since(&self, digest: &Digest, cutoff: SystemTime) -> Result<Option<u64>>;
+    async fn delete_blob_unused_since(
+        &self,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<Option<u64>>;
     /// Garbage collection: removes temporary files a crash left behind, older than `cutoff`.
     async fn sweep_temporary(&self, cutoff: SystemTime) -> Result<usize>;
 
@@ -124,16 +128,28 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
     async fn list_blob_links(&self, repo: &RepoName) -> Result<Vec<Aged<Digest>>>;
     /// Garbage collection: removes a blob link unless it was used at or after `cutoff`.
-    async fn unlink_blob_unused_since(&self, repo: &RepoName, digest: &Digest, cutoff: SystemTime) -> Result<bool>;
+    async fn unlink_blob_unused_since(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<bool>;
 
     /// Links a manifest into a repository; an existing link is marked as used now.
-    async fn link_manifest(&self, repo: &RepoName, digest: &Digest, media_type: &str) -> Result<()>;
+    async fn link_manifest(&self, repo: &RepoName, digest: &Digest, media_type: &str)
+    -> Result<()>;
     /// The media type a manifest was pushed with, `None` if the repository does not have it.
-    async fn manifest_media_type(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>>;
+    async fn manifest_media_type(&self, repo: &RepoName, digest: &Digest)
+    -> Result<Option<String>>;
     async fn unlink_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
     async fn list_manifest_links(&self, repo: &RepoName) -> Result<Vec<Aged<Digest>>>;
     /// Garbage collection: removes a manifest link unless it was used at or after `cutoff`.
-    async fn unlink_manifest_unused_since(&self, repo: &RepoName, digest: &Digest, cutoff: SystemTime) -> Result<bool>;
+    async fn unlink_manifest_unused_since(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<bool>;
 
     // --- tags --------------------------------------------------------------------------
     async fn set_tag(&self, repo: &RepoName, tag: &str, digest: &Digest) -> Result<()>;
@@ -143,10 +159,18 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn list_tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>>;
 
     // --- referrers ---------------------------------------------------------------------
-    async fn add_referrer(&self, repo: &RepoName, subject: &Digest, referrer: &Descriptor)
-    -> Result<()>;
-    async fn remove_referrer(&self, repo: &RepoName, subject: &Digest, referrer: &Digest)
-    -> Result<()>;
+    async fn add_referrer(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Descriptor,
+    ) -> Result<()>;
+    async fn remove_referrer(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()>;
     async fn list_referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>>;
 
     // --- repositories ------------------------------------------------------------------

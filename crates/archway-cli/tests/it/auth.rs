@@ -1,0 +1,305 @@
+//! Authentication: Docker's token flow, basic auth, per-repository access lists.
+
+use reqwest::Method;
+
+use crate::support::{Raw, RegistryProcess, error_code, header};
+
+fn write_users(dir: &std::path::Path) -> std::path::PathBuf {
+    let hash = bcrypt::hash("pw", 5).unwrap();
+    let path = dir.join("users");
+    std::fs::write(&path, format!("alice:{hash}\nbob:{hash}\n")).unwrap();
+    path
+}
+
+fn token(raw: &Raw, user: Option<(&str, &str)>, scopes: &[&str]) -> reqwest::blocking::Response {
+    let mut q: Vec<(&str, &str)> = vec![("service", "archway-registry")];
+    q.extend(scopes.iter().map(|s| ("scope", *s)));
+    let mut b = raw.http.get(format!("{}/token", raw.base)).query(&q);
+    if let Some((u, p)) = user {
+        b = b.basic_auth(u, Some(p));
+    }
+    b.send().unwrap()
+}
+
+fn bearer(resp: reqwest::blocking::Response) -> String {
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: serde_json::Value = resp.json().unwrap();
+    assert_eq!(v["token"], v["access_token"]);
+    assert_eq!(v["expires_in"], 300);
+    assert!(v["issued_at"].as_str().unwrap().ends_with('Z'));
+    format!("Bearer {}", v["token"].as_str().unwrap())
+}
+
+#[test]
+fn token_flow_with_several_scopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = write_users(dir.path());
+    let reg = RegistryProcess::start_with(&["--htpasswd", users.to_str().unwrap()]);
+    let mut raw = Raw::new(&reg);
+
+    // Challenge on the base endpoint and on a repository endpoint.
+    let r = raw.get("/v2/");
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(
+        header(r.headers(), "www-authenticate"),
+        format!(
+            "Bearer realm=\"http://{}/token\",service=\"archway-registry\"",
+            reg.host()
+        )
+    );
+    let r = raw
+        .req(Method::POST, "/v2/team/app/blobs/uploads/")
+        .send()
+        .unwrap();
+    assert_eq!(
+        header(r.headers(), "www-authenticate"),
+        format!(
+            "Bearer realm=\"http://{}/token\",service=\"archway-registry\",scope=\"repository:team/app:pull,push\"",
+            reg.host()
+        )
+    );
+    let (status, code) = error_code(r);
+    assert_eq!((status, code.as_str()), (401, "UNAUTHORIZED"));
+
+    // Wrong password at the token endpoint.
+    assert_eq!(
+        token(&raw, Some(("alice", "no")), &[]).status().as_u16(),
+        401
+    );
+    // `docker login` asks for a token without scope.
+    let login = bearer(token(&raw, Some(("alice", "pw")), &[]));
+    raw.auth = Some(login);
+    assert_eq!(raw.get("/v2/").status().as_u16(), 200);
+    // ... which grants nothing on repositories.
+    let r = raw
+        .req(Method::POST, "/v2/team/app/blobs/uploads/")
+        .send()
+        .unwrap();
+    assert!(header(r.headers(), "www-authenticate").contains("error=\"insufficient_scope\""));
+
+    // One token for two repositories (what a cross-repository mount needs).
+    raw.auth = Some(bearer(token(
+        &raw,
+        Some(("alice", "pw")),
+        &["repository:team/app:pull,push", "repository:team/base:pull"],
+    )));
+    let d = raw.push_blob("team/app", b"allowed");
+    assert_eq!(
+        raw.head(&format!("/v2/team/app/blobs/{d}"))
+            .status()
+            .as_u16(),
+        200
+    );
+    // Pull on team/base is granted (the blob is simply not there); push is not.
+    let (status, code) = error_code(raw.head(&format!("/v2/team/base/blobs/{d}")));
+    assert_eq!(status, 404, "{code}");
+    let r = raw
+        .req(Method::POST, "/v2/team/base/blobs/uploads/")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // A token for another registry (forged) is rejected.
+    raw.auth = Some("Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl".to_owned());
+    let r = raw.get("/v2/");
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(header(r.headers(), "www-authenticate").contains("error=\"invalid_token\""));
+}
+
+#[test]
+fn scopes_are_limited_by_the_access_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = write_users(dir.path());
+    let acl = dir.path().join("access");
+    std::fs::write(
+        &acl,
+        "alice team/* pull,push\nalice shared pull\nbob team/* pull\nanonymous public/* pull\n* registry-catalog-never-used pull\n",
+    )
+    .unwrap();
+    let reg = RegistryProcess::start_with(&[
+        "--htpasswd",
+        users.to_str().unwrap(),
+        "--access",
+        acl.to_str().unwrap(),
+    ]);
+    let mut raw = Raw::new(&reg);
+
+    // alice: push to team/app, pull only from shared.
+    raw.auth = Some(bearer(token(
+        &raw,
+        Some(("alice", "pw")),
+        &["repository:team/app:pull,push repository:shared:pull,push"],
+    )));
+    let d = raw.push_blob("team/app", b"layer");
+    let r = raw
+        .req(Method::POST, "/v2/shared/blobs/uploads/")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(header(r.headers(), "www-authenticate").contains("insufficient_scope"));
+
+    // Mount into team/other needs pull on team/app too: with it the mount happens...
+    raw.auth = Some(bearer(token(
+        &raw,
+        Some(("alice", "pw")),
+        &[
+            "repository:team/other:pull,push",
+            "repository:team/app:pull",
+        ],
+    )));
+    let r = raw
+        .req(
+            Method::POST,
+            &format!("/v2/team/other/blobs/uploads/?mount={d}&from=team/app"),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    // ...without it, the registry falls back to an upload instead of leaking the blob.
+    raw.auth = Some(bearer(token(
+        &raw,
+        Some(("alice", "pw")),
+        &["repository:team/third:pull,push"],
+    )));
+    let r = raw
+        .req(
+            Method::POST,
+            &format!("/v2/team/third/blobs/uploads/?mount={d}&from=team/app"),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+
+    // bob: pull yes, push no (the token simply leaves push out).
+    raw.auth = Some(bearer(token(
+        &raw,
+        Some(("bob", "pw")),
+        &["repository:team/app:pull,push"],
+    )));
+    assert_eq!(
+        raw.head(&format!("/v2/team/app/blobs/{d}"))
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(
+        raw.req(Method::POST, "/v2/team/app/blobs/uploads/")
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+
+    // Basic credentials directly on a request are checked against the same list.
+    raw.auth = None;
+    let r = raw
+        .req(Method::HEAD, &format!("/v2/team/app/blobs/{d}"))
+        .basic_auth("bob", Some("pw"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = raw
+        .req(Method::HEAD, &format!("/v2/team/app/blobs/{d}"))
+        .basic_auth("bob", Some("wrong"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    // Anonymous: public/* only.
+    raw.auth = Some(bearer(token(
+        &raw,
+        None,
+        &["repository:public/x:pull", "repository:team/app:pull"],
+    )));
+    assert_eq!(raw.get("/v2/public/x/tags/list").status().as_u16(), 404); // allowed, just empty
+    assert_eq!(raw.get("/v2/team/app/tags/list").status().as_u16(), 401);
+
+    // The catalog needs registry:catalog:* which nobody here may have.
+    raw.auth = Some(bearer(token(
+        &raw,
+        Some(("alice", "pw")),
+        &["registry:catalog:*"],
+    )));
+    assert_eq!(raw.get("/v2/_catalog").status().as_u16(), 401);
+}
+
+#[test]
+fn oauth2_password_grant_and_catalog_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = write_users(dir.path());
+    let reg = RegistryProcess::start_with(&["--htpasswd", users.to_str().unwrap()]);
+    let mut raw = Raw::new(&reg);
+    let r = raw
+        .http
+        .post(format!("{}/token", raw.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=password&username=alice&password=pw&service=archway-registry&scope=registry:catalog:*&client_id=test")
+        .send()
+        .unwrap();
+    raw.auth = Some(bearer(r));
+    let r = raw.get("/v2/_catalog");
+    assert_eq!(r.status().as_u16(), 200);
+    let r = raw
+        .http
+        .post(format!("{}/token", raw.base))
+        .body("grant_type=password&username=alice&password=nope")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = raw
+        .http
+        .post(format!("{}/token", raw.base))
+        .body("grant_type=refresh_token&refresh_token=x")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+}
+
+#[test]
+fn anonymous_pull_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = write_users(dir.path());
+    let reg =
+        RegistryProcess::start_with(&["--htpasswd", users.to_str().unwrap(), "--anonymous-pull"]);
+    let mut raw = Raw::new(&reg);
+    raw.auth = Some(bearer(token(
+        &raw,
+        Some(("alice", "pw")),
+        &["repository:lib/x:push,pull"],
+    )));
+    let d = raw.push_blob("lib/x", b"public layer");
+    raw.auth = Some(bearer(token(&raw, None, &["repository:lib/x:pull,push"])));
+    assert_eq!(
+        raw.head(&format!("/v2/lib/x/blobs/{d}")).status().as_u16(),
+        200
+    );
+    assert_eq!(
+        raw.req(Method::POST, "/v2/lib/x/blobs/uploads/")
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+}
+
+#[test]
+fn bad_auth_files_are_reported_with_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n").unwrap();
+    let out = crate::support::archway()
+        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--root"])
+        .arg(dir.path().join("root"))
+        .arg("--htpasswd")
+        .arg(&users)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:1: not a bcrypt hash", users.display())),
+        "{err}"
+    );
+    assert!(err.contains("htpasswd -B"), "{err}");
+}

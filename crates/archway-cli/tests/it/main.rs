@@ -1,0 +1,9 @@
+//! Integration tests: one binary, real `archway` processes on loopback, real peer clients.
+#![allow(clippy::print_stderr, clippy::unwrap_used)]
+
+mod auth;
+mod crash;
+mod gc;
+mod interop;
+mod spec;
+mod support;

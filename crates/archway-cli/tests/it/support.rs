@@ -1,0 +1,331 @@
+//! Test support: start the real `archway` binary on loopback, and a small registry client
+//! that speaks the raw protocol so tests can observe every status code and header.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use archway_oci::{Descriptor, Digest, ImageManifest, Index, Platform, media_type};
+use reqwest::blocking::{Client, Response};
+use reqwest::header::HeaderMap;
+
+pub fn archway() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_archway"))
+}
+
+/// A running `archway registry serve`. Killed when dropped.
+pub struct RegistryProcess {
+    child: Option<Child>,
+    pub addr: String,
+    pub root: PathBuf,
+    pub log: PathBuf,
+    extra: Vec<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl RegistryProcess {
+    /// A registry with a fresh temporary root.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        let mut r = Self::spawn(&root, extra, "127.0.0.1:0");
+        r._dir = Some(dir);
+        r
+    }
+
+    fn spawn(root: &Path, extra: &[&str], listen: &str) -> Self {
+        let log = root.with_extension(format!("log-{}", rand::random::<u32>()));
+        fs::create_dir_all(root.parent().unwrap()).unwrap();
+        let stderr = fs::File::create(&log).expect("log file");
+        let child = archway()
+            .args(["registry", "serve", "--listen", listen, "--root"])
+            .arg(root)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn archway");
+        let mut r = RegistryProcess {
+            child: Some(child),
+            addr: String::new(),
+            root: root.to_owned(),
+            log,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _dir: None,
+        };
+        r.addr = r.wait_for_address();
+        r
+    }
+
+    fn wait_for_address(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(rest) = text.split("listening on http://").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("archway registry exited with {status}:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "registry did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `host:port`, as used in image references.
+    pub fn host(&self) -> &str {
+        &self.addr
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let pid = c.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        c.wait().unwrap()
+    }
+
+    /// Starts the registry again on the same root and address.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let mut fresh = Self::spawn(&self.root, &extra, &self.addr);
+        self.child = fresh.child.take();
+        self.log = std::mem::take(&mut fresh.log);
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RegistryProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A raw distribution-protocol client for tests.
+pub struct Raw {
+    pub http: Client,
+    pub base: String,
+    pub auth: Option<String>,
+}
+
+pub fn error_code(resp: Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().unwrap_or(serde_json::Value::Null);
+    let code = body["errors"][0]["code"].as_str().unwrap_or("").to_owned();
+    (status, code)
+}
+
+pub fn header(h: &HeaderMap, name: &str) -> String {
+    h.get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+impl Raw {
+    pub fn new(reg: &RegistryProcess) -> Self {
+        Raw {
+            http: Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+            base: reg.url(""),
+            auth: None,
+        }
+    }
+
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        let url = if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}{}", self.base, path)
+        };
+        let b = self.http.request(method, url);
+        match &self.auth {
+            Some(a) => b.header("authorization", a),
+            None => b,
+        }
+    }
+
+    /// Monolithic upload: `POST ?digest=`.
+    pub fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
+        let d = Digest::sha256(data);
+        let r = self
+            .req(
+                reqwest::Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+            )
+            .header("content-type", "application/octet-stream")
+            .body(data.to_vec())
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "push blob: {:?}", r.text());
+        d
+    }
+
+    pub fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Response {
+        self.req(
+            reqwest::Method::PUT,
+            &format!("/v2/{repo}/manifests/{reference}"),
+        )
+        .header("content-type", media_type)
+        .body(body.to_vec())
+        .send()
+        .unwrap()
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.req(reqwest::Method::GET, path).send().unwrap()
+    }
+
+    pub fn head(&self, path: &str) -> Response {
+        self.req(reqwest::Method::HEAD, path).send().unwrap()
+    }
+
+    /// Pushes a one-layer image whose layer holds `layer`; returns (manifest bytes, digest).
+    pub fn push_image(
+        &self,
+        repo: &str,
+        tag: &str,
+        layer: &[u8],
+        platform: Option<&Platform>,
+    ) -> (Vec<u8>, Digest) {
+        let (manifest, _) = image_manifest(layer, platform);
+        let config = config_json(platform);
+        self.push_blob(repo, layer);
+        self.push_blob(repo, &config);
+        let r = self.put_manifest(repo, tag, media_type::OCI_MANIFEST, &manifest);
+        assert_eq!(r.status().as_u16(), 201, "{:?}", r.text());
+        let d = Digest::sha256(&manifest);
+        (manifest, d)
+    }
+
+    /// Pushes a two-platform image (amd64 + arm64) and its index under `tag`.
+    pub fn push_multiarch(&self, repo: &str, tag: &str) -> (Vec<u8>, Digest, Vec<Digest>) {
+        let mut children = Vec::new();
+        let mut descriptors = Vec::new();
+        for p in [Platform::linux_amd64(), Platform::linux_arm64()] {
+            let layer = format!("layer for {p} {}", rand::random::<u64>()).into_bytes();
+            let (m, d) = self.push_image(repo, &d_tag(&p), &layer, Some(&p));
+            let mut desc = Descriptor::new(media_type::OCI_MANIFEST, d.clone(), m.len() as u64);
+            desc.platform = Some(p);
+            descriptors.push(desc);
+            children.push(d);
+        }
+        let mut index = Index::new_oci();
+        index.manifests = descriptors;
+        let bytes = index.to_json();
+        let r = self.put_manifest(repo, tag, media_type::OCI_INDEX, &bytes);
+        assert_eq!(r.status().as_u16(), 201, "{:?}", r.text());
+        let d = Digest::sha256(&bytes);
+        (bytes, d, children)
+    }
+}
+
+fn d_tag(p: &Platform) -> String {
+    format!("only-{}", p.architecture)
+}
+
+pub fn config_json(platform: Option<&Platform>) -> Vec<u8> {
+    let p = platform.cloned().unwrap_or_else(Platform::linux_amd64);
+    format!(
+        r#"{{"architecture":"{}","os":"{}","rootfs":{{"type":"layers","diff_ids":[]}},"config":{{}}}}"#,
+        p.architecture, p.os
+    )
+    .into_bytes()
+}
+
+/// An OCI manifest for one layer blob (the layer is declared as an uncompressed tar).
+pub fn image_manifest(layer: &[u8], platform: Option<&Platform>) -> (Vec<u8>, ImageManifest) {
+    let config = config_json(platform);
+    let m = ImageManifest {
+        schema_version: 2,
+        media_type: media_type::OCI_MANIFEST.to_owned(),
+        artifact_type: None,
+        config: Descriptor::for_bytes(media_type::OCI_CONFIG, &config),
+        layers: vec![Descriptor::for_bytes(media_type::OCI_LAYER_TAR, layer)],
+        subject: None,
+        annotations: None,
+    };
+    (m.to_json(), m)
+}
+
+/// Reads a whole response body.
+pub fn body(mut r: Response) -> Vec<u8> {
+    let mut v = Vec::new();
+    r.read_to_end(&mut v).unwrap();
+    v
+}
+
+/// True when an external program is on PATH.
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Interop tests need real clients; `.ci/run` installs them. Locally, set
+/// `ARCHWAY_SKIP_INTEROP=1` to skip when they are missing instead of failing.
+pub fn require(program: &str) -> bool {
+    if have(program) {
+        return true;
+    }
+    if std::env::var_os("ARCHWAY_SKIP_INTEROP").is_some() {
+        eprintln!("skipping: {program} is not installed (ARCHWAY_SKIP_INTEROP set)");
+        return false;
+    }
+    panic!(
+        "{program} is not installed; run .ci/run (it installs the interop clients) or set ARCHWAY_SKIP_INTEROP=1"
+    );
+}
+
+/// Runs a command, panicking with its output if it fails; returns stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The repository's two-platform busybox OCI layout (tag `1.35`).
+pub fn busybox_layout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/busybox-oci")
+}
