@@ -113,6 +113,8 @@ pub struct GcArgs {
 pub fn run(cmd: RegistryCommand) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // File I/O runs on blocking threads; a bounded pool keeps memory flat under load.
+        .max_blocking_threads(64)
         .build()
         .context("starting the async runtime")?;
     match cmd {

@@ -29,7 +29,7 @@ use std::time::SystemTime;
 use archway_oci::atomic_file::{self, TEMP_PREFIX};
 use archway_oci::{Algorithm, Descriptor, Digest, Digester};
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
@@ -40,8 +40,15 @@ use crate::names::RepoName;
 
 /// Blobs up to this size are read whole; larger ones are streamed.
 const WHOLE_READ_LIMIT: u64 = 4 * 1024 * 1024;
-/// Chunk size for streaming reads and for batching upload writes.
-const IO_CHUNK: usize = 1024 * 1024;
+/// Chunk size for streaming reads.
+const READ_CHUNK: usize = 1024 * 1024;
+/// Received bytes handed to the upload writer at a time (small: it is per connection).
+const WRITE_BATCH: usize = 64 * 1024;
+/// The upload writer flushes data to disk every this many bytes, so that the fsync at commit
+/// has little left to do and disk writes overlap with receiving.
+const SYNC_EVERY: u64 = 16 * 1024 * 1024;
+/// Most buffers in one `writev` (Linux's IOV_MAX is 1024).
+const MAX_IOVECS: usize = 1024;
 
 #[derive(Debug)]
 struct LoadedUpload {
@@ -50,18 +57,24 @@ struct LoadedUpload {
     size: u64,
 }
 
-/// In-memory state of an upload session; `None` until first used after (re)start, and again
-/// after a failed write so that the next use re-derives it from disk.
-#[derive(Debug, Default)]
+/// In-memory state of an upload session. `loaded` is `None` until first used after
+/// (re)start, and again after a failed write so that the next use re-derives it from disk.
+/// `closed` is set, under the slot's lock, when the session is committed or cancelled, so a
+/// request that raced for the slot sees the session as gone.
+#[derive(Debug)]
 struct UploadSlot {
+    owner: String,
     loaded: Option<LoadedUpload>,
+    closed: bool,
 }
+
+type SlotRef = Arc<tokio::sync::Mutex<UploadSlot>>;
 
 /// Filesystem storage rooted at one directory.
 #[derive(Debug, Clone)]
 pub struct FsStorage {
     root: Arc<PathBuf>,
-    uploads: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadSlot>>>>>,
+    uploads: Arc<Mutex<HashMap<String, SlotRef>>>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -193,30 +206,54 @@ impl FsStorage {
         self.root.join("uploads").join(id)
     }
 
-    /// The in-memory slot of an upload, after checking on disk that it exists and belongs to
-    /// `repo`.
-    async fn upload_slot(
+    /// The in-memory slot of an upload owned by `repo`, locked. The first use after a
+    /// (re)start checks the session's owner on disk; later uses are answered from memory.
+    async fn lock_upload(
         &self,
         repo: &RepoName,
         id: &str,
-    ) -> Result<Arc<tokio::sync::Mutex<UploadSlot>>> {
+    ) -> Result<tokio::sync::OwnedMutexGuard<UploadSlot>> {
+        let unknown = || StorageError::UploadUnknown(id.to_owned());
         if !valid_upload_id(id) {
-            return Err(StorageError::UploadUnknown(id.to_owned()));
+            return Err(unknown());
         }
-        let info = self.upload_dir(id).join("info");
-        let owner = blocking(move || read_optional(&info)).await?;
-        if owner.as_deref() != Some(repo.as_str().as_bytes()) {
-            return Err(StorageError::UploadUnknown(id.to_owned()));
+        let known = self.uploads_map().get(id).cloned();
+        let slot = match known {
+            Some(slot) => slot,
+            None => {
+                let info = self.upload_dir(id).join("info");
+                let owner = blocking(move || read_optional(&info))
+                    .await?
+                    .ok_or_else(unknown)?;
+                let owner = String::from_utf8_lossy(&owner).into_owned();
+                self.uploads_map()
+                    .entry(id.to_owned())
+                    .or_insert_with(|| {
+                        Arc::new(tokio::sync::Mutex::new(UploadSlot {
+                            owner,
+                            loaded: None,
+                            closed: false,
+                        }))
+                    })
+                    .clone()
+            }
+        };
+        let guard = slot.lock_owned().await;
+        if guard.closed || guard.owner != repo.as_str() {
+            return Err(unknown());
         }
-        let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(map.entry(id.to_owned()).or_default().clone())
+        Ok(guard)
     }
 
-    fn forget_upload(&self, id: &str) {
-        self.uploads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+    fn uploads_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, SlotRef>> {
+        self.uploads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends a session in memory (its files are already gone).
+    fn close_upload(&self, id: &str, slot: &mut UploadSlot) {
+        slot.closed = true;
+        slot.loaded = None;
+        self.uploads_map().remove(id);
     }
 
     /// Loads (or rebuilds after a restart) the hashing state of an upload.
@@ -232,6 +269,7 @@ impl FsStorage {
                 .create(true)
                 .open(&data)
                 .map_err(ctx(&data))?;
+            // A fresh session hashes nothing; one resumed after a restart hashes what it has.
             file.seek(SeekFrom::Start(0)).map_err(ctx(&data))?;
             let digester = Digester::new(Algorithm::Sha256)
                 .read_all(&mut file)
@@ -248,33 +286,49 @@ impl FsStorage {
         Ok(())
     }
 
-    /// Writes a request body into a loaded upload. A blocking writer hashes and writes 1 MiB
-    /// batches while the async side keeps receiving.
+    /// Writes a request body into a loaded upload. Chunks are hashed as they arrive while a
+    /// blocking writer writes the previous batch (vectored, without copying), so hashing and
+    /// the copy into the page cache run on two cores.
     async fn write_body(
         &self,
         mut loaded: LoadedUpload,
         mut body: ByteStream,
     ) -> (Option<LoadedUpload>, Result<()>) {
-        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+        let mut digester =
+            std::mem::replace(&mut loaded.digester, Digester::new(Algorithm::Sha256));
+        let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(1);
         let writer = tokio::task::spawn_blocking(move || {
-            while let Some(buf) = rx.blocking_recv() {
-                if let Err(e) = loaded.file.write_all(&buf) {
+            let mut unsynced = 0u64;
+            while let Some(batch) = rx.blocking_recv() {
+                if let Err(e) = write_all_vectored(&mut loaded.file, &batch) {
                     return (None, Err(e));
                 }
-                loaded.digester.update(&buf);
-                loaded.size += buf.len() as u64;
+                let n = batch.iter().map(|b| b.len() as u64).sum::<u64>();
+                loaded.size += n;
+                unsynced += n;
+                if unsynced >= SYNC_EVERY {
+                    if let Err(e) = loaded.file.sync_data() {
+                        return (None, Err(e));
+                    }
+                    unsynced = 0;
+                }
             }
             (Some(loaded), Ok(()))
         });
-        let mut pending = BytesMut::new();
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batched = 0usize;
         let mut body_result = Ok(());
         while let Some(chunk) = body.next().await {
             match chunk {
                 Ok(c) => {
-                    pending.extend_from_slice(&c);
-                    if pending.len() >= IO_CHUNK && tx.send(pending.split().freeze()).await.is_err()
-                    {
-                        break; // the writer failed; its error is reported below
+                    digester.update(&c);
+                    batched += c.len();
+                    batch.push(c);
+                    if batched >= WRITE_BATCH || batch.len() >= MAX_IOVECS {
+                        batched = 0;
+                        if tx.send(std::mem::take(&mut batch)).await.is_err() {
+                            break; // the writer failed; its error is reported below
+                        }
                     }
                 }
                 Err(e) => {
@@ -283,12 +337,16 @@ impl FsStorage {
                 }
             }
         }
-        if !pending.is_empty() {
-            let _ = tx.send(pending.freeze()).await;
+        // Everything hashed is written: the hash and the file never disagree.
+        if !batch.is_empty() {
+            let _ = tx.send(batch).await;
         }
         drop(tx);
         match writer.await {
-            Ok((loaded, Ok(()))) => (loaded, body_result),
+            Ok((Some(mut loaded), Ok(()))) => {
+                loaded.digester = digester;
+                (Some(loaded), body_result)
+            }
             Ok((_, Err(e))) => (
                 None,
                 Err(StorageError::Io {
@@ -296,15 +354,30 @@ impl FsStorage {
                     source: e,
                 }),
             ),
-            Err(e) => (
+            Ok((None, Ok(()))) | Err(_) => (
                 None,
                 Err(StorageError::Io {
                     context: "upload writer".into(),
-                    source: io::Error::other(e.to_string()),
+                    source: io::Error::other("upload writer stopped"),
                 }),
             ),
         }
     }
+}
+
+/// Writes every chunk, in order, with as few `writev` calls as possible.
+fn write_all_vectored(file: &mut File, chunks: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn blob_path(root: &Path, d: &Digest) -> PathBuf {
@@ -316,7 +389,7 @@ pub(crate) fn blob_path(root: &Path, d: &Digest) -> PathBuf {
 
 /// Streams `len` bytes of `file` from `start` through a channel fed by a blocking reader.
 fn stream_file(mut file: File, start: u64, len: u64) -> ByteStream {
-    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(2);
     tokio::task::spawn_blocking(move || {
         if let Err(e) = file.seek(SeekFrom::Start(start)) {
             let _ = tx.blocking_send(Err(e));
@@ -324,14 +397,18 @@ fn stream_file(mut file: File, start: u64, len: u64) -> ByteStream {
         }
         let mut left = len;
         while left > 0 {
-            let n = left.min(IO_CHUNK as u64) as usize;
-            let mut buf = BytesMut::zeroed(n);
-            match file.read_exact(&mut buf) {
-                Ok(()) => {
-                    left -= n as u64;
-                    if tx.blocking_send(Ok(buf.freeze())).is_err() {
+            let n = left.min(READ_CHUNK as u64);
+            let mut buf = Vec::with_capacity(n as usize);
+            match (&mut file).take(n).read_to_end(&mut buf) {
+                Ok(got) if got as u64 == n => {
+                    left -= n;
+                    if tx.blocking_send(Ok(buf.into())).is_err() {
                         return; // client went away
                     }
+                }
+                Ok(_) => {
+                    let _ = tx.blocking_send(Err(io::ErrorKind::UnexpectedEof.into()));
+                    return;
                 }
                 Err(e) => {
                     let _ = tx.blocking_send(Err(e));
@@ -448,17 +525,7 @@ impl Storage for FsStorage {
 
     async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         let path = self.layer_link(repo, digest);
-        blocking(move || {
-            if path.exists() {
-                touch(&path);
-                return Ok(());
-            }
-            let dir = path.parent().unwrap_or(Path::new("."));
-            fs::create_dir_all(dir).map_err(ctx(dir))?;
-            File::create(&path).map_err(ctx(&path))?;
-            atomic_file::sync_dir(dir).map_err(ctx(dir))
-        })
-        .await
+        blocking(move || create_link(&path)).await
     }
 
     async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
@@ -667,24 +734,26 @@ impl Storage for FsStorage {
         let owner = repo.as_str().to_owned();
         blocking(move || {
             fs::create_dir_all(&dir).map_err(ctx(&dir))?;
-            File::create(dir.join("data")).map_err(ctx(&dir))?;
-            // `info` last: an upload without it is an unfinished creation and is unknown.
-            atomic_file::write(&dir.join("info"), owner.as_bytes()).map_err(ctx(&dir))
+            // Atomic but not fsynced: losing a session to a power cut only makes the client
+            // start its upload again. The data file appears with the first chunk.
+            let info = dir.join("info");
+            let tmp = atomic_file::temp_path_for(&info);
+            fs::write(&tmp, owner.as_bytes()).map_err(ctx(&tmp))?;
+            fs::rename(&tmp, &info).map_err(ctx(&info))
         })
         .await?;
         Ok(id)
     }
 
     async fn upload_size(&self, repo: &RepoName, id: &str) -> Result<u64> {
-        let slot = self.upload_slot(repo, id).await?;
-        let guard = slot.lock().await;
+        let guard = self.lock_upload(repo, id).await?;
         if let Some(l) = &guard.loaded {
             return Ok(l.size);
         }
-        drop(guard);
         let data = self.upload_dir(id).join("data");
         blocking(move || match fs::metadata(&data) {
             Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
             Err(e) => Err(ctx(&data)(e)),
         })
         .await
@@ -697,8 +766,7 @@ impl Storage for FsStorage {
         start: Option<u64>,
         body: ByteStream,
     ) -> Result<u64> {
-        let slot = self.upload_slot(repo, id).await?;
-        let mut guard = slot.lock().await;
+        let mut guard = self.lock_upload(repo, id).await?;
         self.ensure_loaded(id, &mut guard).await?;
         let Some(loaded) = guard.loaded.take() else {
             return Err(StorageError::UploadUnknown(id.to_owned()));
@@ -721,15 +789,16 @@ impl Storage for FsStorage {
     }
 
     async fn commit_upload(&self, repo: &RepoName, id: &str, digest: &Digest) -> Result<u64> {
-        let slot = self.upload_slot(repo, id).await?;
-        let mut guard = slot.lock().await;
+        let mut guard = self.lock_upload(repo, id).await?;
         self.ensure_loaded(id, &mut guard).await?;
         let Some(loaded) = guard.loaded.take() else {
             return Err(StorageError::UploadUnknown(id.to_owned()));
         };
         let upload_dir = self.upload_dir(id);
         let target = self.blob_path(digest);
+        let link = self.layer_link(repo, digest);
         let expected = digest.clone();
+        let unknown = StorageError::UploadUnknown(id.to_owned());
         let result = blocking(move || {
             let data = upload_dir.join("data");
             let LoadedUpload {
@@ -752,25 +821,30 @@ impl Storage for FsStorage {
                 let _ = fs::remove_dir_all(&upload_dir);
                 return Err(StorageError::DigestMismatch { expected, actual });
             }
+            // Blob first, then the repository's link to it.
             if target.exists() {
                 touch(&target);
             } else {
-                atomic_file::commit(&data, &target).map_err(ctx(&target))?;
+                match atomic_file::commit(&data, &target) {
+                    Ok(()) => {}
+                    // The session was purged underneath us (garbage collection).
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && !data.exists() => {
+                        return Err(unknown);
+                    }
+                    Err(e) => return Err(ctx(&target)(e)),
+                }
             }
+            create_link(&link)?;
             fs::remove_dir_all(&upload_dir).map_err(ctx(&upload_dir))?;
             Ok(size)
         })
         .await;
-        drop(guard);
-        self.forget_upload(id);
-        let size = result?;
-        self.link_blob(repo, digest).await?;
-        Ok(size)
+        self.close_upload(id, &mut guard);
+        result
     }
 
     async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
-        let slot = self.upload_slot(repo, id).await?;
-        let guard = slot.lock().await;
+        let mut guard = self.lock_upload(repo, id).await?;
         let dir = self.upload_dir(id);
         blocking(move || match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
@@ -778,8 +852,7 @@ impl Storage for FsStorage {
             Err(e) => Err(ctx(&dir)(e)),
         })
         .await?;
-        drop(guard);
-        self.forget_upload(id);
+        self.close_upload(id, &mut guard);
         Ok(())
     }
 
@@ -817,9 +890,24 @@ impl Storage for FsStorage {
             Err(e) => Err(ctx(&dir)(e)),
         })
         .await?;
-        self.forget_upload(id);
+        if let Some(slot) = self.uploads_map().remove(id)
+            && let Ok(mut g) = slot.try_lock()
+        {
+            g.closed = true;
+        }
         Ok(())
     }
+}
+
+/// Creates an (empty) link file durably, or re-stamps an existing one as used.
+fn create_link(path: &Path) -> Result<()> {
+    if touch(path) {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(ctx(dir))?;
+    File::create(path).map_err(ctx(path))?;
+    atomic_file::sync_dir(dir).map_err(ctx(dir))
 }
 
 /// Re-stamps a file's modification time if it is older than [`TOUCH_INTERVAL`]; returns
