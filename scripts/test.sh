@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need, then runs formatting, lints and
+# every test (unit, integration against real processes on loopback, interop with real clients).
+#
+# Needs: Debian 12 as root (or with sudo) for the interop clients, and Rust >= 1.95 (rustup).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+require_rust
+# Interop peers the integration tests drive: skopeo, podman, buildah, umoci, docker CLI +
+# engine (dockerd), CNCF distribution (docker-registry) for benchmarks.
+ensure_packages skopeo podman buildah umoci docker.io docker-registry crun uidmap apache2-utils
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo test (unit, integration, interop)"
+cargo test --workspace --locked
+step "all checks passed"
