@@ -128,8 +128,10 @@ struct Blob {
 
 impl Blob {
     fn body(&self) -> BoxBody<Bytes, std::io::Error> {
-        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
-            vec![Ok(Frame::data(self.head.clone())), Ok(Frame::data(self.tail.clone()))];
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+            Ok(Frame::data(self.head.clone())),
+            Ok(Frame::data(self.tail.clone())),
+        ];
         BoxBody::new(StreamBody::new(futures_util::stream::iter(frames)))
     }
 
@@ -213,7 +215,14 @@ fn absolute(base: &str, location: &str) -> String {
 
 /// One blob push as docker does it: POST, PATCH with the whole blob, PUT ?digest=.
 async fn push_blob(c: &HttpClient, base: &str, repo: &str, blob: &Blob) -> anyhow::Result<()> {
-    let (s, h, _) = send(c, Method::POST, &format!("{base}/v2/{repo}/blobs/uploads/"), empty(), &[]).await?;
+    let (s, h, _) = send(
+        c,
+        Method::POST,
+        &format!("{base}/v2/{repo}/blobs/uploads/"),
+        empty(),
+        &[],
+    )
+    .await?;
     if s != StatusCode::ACCEPTED {
         bail!("POST upload: {s}");
     }
@@ -234,7 +243,14 @@ async fn push_blob(c: &HttpClient, base: &str, repo: &str, blob: &Blob) -> anyho
     }
     let loc = absolute(base, h.get("location").context("no Location")?.to_str()?);
     let sep = if loc.contains('?') { '&' } else { '?' };
-    let (s, _, _) = send(c, Method::PUT, &format!("{loc}{sep}digest={}", blob.digest), empty(), &[("content-length", "0".into())]).await?;
+    let (s, _, _) = send(
+        c,
+        Method::PUT,
+        &format!("{loc}{sep}digest={}", blob.digest),
+        empty(),
+        &[("content-length", "0".into())],
+    )
+    .await?;
     if s != StatusCode::CREATED {
         bail!("PUT upload: {s}");
     }
@@ -260,7 +276,9 @@ async fn prepare(c: &HttpClient, base: &str, sc: &Scenario) -> anyhow::Result<Pr
     if let Kind::ManifestGet = sc.kind {
         let layer = BlobFactory::new(4096, 9).next();
         push_blob(c, base, "bench/manifest", &layer).await?;
-        let config = Bytes::from_static(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
+        let config = Bytes::from_static(
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+        );
         let cblob = Blob {
             head: config.clone(),
             tail: Bytes::new(),
@@ -271,8 +289,16 @@ async fn prepare(c: &HttpClient, base: &str, sc: &Scenario) -> anyhow::Result<Pr
             schema_version: 2,
             media_type: media_type::OCI_MANIFEST.into(),
             artifact_type: None,
-            config: Descriptor::new(media_type::OCI_CONFIG, cblob.digest.clone(), config.len() as u64),
-            layers: vec![Descriptor::new(media_type::OCI_LAYER_GZIP, layer.digest.clone(), layer.len() as u64)],
+            config: Descriptor::new(
+                media_type::OCI_CONFIG,
+                cblob.digest.clone(),
+                config.len() as u64,
+            ),
+            layers: vec![Descriptor::new(
+                media_type::OCI_LAYER_GZIP,
+                layer.digest.clone(),
+                layer.len() as u64,
+            )],
             subject: None,
             annotations: None,
         };
@@ -291,7 +317,12 @@ async fn prepare(c: &HttpClient, base: &str, sc: &Scenario) -> anyhow::Result<Pr
     Ok(Prepared { pull_blobs, tag })
 }
 
-async fn run_load(base: String, sc: Scenario, prepared: Prepared, duration: Duration) -> anyhow::Result<Samples> {
+async fn run_load(
+    base: String,
+    sc: Scenario,
+    prepared: Prepared,
+    duration: Duration,
+) -> anyhow::Result<Samples> {
     let c = client();
     let factory = Arc::new(BlobFactory::new(sc.size.max(16), 42));
     let prepared = Arc::new(prepared);
@@ -299,7 +330,13 @@ async fn run_load(base: String, sc: Scenario, prepared: Prepared, duration: Dura
     let deadline = start + duration;
     let mut tasks = Vec::new();
     for worker in 0..sc.concurrency {
-        let (c, base, factory, prepared, sc) = (c.clone(), base.clone(), factory.clone(), prepared.clone(), sc.clone());
+        let (c, base, factory, prepared, sc) = (
+            c.clone(),
+            base.clone(),
+            factory.clone(),
+            prepared.clone(),
+            sc.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut s = Samples::default();
             let mut i = worker;
@@ -313,7 +350,14 @@ async fn run_load(base: String, sc: Scenario, prepared: Prepared, duration: Dura
                     }
                     Kind::Pull => {
                         let d = &prepared.pull_blobs[i % prepared.pull_blobs.len()];
-                        let (st, _, n) = send(&c, Method::GET, &format!("{base}/v2/bench/pull/blobs/{d}"), empty(), &[]).await?;
+                        let (st, _, n) = send(
+                            &c,
+                            Method::GET,
+                            &format!("{base}/v2/bench/pull/blobs/{d}"),
+                            empty(),
+                            &[],
+                        )
+                        .await?;
                         if st != StatusCode::OK || n != sc.size as u64 {
                             bail!("pull: {st}, {n} bytes");
                         }
@@ -356,8 +400,15 @@ struct Result1 {
 fn start_archway(bin: &PathBuf, root: &std::path::Path) -> anyhow::Result<Server> {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let mut cmd = Command::new(bin);
-    cmd.args(["registry", "serve", "--quiet", "--listen", &addr.to_string(), "--root"])
-        .arg(root);
+    cmd.args([
+        "registry",
+        "serve",
+        "--quiet",
+        "--listen",
+        &addr.to_string(),
+        "--root",
+    ])
+    .arg(root);
     Server::start("archway", cmd, addr)
 }
 
@@ -377,10 +428,17 @@ fn start_distribution(bin: &PathBuf, root: &std::path::Path) -> anyhow::Result<S
     Server::start("distribution", cmd, addr)
 }
 
-fn run_one(rt: &tokio::runtime::Runtime, server: Server, sc: &Scenario, duration: Duration) -> anyhow::Result<Result1> {
+fn run_one(
+    rt: &tokio::runtime::Runtime,
+    server: Server,
+    sc: &Scenario,
+    duration: Duration,
+) -> anyhow::Result<Result1> {
     let base = format!("http://{}", server.addr);
     let c = client();
-    let prepared = rt.block_on(prepare(&c, &base, sc)).with_context(|| format!("preparing {} for {}", server.name, sc.name))?;
+    let prepared = rt
+        .block_on(prepare(&c, &base, sc))
+        .with_context(|| format!("preparing {} for {}", server.name, sc.name))?;
     let sampler = server.sample_rss();
     let samples = rt
         .block_on(run_load(base, sc.clone(), prepared, duration))
@@ -401,12 +459,20 @@ fn main() -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("archway"),
     };
     if !archway.exists() {
-        bail!("{} not found; build it with `cargo build --release` or pass --archway", archway.display());
+        bail!(
+            "{} not found; build it with `cargo build --release` or pass --archway",
+            archway.display()
+        );
     }
     if !args.distribution.exists() {
-        bail!("{} not found; install it with `apt-get install docker-registry`", args.distribution.display());
+        bail!(
+            "{} not found; install it with `apt-get install docker-registry`",
+            args.distribution.display()
+        );
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let work = tempfile::tempdir()?;
     let mut rows = vec![vec![
         "scenario".to_owned(),
@@ -427,9 +493,17 @@ fn main() -> anyhow::Result<()> {
         {
             continue;
         }
-        eprintln!("running: {} ({} each)", sc.name, humantime::format_duration(args.duration));
+        eprintln!(
+            "running: {} ({} each)",
+            sc.name,
+            humantime::format_duration(args.duration)
+        );
         // Alternate which server goes first so neither always runs on a warmer machine.
-        let order: [&str; 2] = if i % 2 == 0 { ["archway", "distribution"] } else { ["distribution", "archway"] };
+        let order: [&str; 2] = if i % 2 == 0 {
+            ["archway", "distribution"]
+        } else {
+            ["distribution", "archway"]
+        };
         let mut results = std::collections::HashMap::new();
         for name in order {
             let root = work.path().join(format!("{name}-{i}"));
@@ -448,7 +522,8 @@ fn main() -> anyhow::Result<()> {
             _ => r.samples.mib_per_sec(),
         };
         let ratio = throughput(a) / throughput(d).max(1e-9);
-        let p99_ratio = a.samples.quantile(0.99).as_secs_f64() / d.samples.quantile(0.99).as_secs_f64().max(1e-12);
+        let p99_ratio = a.samples.quantile(0.99).as_secs_f64()
+            / d.samples.quantile(0.99).as_secs_f64().max(1e-12);
         for (name, r) in [("archway", a), ("distribution", d)] {
             rows.push(vec![
                 sc.name.clone(),
@@ -459,8 +534,16 @@ fn main() -> anyhow::Result<()> {
                 fmt_ms(r.samples.quantile(0.5)),
                 fmt_ms(r.samples.quantile(0.99)),
                 format!("{:.1}", r.peak_rss as f64 / MIB as f64),
-                if name == "archway" { format!("{ratio:.2}x") } else { String::new() },
-                if name == "archway" { format!("{p99_ratio:.2}") } else { String::new() },
+                if name == "archway" {
+                    format!("{ratio:.2}x")
+                } else {
+                    String::new()
+                },
+                if name == "archway" {
+                    format!("{p99_ratio:.2}")
+                } else {
+                    String::new()
+                },
             ]);
             json.push(serde_json::json!({
                 "scenario": sc.name, "server": name, "ops": r.samples.ops(),
@@ -472,7 +555,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!("{}", table::render(&rows));
-    println!("throughput ratio = archway / distribution (MiB/s for blobs, requests/s for manifests); p99 ratio = archway p99 / distribution p99 (lower is better)");
+    println!(
+        "throughput ratio = archway / distribution (MiB/s for blobs, requests/s for manifests); p99 ratio = archway p99 / distribution p99 (lower is better)"
+    );
     let line = serde_json::Value::Array(json);
     println!("JSON {line}");
     if let Some(path) = args.json {
