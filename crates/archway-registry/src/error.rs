@@ -130,10 +130,6 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
     }
 
-    pub fn denied(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "DENIED", message)
-    }
-
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", message)
     }

@@ -176,7 +176,12 @@ fn kill_9_during_concurrent_pushes_loses_nothing_acknowledged() {
         })
         .collect();
 
-    std::thread::sleep(Duration::from_millis(1500));
+    // Let pushes pile up (at least two per pusher), then pull the plug mid-way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acknowledged.lock().unwrap().len() < 32 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
     let before = acknowledged.lock().unwrap().len();
     reg.kill9();
     std::thread::sleep(Duration::from_millis(300));
