@@ -23,12 +23,26 @@ enum Command {
     /// The built-in OCI registry: serve it, collect its garbage.
     #[command(subcommand)]
     Registry(commands::registry::RegistryCommand),
+    /// Images: copy between registries and OCI layouts, inspect, list tags, import, remove.
+    #[command(subcommand)]
+    Image(commands::image::ImageCommand),
+    /// Multi-platform manifest lists, like `docker manifest` and `podman manifest`.
+    #[command(subcommand)]
+    Manifest(commands::manifest::ManifestCommand),
+    /// Log in to a registry (credentials go to Docker's config.json).
+    Login(commands::login::LoginArgs),
+    /// Log out of a registry.
+    Logout(commands::login::LogoutArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Registry(cmd) => commands::registry::run(cmd),
+        Command::Image(cmd) => commands::image::run(cmd),
+        Command::Manifest(cmd) => commands::manifest::run(cmd),
+        Command::Login(args) => commands::login::login(args),
+        Command::Logout(args) => commands::login::logout(args),
     };
     match result {
         Ok(code) => code,

@@ -333,6 +333,44 @@ impl<R: Read> Read for VerifyingReader<R> {
     }
 }
 
+/// A writer that hashes (and counts) everything written through it.
+#[derive(Debug)]
+pub struct HashingWriter<W> {
+    inner: W,
+    digester: Digester,
+}
+
+impl<W: io::Write> HashingWriter<W> {
+    pub fn new(inner: W, algorithm: Algorithm) -> Self {
+        HashingWriter {
+            inner,
+            digester: Digester::new(algorithm),
+        }
+    }
+
+    /// The writer back, with the digest and size of what went through.
+    pub fn finish(self) -> (W, Digest, u64) {
+        let size = self.digester.len();
+        (self.inner, self.digester.finish(), size)
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+}
+
+impl<W: io::Write> io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.digester.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -253,6 +253,21 @@ impl ImageLayout {
         })
     }
 
+    /// Removes the entry named `name` from `index.json`; returns whether there was one. Blobs
+    /// are left in place.
+    pub fn remove_ref(&self, name: &str) -> Result<bool, LayoutError> {
+        let mut index = self.index()?;
+        let before = index.manifests.len();
+        index
+            .manifests
+            .retain(|d| d.annotation(REF_NAME_ANNOTATION) != Some(name));
+        if index.manifests.len() == before {
+            return Ok(false);
+        }
+        self.write_index(&index)?;
+        Ok(true)
+    }
+
     /// Points `name` at `descriptor` in `index.json`, replacing an entry of the same name.
     pub fn set_ref(&self, name: &str, descriptor: &Descriptor) -> Result<(), LayoutError> {
         let mut index = self.index()?;

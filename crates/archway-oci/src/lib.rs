@@ -5,21 +5,28 @@
 //! * [`manifest`]: lenient parsing of image manifests and indexes into the references a
 //!   registry or a copier must follow (config, layers, children, subject);
 //! * [`platform`]: `os/arch[/variant]` parsing and normalisation with the usual aliases;
-//! * [`layout`]: reading and writing OCI image layouts (`oci-layout`, `index.json`, `blobs/`).
+//! * [`layout`]: reading and writing OCI image layouts (`oci-layout`, `index.json`, `blobs/`);
+//! * [`reference`]: `[registry/]repository[:tag][@digest]` parsing with docker's normalisation;
+//! * [`config`]: the image configuration, serialised deterministically;
+//! * [`layer`]: reproducible layer tarballs from a directory or a tar stream.
 //!
 //! The serde types of the image specification itself come from the `oci-spec` crate and are
 //! re-exported as [`spec`].
 
 pub mod atomic_file;
+pub mod config;
 pub mod digest;
+pub mod layer;
 pub mod layout;
 pub mod manifest;
 pub mod media_type;
 pub mod platform;
+pub mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Digester};
 pub use manifest::{Descriptor, ImageManifest, Index, ManifestError, ManifestKind, ParsedManifest};
 pub use platform::{Platform, PlatformError};
+pub use reference::{Reference, ReferenceError};
 
 /// The image specification's own types (manifests, indexes, configs), from `oci-spec`.
 pub use oci_spec::image as spec;

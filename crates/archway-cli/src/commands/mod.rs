@@ -1,3 +1,7 @@
-//! One module per top-level subcommand.
+//! One module per top-level subcommand (plus `common`, shared by the registry clients).
 
+pub mod common;
+pub mod image;
+pub mod login;
+pub mod manifest;
 pub mod registry;

@@ -4,6 +4,8 @@
 mod auth;
 mod crash;
 mod gc;
+mod image;
 mod interop;
+mod manifest;
 mod spec;
 mod support;

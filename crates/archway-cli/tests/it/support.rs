@@ -329,3 +329,150 @@ pub fn run(cmd: &mut Command) -> String {
 pub fn busybox_layout() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/busybox-oci")
 }
+
+/// A CNCF distribution 2.8 registry (Debian's `docker-registry`), optionally with htpasswd
+/// (basic) auth. Killed when dropped.
+pub struct DistributionProcess {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl DistributionProcess {
+    pub fn start(user: Option<(&str, &str)>) -> Option<Self> {
+        if !require("docker-registry") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let auth = match user {
+            Some((u, p)) => {
+                let path = dir.path().join("htpasswd");
+                fs::write(&path, format!("{u}:{}\n", bcrypt::hash(p, 5).unwrap())).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                    path.display()
+                )
+            }
+            None => String::new(),
+        };
+        let config = dir.path().join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(DistributionProcess {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for DistributionProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An isolated user environment for `archway` client commands: its own HOME (manifest lists),
+/// DOCKER_CONFIG (credentials) and XDG_DATA_HOME.
+pub struct UserEnv {
+    pub home: tempfile::TempDir,
+}
+
+impl UserEnv {
+    pub fn new() -> Self {
+        UserEnv {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn docker_config_dir(&self) -> PathBuf {
+        self.home.path().join(".docker")
+    }
+
+    /// `archway` with this environment.
+    pub fn archway(&self) -> Command {
+        let mut c = archway();
+        self.apply(&mut c);
+        c
+    }
+
+    /// Applies this environment to another program (docker, podman, skopeo).
+    pub fn apply(&self, c: &mut Command) {
+        c.env("HOME", self.home.path())
+            .env("DOCKER_CONFIG", self.docker_config_dir())
+            .env("XDG_DATA_HOME", self.home.path().join(".local/share"))
+            .env_remove("ARCHWAY_LOG");
+    }
+
+    /// Runs archway with `args`, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        run(self.archway().args(args))
+    }
+
+    /// Runs archway with `args`, asserting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.archway().args(args).output().unwrap();
+        assert!(
+            !out.status.success(),
+            "archway {args:?} succeeded but should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+/// Pushes the two-platform busybox fixture to `host/repo:tag` with archway.
+pub fn push_busybox(env: &UserEnv, host: &str, repo: &str, tag: &str) {
+    env.ok(&[
+        "image",
+        "copy",
+        "--all",
+        "--quiet",
+        &format!("oci:{}:1.35", busybox_layout().display()),
+        &format!("{host}/{repo}:{tag}"),
+    ]);
+}
+
+/// The fixture's top-level digest and its per-platform manifest digests.
+pub fn busybox_digests() -> (String, Vec<(String, String)>) {
+    let layout = archway_oci::layout::ImageLayout::open(busybox_layout()).unwrap();
+    let top = layout.resolve(Some("1.35")).unwrap();
+    let index: archway_oci::Index =
+        serde_json::from_slice(&layout.read_blob(&top.digest).unwrap()).unwrap();
+    let children = index
+        .manifests
+        .iter()
+        .map(|m| {
+            (
+                m.platform.as_ref().unwrap().to_string(),
+                m.digest.to_string(),
+            )
+        })
+        .collect();
+    (top.digest.to_string(), children)
+}
