@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
-# The main job on the embedded default, as far as it exists today: start Archway's registry on
-# loopback (local files, no other service), push a two-platform image (linux/amd64 +
-# linux/arm64) into it with skopeo, read it back, and check that every digest survived.
+# The main job on the embedded default, as far as it exists today: build a two-platform
+# (linux/amd64 + linux/arm64) busybox image from Debian's packages with Archway alone, publish
+# it through Archway's own registry (local files, no other service), and check it with a peer.
 #
-# Needs: Debian 12, Rust >= 1.95 (rustup), root or sudo to install skopeo.
+#   1. start `archway registry serve` on loopback
+#   2. `archway image import` Debian's busybox-static for amd64 and for arm64 (reproducibly)
+#   3. `archway manifest create` + `push`: one multi-platform tag
+#   4. read it back with `archway image inspect` and with skopeo; copy it into an OCI layout
+#
+# Needs: Debian 12, Rust >= 1.95 (rustup), root or sudo (to install skopeo and enable arm64
+# packages for `apt-get download`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 require_rust
 ensure_packages skopeo
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    step "enabling arm64 packages (to download busybox-static:arm64)"
+    as_root dpkg --add-architecture arm64
+    as_root apt-get update -qq
+fi
 
 step "building archway (release)"
 cargo build --release --locked --quiet -p archway-cli
-archway=target/release/archway
+archway="$PWD/target/release/archway"
 
 work=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+pid=""
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+export HOME="$work/home" DOCKER_CONFIG="$work/home/.docker"   # keep the demo's state private
 
 step "starting the registry: archway registry serve --listen 127.0.0.1:0 --root $work/registry"
 "$archway" registry serve --listen 127.0.0.1:0 --root "$work/registry" --quiet 2>"$work/registry.log" &
@@ -25,30 +38,46 @@ for _ in $(seq 100); do
     grep -q 'listening on' "$work/registry.log" 2>/dev/null && break
     sleep 0.05
 done
-addr=$(sed -n 's/.*listening on http:\/\/\([^ ]*\).*/\1/p' "$work/registry.log")
-[ -n "$addr" ] || { cat "$work/registry.log"; exit 1; }
-echo "registry at http://$addr"
+reg=$(sed -n 's/.*listening on http:\/\/\([^ ]*\).*/\1/p' "$work/registry.log")
+[ -n "$reg" ] || { cat "$work/registry.log"; exit 1; }
+echo "registry at http://$reg"
 
-src="oci:testdata/busybox-oci:1.35"
-dst="docker://$addr/library/busybox:1.35"
-step "pushing a two-platform image: skopeo copy --all $src $dst"
-skopeo --insecure-policy copy --all --quiet --dest-tls-verify=false "$src" "$dst"
+step "downloading Debian's busybox-static for amd64 and arm64"
+mkdir -p "$work/debs"
+(cd "$work/debs" && apt-get download -qq busybox-static:amd64 busybox-static:arm64 2>/dev/null)
+ls "$work/debs"
 
-step "the index the registry serves"
-skopeo inspect --raw --tls-verify=false "$dst" | python3 -m json.tool
-
-step "pulling it back into an OCI layout"
-skopeo --insecure-policy copy --all --quiet --src-tls-verify=false "$dst" "oci:$work/pulled:1.35"
-want=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' testdata/busybox-oci/index.json)
-got=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$work/pulled/index.json")
-echo "pushed $want"
-echo "pulled $got"
-[ "$want" = "$got" ] || { echo "error: digests differ" >&2; exit 1; }
 for arch in amd64 arm64; do
-    echo "linux/$arch image: $(skopeo inspect --tls-verify=false --override-arch "$arch" --format '{{.Architecture}}, layer {{index .Layers 0}}' "$dst")"
+    step "archway image import (linux/$arch)"
+    dpkg-deb -x "$work"/debs/busybox-static_*_"$arch".deb "$work/rootfs-$arch"
+    "$archway" image import "$work/rootfs-$arch" --platform "linux/$arch" --cmd '["/bin/busybox","sh"]' \
+        -t "$reg/demo/busybox:1.35-$arch"
 done
 
-step "what garbage collection would remove (nothing: everything is tagged)"
+step "the same input imports to the same digest (reproducible)"
+"$archway" image import "$work/rootfs-arm64" --platform linux/arm64 --cmd '["/bin/busybox","sh"]' \
+    -t "oci:$work/again:arm64" --format json | grep '"digest"'
+
+step "archway manifest create + push: one tag for both platforms"
+"$archway" manifest create "$reg/demo/busybox:1.35" "$reg/demo/busybox:1.35-amd64" "$reg/demo/busybox:1.35-arm64"
+"$archway" manifest push --quiet "$reg/demo/busybox:1.35"
+
+step "archway image inspect $reg/demo/busybox:1.35"
+"$archway" image inspect "$reg/demo/busybox:1.35"
+
+step "a peer reads it: skopeo inspect --override-arch arm64"
+skopeo inspect --tls-verify=false --override-arch arm64 --format '{{.Architecture}} {{.Os}} {{.Digest}}' \
+    "docker://$reg/demo/busybox:1.35"
+
+step "copied into an OCI layout, digests intact"
+"$archway" image copy --all --quiet "$reg/demo/busybox:1.35" "oci:$work/layout:1.35"
+want=$("$archway" image inspect --format json "$reg/demo/busybox:1.35" | sed -n 's/^  "digest": "\(.*\)",$/\1/p')
+got=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$work/layout/index.json")
+echo "registry: $want"
+echo "layout:   $got"
+[ "$want" = "$got" ] || { echo "error: digests differ" >&2; exit 1; }
+
+step "what garbage collection would remove (nothing: everything is reachable)"
 "$archway" registry gc --root "$work/registry" --dry-run
 
-step "done: a two-platform image went through Archway's registry and came back byte for byte"
+step "done: a two-platform image built, published and read back with Archway alone"
