@@ -1082,6 +1082,75 @@ mod tests {
         }
     }
 
+    /// A registry that answers 503 (then 429 with Retry-After) before serving a manifest, to
+    /// check that the client retries transient failures and gives up after its budget.
+    async fn flaky_registry(failures: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use http_body_util::Full;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let n = h.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+                            let resp = if n < failures {
+                                let status = if n % 2 == 0 { 503 } else { 429 };
+                                http::Response::builder()
+                                    .status(status)
+                                    .header("retry-after", "0")
+                                    .body(Full::new(Bytes::new()))
+                            } else {
+                                http::Response::builder()
+                                    .header("content-type", media_type::OCI_INDEX)
+                                    .body(Full::new(Bytes::from_static(body)))
+                            };
+                            Ok::<_, std::convert::Infallible>(resp.unwrap())
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, hits)
+    }
+
+    fn quick_client(retries: u32) -> Client {
+        Client::new(ClientOptions {
+            retries,
+            backoff: Duration::from_millis(1),
+            docker_config: DockerConfig::at("/nonexistent/config.json"),
+            ..ClientOptions::default()
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn retries_transient_failures_then_gives_up() {
+        use std::sync::atomic::Ordering;
+        let (addr, hits) = flaky_registry(3).await;
+        let r: Reference = format!("{addr}/app:1").parse().unwrap();
+        let m = quick_client(4).get_manifest(&r).await.unwrap();
+        assert_eq!(m.media_type, media_type::OCI_INDEX);
+        assert_eq!(hits.load(Ordering::SeqCst), 4);
+
+        let (addr, hits) = flaky_registry(100).await;
+        let r: Reference = format!("{addr}/app:1").parse().unwrap();
+        let err = quick_client(2).get_manifest(&r).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert_eq!(hits.load(Ordering::SeqCst), 3);
+    }
+
     #[test]
     fn pagination_links() {
         let mut h = HeaderMap::new();

@@ -67,7 +67,11 @@ fn make_image(dir: &Path, layers: usize, layer_mib: usize) -> anyhow::Result<()>
             gz.write_all(&tar)?;
             let gz = gz.finish()?;
             let d = layout.write_blob(&gz)?;
-            descs.push(Descriptor::new(media_type::OCI_LAYER_GZIP, d, gz.len() as u64));
+            descs.push(Descriptor::new(
+                media_type::OCI_LAYER_GZIP,
+                d,
+                gz.len() as u64,
+            ));
             config.rootfs.diff_ids.push(diff_id);
         }
         let cbytes = config.to_json();
@@ -89,14 +93,25 @@ fn make_image(dir: &Path, layers: usize, layer_mib: usize) -> anyhow::Result<()>
     }
     let ib = index.to_json();
     let id = layout.write_blob(&ib)?;
-    layout.set_ref("bench", &Descriptor::new(media_type::OCI_INDEX, id, ib.len() as u64))?;
+    layout.set_ref(
+        "bench",
+        &Descriptor::new(media_type::OCI_INDEX, id, ib.len() as u64),
+    )?;
     Ok(())
 }
 
 fn start_registry(archway: &Path, root: &Path) -> anyhow::Result<Server> {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let mut cmd = Command::new(archway);
-    cmd.args(["registry", "serve", "--quiet", "--listen", &addr.to_string(), "--root"]).arg(root);
+    cmd.args([
+        "registry",
+        "serve",
+        "--quiet",
+        "--listen",
+        &addr.to_string(),
+        "--root",
+    ])
+    .arg(root);
     Server::start("archway registry", cmd, addr)
 }
 
@@ -125,9 +140,14 @@ fn skopeo_copy(home: &Path, src: &str, dst: &str) -> Command {
         .env("XDG_DATA_HOME", home.join("share"))
         .env("XDG_CONFIG_HOME", home.join("config"))
         .args([
-            "--insecure-policy", "copy", "--all", "--quiet",
-            "--src-tls-verify=false", "--dest-tls-verify=false",
-            &format!("docker://{src}"), &format!("docker://{dst}"),
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{src}"),
+            &format!("docker://{dst}"),
         ]);
     c
 }
@@ -144,7 +164,10 @@ fn main() -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("archway"),
     };
     if !archway.exists() {
-        bail!("{} not found; build it with `cargo build --release` or pass --archway", archway.display());
+        bail!(
+            "{} not found; build it with `cargo build --release` or pass --archway",
+            archway.display()
+        );
     }
     if Command::new("skopeo").arg("--version").output().is_err() {
         bail!("skopeo not found; install it with `apt-get install skopeo`");
@@ -163,7 +186,14 @@ fn main() -> anyhow::Result<()> {
     let src_ref = format!("{}/bench/app:1", src.addr);
     let st = Command::new(&archway)
         .env("HOME", &home)
-        .args(["image", "copy", "--all", "--quiet", &format!("oci:{}:bench", layout_dir.display()), &src_ref])
+        .args([
+            "image",
+            "copy",
+            "--all",
+            "--quiet",
+            &format!("oci:{}:bench", layout_dir.display()),
+            &src_ref,
+        ])
         .status()?;
     if !st.success() {
         bail!("seeding the source registry failed");
@@ -175,7 +205,11 @@ fn main() -> anyhow::Result<()> {
     let mut cold_a = Vec::new();
     let mut cold_s = Vec::new();
     for run in 0..args.runs {
-        for tool in if run % 2 == 0 { ["archway", "skopeo"] } else { ["skopeo", "archway"] } {
+        for tool in if run % 2 == 0 {
+            ["archway", "skopeo"]
+        } else {
+            ["skopeo", "archway"]
+        } {
             let root = work.path().join(format!("dst-cold-{run}-{tool}"));
             let dst = start_registry(&archway, &root)?;
             let dst_ref = format!("{}/bench/app:1", dst.addr);
@@ -186,7 +220,11 @@ fn main() -> anyhow::Result<()> {
             } else {
                 time(skopeo_copy(&h, &src_ref, &dst_ref))?
             };
-            if tool == "archway" { cold_a.push(d) } else { cold_s.push(d) }
+            if tool == "archway" {
+                cold_a.push(d)
+            } else {
+                cold_s.push(d)
+            }
             drop(dst);
             std::fs::remove_dir_all(&root).context("cleaning up")?;
         }
@@ -202,7 +240,11 @@ fn main() -> anyhow::Result<()> {
     let mut warm_a = Vec::new();
     let mut warm_s = Vec::new();
     for run in 0..args.runs {
-        for tool in if run % 2 == 0 { ["archway", "skopeo"] } else { ["skopeo", "archway"] } {
+        for tool in if run % 2 == 0 {
+            ["archway", "skopeo"]
+        } else {
+            ["skopeo", "archway"]
+        } {
             let h = work.path().join(format!("home-warm-{run}-{tool}"));
             std::fs::create_dir_all(&h)?;
             let d = if tool == "archway" {
@@ -210,7 +252,11 @@ fn main() -> anyhow::Result<()> {
             } else {
                 time(skopeo_copy(&h, &src_ref, &dst_ref))?
             };
-            if tool == "archway" { warm_a.push(d) } else { warm_s.push(d) }
+            if tool == "archway" {
+                warm_a.push(d)
+            } else {
+                warm_s.push(d)
+            }
         }
     }
     results.push(("warm (destination has the blobs)".into(), "archway", warm_a));
@@ -239,7 +285,11 @@ fn main() -> anyhow::Result<()> {
                 format!("{:.3}", m.as_secs_f64()),
                 format!("{:.3}", min.as_secs_f64()),
                 format!("{:.0}", total as f64 / 1048576.0 / m.as_secs_f64()),
-                if i == 0 { format!("{ratio:.2}") } else { String::new() },
+                if i == 0 {
+                    format!("{ratio:.2}")
+                } else {
+                    String::new()
+                },
             ]);
             json.push(serde_json::json!({
                 "scenario": scenario, "tool": tool, "median_s": m.as_secs_f64(),
@@ -247,9 +297,15 @@ fn main() -> anyhow::Result<()> {
             }));
         }
     }
-    println!("image: 2 platforms, {} layers each, {:.1} MiB of blobs\n", args.layers, total as f64 / 1048576.0);
+    println!(
+        "image: 2 platforms, {} layers each, {:.1} MiB of blobs\n",
+        args.layers,
+        total as f64 / 1048576.0
+    );
     println!("{}", table::render(&rows));
-    println!("archway/skopeo = archway's median wall time / skopeo's (below 1 means archway is faster)");
+    println!(
+        "archway/skopeo = archway's median wall time / skopeo's (below 1 means archway is faster)"
+    );
     println!("JSON {}", serde_json::Value::Array(json));
     Ok(())
 }
@@ -259,7 +315,11 @@ fn walk_size(dir: &Path) -> anyhow::Result<u64> {
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let m = e.metadata()?;
-        n += if m.is_dir() { walk_size(&e.path())? } else { m.len() };
+        n += if m.is_dir() {
+            walk_size(&e.path())?
+        } else {
+            m.len()
+        };
     }
     Ok(n)
 }

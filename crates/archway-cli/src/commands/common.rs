@@ -33,6 +33,10 @@ pub struct RegistryArgs {
     /// Blobs transferred at once.
     #[arg(long, default_value_t = 6, global = true)]
     pub concurrency: usize,
+    /// Upload large blobs in chunks of this many bytes (for proxies that limit request
+    /// sizes); by default a large blob streams in one request.
+    #[arg(long, value_name = "BYTES", global = true)]
+    pub chunk_size: Option<u64>,
 }
 
 impl RegistryArgs {
@@ -48,6 +52,7 @@ impl RegistryArgs {
     pub fn client(&self, registries: &[&str]) -> anyhow::Result<Client> {
         let mut opts = ClientOptions {
             docker_config: self.docker_config(),
+            chunk_size: self.chunk_size.filter(|n| *n > 0),
             ..ClientOptions::default()
         };
         if self.insecure || self.tls_verify == Some(false) {

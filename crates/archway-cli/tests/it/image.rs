@@ -494,3 +494,70 @@ fn bad_input_gives_one_line_errors_and_leaves_no_tag() {
     let err = env.fails(&["image", "inspect", &dst]);
     assert!(err.contains("not found"), "tag left behind: {err}");
 }
+
+#[test]
+fn large_blobs_stream_or_go_in_chunks_to_both_registries() {
+    let reg = RegistryProcess::start();
+    let dist = DistributionProcess::start(None);
+    let env = UserEnv::new();
+    // A rootfs whose layer is larger than the single-request limit (8 MiB) even compressed.
+    let rootfs = tempfile::tempdir().unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..10 * 1024 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(rootfs.path().join("blob.bin"), &data).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let layout = format!("oci:{}:big", src.path().display());
+    let imported = json(&env.ok(&[
+        "image",
+        "import",
+        rootfs.path().to_str().unwrap(),
+        "--platform",
+        "linux/amd64",
+        "--format",
+        "json",
+        "-t",
+        &layout,
+    ]));
+    assert!(imported["layer_size"].as_u64().unwrap() > 8 * 1024 * 1024);
+
+    let mut hosts = vec![reg.host().to_owned()];
+    if let Some(d) = &dist {
+        hosts.push(d.addr.clone());
+    }
+    for host in hosts {
+        for (repo, extra) in [("streamed", None), ("chunked", Some("1048576"))] {
+            let dst = format!("{host}/{repo}/big:1");
+            let mut args = vec!["image", "copy", "--format", "json", &layout, &dst];
+            if let Some(c) = extra {
+                args.extend(["--chunk-size", c]);
+            }
+            let report = json(&env.ok(&args));
+            assert_eq!(report["digest"], imported["digest"], "{host} {repo}");
+            assert_eq!(report["blobs_copied"], 2);
+            // Pull it back and compare the layer byte for byte.
+            let back = tempfile::tempdir().unwrap();
+            env.ok(&[
+                "image",
+                "copy",
+                "--quiet",
+                &dst,
+                &format!("oci:{}:x", back.path().display()),
+            ]);
+            let layer = imported["layer"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("sha256:");
+            assert_eq!(
+                std::fs::read(src.path().join("blobs/sha256").join(layer)).unwrap(),
+                std::fs::read(back.path().join("blobs/sha256").join(layer)).unwrap()
+            );
+        }
+    }
+}
