@@ -1103,7 +1103,7 @@ mod tests {
                         async move {
                             let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
                             let resp = if n < failures {
-                                let status = if n % 2 == 0 { 503 } else { 429 };
+                                let status = if n.is_multiple_of(2) { 503 } else { 429 };
                                 http::Response::builder()
                                     .status(status)
                                     .header("retry-after", "0")
