@@ -29,6 +29,19 @@ enum Command {
     /// Multi-platform manifest lists, like `docker manifest` and `podman manifest`.
     #[command(subcommand)]
     Manifest(commands::manifest::ManifestCommand),
+    /// Check pipeline definitions (.gitlab-ci.yml, CodeCatalyst workflows) for errors.
+    ///
+    /// Prints `file:line:col: error: message` with a hint; exits 1 if there are errors.
+    Lint(commands::pipeline::LintArgs),
+    /// Show the job graph a pipeline definition makes: stages, jobs, platforms, edges.
+    ///
+    /// Examples:
+    ///   archway plan                                   # discovers .gitlab-ci.yml
+    ///   archway plan --branch release/1.2 --var DEPLOY=1
+    ///   archway plan --tag v1.0 --format mermaid > pipeline.mmd
+    ///   archway plan .codecatalyst/workflows/build.yaml --format json
+    #[command(verbatim_doc_comment)]
+    Plan(commands::pipeline::PlanArgs),
     /// Log in to a registry (credentials go to Docker's config.json).
     Login(commands::login::LoginArgs),
     /// Log out of a registry.
@@ -41,6 +54,8 @@ fn main() -> ExitCode {
         Command::Registry(cmd) => commands::registry::run(cmd),
         Command::Image(cmd) => commands::image::run(cmd),
         Command::Manifest(cmd) => commands::manifest::run(cmd),
+        Command::Lint(args) => commands::pipeline::lint(args),
+        Command::Plan(args) => commands::pipeline::plan(args),
         Command::Login(args) => commands::login::login(args),
         Command::Logout(args) => commands::login::logout(args),
     };

@@ -4,4 +4,5 @@ pub mod common;
 pub mod image;
 pub mod login;
 pub mod manifest;
+pub mod pipeline;
 pub mod registry;
