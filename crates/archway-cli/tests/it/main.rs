@@ -7,5 +7,6 @@ mod gc;
 mod image;
 mod interop;
 mod manifest;
+mod pipeline;
 mod spec;
 mod support;
