@@ -370,9 +370,27 @@ fn include_rules_match(ctx: &mut Ctx<'_>, rules: &Node) -> bool {
 // ---- !reference -------------------------------------------------------------------------
 
 fn resolve_references(ctx: &mut Ctx<'_>, root: &Node) -> Node {
-    fn walk(ctx: &mut Ctx<'_>, root: &Node, node: &Node, depth: usize) -> Node {
+    /// Most nodes `!reference` expansion may produce (a guard against exponential blow-up).
+    const MAX_EXPANDED: usize = 1_000_000;
+    struct Walk<'r> {
+        root: &'r Node,
+        /// Reference paths being expanded right now (to catch loops).
+        stack: Vec<Vec<String>>,
+        expanded: usize,
+        exhausted: bool,
+    }
+    fn walk(ctx: &mut Ctx<'_>, w: &mut Walk<'_>, node: &Node) -> Node {
+        if w.exhausted {
+            return Node::new(Value::Null, node.span.clone());
+        }
+        w.expanded += 1;
+        if w.expanded > MAX_EXPANDED {
+            w.exhausted = true;
+            ctx.error(&node.span, "!reference tags expand to too many nodes");
+            return Node::new(Value::Null, node.span.clone());
+        }
         if node.tag.as_deref() == Some("!reference") {
-            if depth >= MAX_REFERENCE_DEPTH {
+            if w.stack.len() >= MAX_REFERENCE_DEPTH {
                 ctx.error(
                     &node.span,
                     format!("!reference nested more than {MAX_REFERENCE_DEPTH} levels"),
@@ -389,7 +407,14 @@ fn resolve_references(ctx: &mut Ctx<'_>, root: &Node) -> Node {
                 );
                 return Node::new(Value::Null, node.span.clone());
             };
-            let mut target = root;
+            if w.stack.contains(&path) {
+                ctx.error(
+                    &node.span,
+                    format!("!reference [{}] refers to itself", path.join(", ")),
+                );
+                return Node::new(Value::Null, node.span.clone());
+            }
+            let mut target = w.root;
             for (i, part) in path.iter().enumerate() {
                 match target.get(part) {
                     Some(t) => target = t,
@@ -405,11 +430,14 @@ fn resolve_references(ctx: &mut Ctx<'_>, root: &Node) -> Node {
                 }
             }
             let target = target.clone();
-            return walk(ctx, root, &target, depth + 1);
+            w.stack.push(path);
+            let out = walk(ctx, w, &target);
+            w.stack.pop();
+            return out;
         }
         match &node.value {
             Value::Seq(items) => Node {
-                value: Value::Seq(items.iter().map(|i| walk(ctx, root, i, depth)).collect()),
+                value: Value::Seq(items.iter().map(|i| walk(ctx, w, i)).collect()),
                 span: node.span.clone(),
                 tag: node.tag.clone(),
             },
@@ -417,7 +445,7 @@ fn resolve_references(ctx: &mut Ctx<'_>, root: &Node) -> Node {
                 value: Value::Map(
                     entries
                         .iter()
-                        .map(|(k, v)| (k.clone(), walk(ctx, root, v, depth)))
+                        .map(|(k, v)| (k.clone(), walk(ctx, w, v)))
                         .collect(),
                 ),
                 span: node.span.clone(),
@@ -426,7 +454,13 @@ fn resolve_references(ctx: &mut Ctx<'_>, root: &Node) -> Node {
             _ => node.clone(),
         }
     }
-    walk(ctx, root, root, 0)
+    let mut w = Walk {
+        root,
+        stack: Vec::new(),
+        expanded: 0,
+        exhausted: false,
+    };
+    walk(ctx, &mut w, root)
 }
 
 // ---- extends ----------------------------------------------------------------------------

@@ -95,14 +95,43 @@ fn main() -> anyhow::Result<()> {
     let edges: usize = p.jobs.iter().map(|j| j.depends_on.len()).sum();
     let rows = vec![
         vec!["what".to_owned(), "value".to_owned()],
-        vec!["input".into(), format!("{} lines, {:.1} KiB", text.lines().count(), text.len() as f64 / 1024.0)],
+        vec![
+            "input".into(),
+            format!(
+                "{} lines, {:.1} KiB",
+                text.lines().count(),
+                text.len() as f64 / 1024.0
+            ),
+        ],
         vec!["jobs planned".into(), p.jobs.len().to_string()],
         vec!["dependency edges".into(), edges.to_string()],
-        vec!["plan time, median of runs".into(), format!("{:.1} ms", median.as_secs_f64() * 1000.0)],
-        vec!["plan time, slowest run".into(), format!("{:.1} ms", max.as_secs_f64() * 1000.0)],
-        vec!["peak RSS of the process".into(), format!("{:.1} MiB", peak as f64 / 1024.0)],
-        vec!["peak RSS before planning".into(), format!("{:.1} MiB", before as f64 / 1024.0)],
-        vec!["goal".into(), format!("< 100 ms: {}", if median < Duration::from_millis(100) { "met" } else { "NOT met" })],
+        vec![
+            "plan time, median of runs".into(),
+            format!("{:.1} ms", median.as_secs_f64() * 1000.0),
+        ],
+        vec![
+            "plan time, slowest run".into(),
+            format!("{:.1} ms", max.as_secs_f64() * 1000.0),
+        ],
+        vec![
+            "peak RSS of the process".into(),
+            format!("{:.1} MiB", peak as f64 / 1024.0),
+        ],
+        vec![
+            "peak RSS before planning".into(),
+            format!("{:.1} MiB", before as f64 / 1024.0),
+        ],
+        vec![
+            "goal".into(),
+            format!(
+                "< 100 ms: {}",
+                if median < Duration::from_millis(100) {
+                    "met"
+                } else {
+                    "NOT met"
+                }
+            ),
+        ],
     ];
     println!("{}", table::render(&rows));
     println!(

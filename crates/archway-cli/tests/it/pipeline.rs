@@ -6,7 +6,9 @@ use std::process::Command;
 use crate::support::archway;
 
 fn corpus(case: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../archway-pipeline/tests/corpus").join(case)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../archway-pipeline/tests/corpus")
+        .join(case)
 }
 
 fn in_dir(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -16,12 +18,21 @@ fn in_dir(dir: &Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn plan_discovers_gitlab_ci_and_routes_jobs_by_architecture() {
     let out = in_dir(&corpus("seed-gitlab-eks"), &["plan", "--format", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let jobs = v["jobs"].as_array().unwrap();
     let platforms: Vec<(&str, &str)> = jobs
         .iter()
-        .map(|j| (j["name"].as_str().unwrap(), j["platform"].as_str().unwrap_or("")))
+        .map(|j| {
+            (
+                j["name"].as_str().unwrap(),
+                j["platform"].as_str().unwrap_or(""),
+            )
+        })
         .collect();
     assert_eq!(
         platforms,
@@ -38,31 +49,52 @@ fn plan_discovers_gitlab_ci_and_routes_jobs_by_architecture() {
 
     let text = in_dir(&corpus("seed-gitlab-eks"), &["plan"]);
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("5 jobs in 5 stages") && text.contains("build-job: [arm64]  [linux/arm64]"), "{text}");
+    assert!(
+        text.contains("5 jobs in 5 stages") && text.contains("build-job: [arm64]  [linux/arm64]"),
+        "{text}"
+    );
 
     let mermaid = in_dir(&corpus("seed-gitlab-eks"), &["plan", "--format", "mermaid"]);
     let mermaid = String::from_utf8_lossy(&mermaid.stdout);
     assert!(mermaid.starts_with("flowchart LR"), "{mermaid}");
-    assert!(mermaid.contains("j_build_job___arm64_ --> j_create_manifest_job"), "{mermaid}");
+    assert!(
+        mermaid.contains("j_build_job___arm64_ --> j_create_manifest_job"),
+        "{mermaid}"
+    );
 }
 
 #[test]
 fn plan_discovers_codecatalyst_workflows_and_takes_context_flags() {
     let out = in_dir(&corpus("seed-codecatalyst"), &["plan"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("docker_build_arm64  [linux/arm64]"), "{text}");
-    assert!(text.contains("needs: docker_build_arm64, docker_build_amd64"), "{text}");
+    assert!(
+        text.contains("needs: docker_build_arm64, docker_build_amd64"),
+        "{text}"
+    );
 
     // --branch / --var feed rules: `release` only exists on release branches.
     let dir = corpus("rules-if");
-    let on_main = String::from_utf8_lossy(&in_dir(&dir, &["plan", "--branch", "main"]).stdout).into_owned();
+    let on_main =
+        String::from_utf8_lossy(&in_dir(&dir, &["plan", "--branch", "main"]).stdout).into_owned();
     assert!(on_main.contains("release  when: manual"), "{on_main}");
-    let on_feature = String::from_utf8_lossy(&in_dir(&dir, &["plan", "--branch", "feature/x"]).stdout).into_owned();
+    let on_feature =
+        String::from_utf8_lossy(&in_dir(&dir, &["plan", "--branch", "feature/x"]).stdout)
+            .into_owned();
     assert!(!on_feature.contains("release"), "{on_feature}");
-    let nightly = String::from_utf8_lossy(&in_dir(&dir, &["plan", "--var", "FORCE_NIGHTLY=1"]).stdout).into_owned();
+    let nightly =
+        String::from_utf8_lossy(&in_dir(&dir, &["plan", "--var", "FORCE_NIGHTLY=1"]).stdout)
+            .into_owned();
     assert!(nightly.contains("nightly"), "{nightly}");
-    let scheduled = String::from_utf8_lossy(&in_dir(&dir, &["plan", "--source", "schedule", "--var", "SKIP=1"]).stdout).into_owned();
+    let scheduled = String::from_utf8_lossy(
+        &in_dir(&dir, &["plan", "--source", "schedule", "--var", "SKIP=1"]).stdout,
+    )
+    .into_owned();
     assert!(!scheduled.contains("nightly"), "{scheduled}");
 }
 
@@ -99,7 +131,13 @@ fn missing_pipeline_file_is_explained() {
     let out = in_dir(dir.path(), &["plan"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no pipeline file here") && err.contains(".gitlab-ci.yml"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_archway")).args(["lint", "/nonexistent/ci.yml"]).output().unwrap();
+    assert!(
+        err.contains("no pipeline file here") && err.contains(".gitlab-ci.yml"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_archway"))
+        .args(["lint", "/nonexistent/ci.yml"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("reading /nonexistent/ci.yml"));
 }
