@@ -13,7 +13,10 @@
 //! * [`graph`]: the job graph both produce.
 
 pub mod codecatalyst;
-pub mod diag;
+/// Positioned diagnostics (from `archway-diag`).
+pub mod diag {
+    pub use archway_diag::*;
+}
 pub mod expr;
 pub mod gitlab;
 pub mod graph;

@@ -1,4 +1,5 @@
-//! Positioned diagnostics: `file:line:col: error: message` with an optional hint.
+//! Positioned diagnostics shared by the front ends (pipelines, Dockerfiles):
+//! `file:line:col: error: message` with an optional hint, and "did you mean" suggestions.
 
 use std::fmt;
 
@@ -105,20 +106,31 @@ pub fn did_you_mean<'a>(
     (d <= limit).then_some(c)
 }
 
+/// Optimal-string-alignment distance: insertions, deletions, substitutions and adjacent
+/// transpositions (`form` → `from`) cost 1 each.
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
     for i in 1..=a.len() {
-        cur[0] = i;
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
         }
-        std::mem::swap(&mut prev, &mut cur);
     }
-    prev[b.len()]
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]
@@ -131,6 +143,7 @@ mod tests {
         assert_eq!(did_you_mean("scirpt", kw), Some("script"));
         assert_eq!(did_you_mean("varables", kw), Some("variables"));
         assert_eq!(did_you_mean("need", kw), Some("needs"));
+        assert_eq!(did_you_mean("form", ["from", "chown"]), Some("from"));
         assert_eq!(did_you_mean("completely", kw), None);
     }
 

@@ -1,0 +1,8 @@
+//! The daemonless multi-platform image builder.
+//!
+//! * [`dockerfile`]: the Dockerfile front end (pure: text → [`dockerfile::Dockerfile`] +
+//!   positioned diagnostics);
+//! * [`expand`]: BuildKit's quoting and variable-expansion rules.
+
+pub mod dockerfile;
+pub mod expand;
