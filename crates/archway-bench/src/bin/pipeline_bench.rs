@@ -44,7 +44,7 @@ fn generate(plain: usize, matrix: usize) -> String {
             j % 20
         );
         if stage == "test" {
-            let _ = write!(y, "  needs: [job-{}]\n", j - 1);
+            let _ = writeln!(y, "  needs: [job-{}]", j - 1);
         }
     }
     for m in 0..matrix {
