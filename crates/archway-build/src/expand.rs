@@ -190,13 +190,30 @@ pub fn split_pairs(
         .collect())
 }
 
-/// Splits on unquoted, unescaped whitespace; quotes and escapes are kept.
+/// Splits on unquoted, unescaped whitespace outside `${...}`; quotes and escapes are kept.
 pub fn split_words(s: &str, escape: char) -> Result<Vec<String>, ExpandError> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quote: Option<char> = None;
+    let mut braces = 0usize;
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
+        if quote.is_none() {
+            if c == '$' && chars.peek() == Some(&'{') {
+                braces += 1;
+                cur.push(c);
+                cur.push('{');
+                chars.next();
+                continue;
+            }
+            if braces > 0 {
+                if c == '}' {
+                    braces -= 1;
+                }
+                cur.push(c);
+                continue;
+            }
+        }
         match quote {
             Some(q) => {
                 cur.push(c);

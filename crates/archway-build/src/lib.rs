@@ -5,4 +5,5 @@
 //! * [`expand`]: BuildKit's quoting and variable-expansion rules.
 
 pub mod dockerfile;
+pub mod eval;
 pub mod expand;
