@@ -275,6 +275,318 @@ pub fn layer_from_tar<R: Read, W: Write>(
     })
 }
 
+/// What an entry of a layer built from a list holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryData {
+    /// A regular file's content, read from this path.
+    File(PathBuf),
+    /// A regular file's content.
+    Bytes(Vec<u8>),
+    Dir,
+    Symlink(PathBuf),
+}
+
+/// One entry of a layer built from a list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerEntry {
+    pub data: EntryData,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+}
+
+/// Builds a layer from entries keyed by their path in the layer (no leading `/`). Entries are
+/// written in path order; times are `opts.mtime`, owners as given.
+pub fn layer_from_entries<W: Write>(
+    entries: &std::collections::BTreeMap<String, LayerEntry>,
+    opts: &LayerOptions,
+    out: W,
+) -> Result<LayerDigests, LayerError> {
+    let keep = LayerOptions {
+        keep_owners: true,
+        ..opts.clone()
+    };
+    write_layer(out, Path::new("layer"), |builder| {
+        for (path, e) in entries {
+            let p = Path::new(path);
+            match &e.data {
+                EntryData::Dir => {
+                    let mut h = base_header(tar::EntryType::Directory, e.mode, e.uid, e.gid, &keep);
+                    builder
+                        .append_data(&mut h, Path::new(&format!("{path}/")), io::empty())
+                        .map_err(io_err(p))?;
+                }
+                EntryData::Symlink(target) => {
+                    let mut h = base_header(tar::EntryType::Symlink, e.mode, e.uid, e.gid, &keep);
+                    builder.append_link(&mut h, p, target).map_err(io_err(p))?;
+                }
+                EntryData::Bytes(b) => {
+                    let mut h = base_header(tar::EntryType::Regular, e.mode, e.uid, e.gid, &keep);
+                    h.set_size(b.len() as u64);
+                    builder.append_data(&mut h, p, &b[..]).map_err(io_err(p))?;
+                }
+                EntryData::File(src) => {
+                    let f = fs::File::open(src).map_err(io_err(src))?;
+                    let len = f.metadata().map_err(io_err(src))?.len();
+                    let mut h = base_header(tar::EntryType::Regular, e.mode, e.uid, e.gid, &keep);
+                    h.set_size(len);
+                    builder.append_data(&mut h, p, f).map_err(io_err(src))?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// How much to trust a layer being extracted.
+#[derive(Clone, Debug, Default)]
+pub struct ExtractOptions {
+    /// Running as (namespaced) root: create device nodes, keep setuid/setgid bits, set owners.
+    pub privileged: bool,
+}
+
+/// What an extraction did besides writing files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExtractReport {
+    pub entries: u64,
+    pub whiteouts: u64,
+    pub skipped_devices: u64,
+    pub stripped_setuid: u64,
+}
+
+/// Resolves `rel` inside `root` the way the container will see it: symlinks are followed but
+/// interpreted relative to `root`, and `..` never climbs above it, so nothing resolves outside.
+/// With `follow_last` false the last component is not followed.
+pub fn resolve_in_root(root: &Path, rel: &Path, follow_last: bool) -> io::Result<PathBuf> {
+    use std::path::Component;
+    let mut stack: Vec<std::ffi::OsString> = Vec::new();
+    let mut pending: Vec<std::ffi::OsString> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .rev()
+        .collect();
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            stack.pop();
+            continue;
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(&stack);
+        candidate.push(&part);
+        let is_last = pending.is_empty();
+        match fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() && (!is_last || follow_last) => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(io::Error::other(format!(
+                        "too many symlinks resolving {}",
+                        rel.display()
+                    )));
+                }
+                let target = fs::read_link(&candidate)?;
+                if target.is_absolute() {
+                    stack.clear();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => pending.push(n.to_owned()),
+                        Component::ParentDir => pending.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => stack.push(part),
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(&stack);
+    Ok(out)
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Applies a layer (plain or gzip tar) onto `dest`, as a container runtime would: whiteouts
+/// delete what lower layers put there, entries can never land outside `dest` (`..`,
+/// absolute paths and symlinked parents are resolved inside it), device nodes are skipped and
+/// setuid bits dropped unless `privileged`.
+pub fn extract_layer<R: Read>(
+    input: R,
+    what: &Path,
+    dest: &Path,
+    opts: &ExtractOptions,
+) -> Result<ExtractReport, LayerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut input = io::BufReader::new(input);
+    let magic = {
+        use io::BufRead;
+        input
+            .fill_buf()
+            .map_err(io_err(what))?
+            .get(..4)
+            .map(<[u8]>::to_vec)
+    };
+    let reader: Box<dyn Read> = match magic.as_deref() {
+        Some([0x1f, 0x8b, ..]) => Box::new(flate2::read::GzDecoder::new(input)),
+        Some([0x28, 0xb5, 0x2f, 0xfd]) => return Err(LayerError::Zstd(what.to_owned())),
+        _ => Box::new(input),
+    };
+    fs::create_dir_all(dest).map_err(io_err(dest))?;
+    let mut report = ExtractReport::default();
+    let mut archive = tar::Archive::new(reader);
+    let escape = |p: &Path| LayerError::Io {
+        path: what.to_owned(),
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("layer entry `{}` escapes the root filesystem", p.display()),
+        ),
+    };
+    for entry in archive.entries().map_err(io_err(what))? {
+        let mut entry = entry.map_err(io_err(what))?;
+        let raw = entry.path().map_err(io_err(what))?.into_owned();
+        if raw
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(escape(&raw));
+        }
+        let rel: PathBuf = raw
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect();
+        if rel.as_os_str().is_empty() {
+            continue; // the root itself
+        }
+        let name = rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parent_rel = rel.parent().unwrap_or(Path::new(""));
+        let parent = resolve_in_root(dest, parent_rel, true).map_err(io_err(what))?;
+        if !parent.starts_with(dest) {
+            return Err(escape(&raw));
+        }
+        report.entries += 1;
+        if name == ".wh..wh..opq" {
+            report.whiteouts += 1;
+            if let Ok(rd) = fs::read_dir(&parent) {
+                for child in rd.flatten() {
+                    remove_any(&child.path()).map_err(io_err(&child.path()))?;
+                }
+            }
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            report.whiteouts += 1;
+            remove_any(&parent.join(hidden)).map_err(io_err(&parent))?;
+            continue;
+        }
+        fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+        let target = parent.join(&name);
+        let header = entry.header().clone();
+        let kind = header.entry_type();
+        let mut mode = header.mode().map_err(io_err(what))? & 0o7777;
+        if !opts.privileged && mode & 0o6000 != 0 && kind != tar::EntryType::Symlink {
+            mode &= !0o6000;
+            report.stripped_setuid += 1;
+        }
+        let existing_dir = fs::symlink_metadata(&target)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
+        if !(kind == tar::EntryType::Directory && existing_dir) {
+            remove_any(&target).map_err(io_err(&target))?;
+        }
+        match kind {
+            tar::EntryType::Directory => {
+                fs::create_dir_all(&target).map_err(io_err(&target))?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                    .map_err(io_err(&target))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut f = fs::File::create(&target).map_err(io_err(&target))?;
+                io::copy(&mut entry, &mut f).map_err(io_err(&target))?;
+                f.set_permissions(fs::Permissions::from_mode(mode))
+                    .map_err(io_err(&target))?;
+            }
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name()
+                    .map_err(io_err(what))?
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default();
+                std::os::unix::fs::symlink(&link, &target).map_err(io_err(&target))?;
+            }
+            tar::EntryType::Link => {
+                let link = entry
+                    .link_name()
+                    .map_err(io_err(what))?
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default();
+                if link
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+                {
+                    return Err(escape(&link));
+                }
+                let source = resolve_in_root(dest, &link, false).map_err(io_err(what))?;
+                if !source.starts_with(dest) {
+                    return Err(escape(&link));
+                }
+                fs::hard_link(&source, &target).map_err(io_err(&target))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                if kind != tar::EntryType::Fifo && !opts.privileged {
+                    report.skipped_devices += 1;
+                    continue;
+                }
+                let ft = match kind {
+                    tar::EntryType::Char => rustix::fs::FileType::CharacterDevice,
+                    tar::EntryType::Block => rustix::fs::FileType::BlockDevice,
+                    _ => rustix::fs::FileType::Fifo,
+                };
+                let dev = rustix::fs::makedev(
+                    header.device_major().ok().flatten().unwrap_or(0),
+                    header.device_minor().ok().flatten().unwrap_or(0),
+                );
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &target,
+                    ft,
+                    rustix::fs::Mode::from_raw_mode(mode),
+                    dev,
+                )
+                .map_err(|e| LayerError::Io {
+                    path: target.clone(),
+                    source: e.into(),
+                })?;
+            }
+            _ => continue,
+        }
+        if opts.privileged {
+            let uid = header.uid().ok().and_then(|u| u32::try_from(u).ok());
+            let gid = header.gid().ok().and_then(|g| u32::try_from(g).ok());
+            std::os::unix::fs::lchown(&target, uid, gid).map_err(io_err(&target))?;
+            if kind != tar::EntryType::Symlink && mode & 0o6000 != 0 {
+                // chown clears setuid bits: put them back.
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                    .map_err(io_err(&target))?;
+            }
+        }
+    }
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +652,162 @@ mod tests {
         assert_eq!(entries[3].1, tar::EntryType::Link);
         assert_eq!(entries[2].1, tar::EntryType::Symlink);
         assert!(entries.iter().all(|e| e.2 == 0));
+    }
+
+    fn tar_of(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(if *kind == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o4755
+            });
+            h.set_size(data.len() as u64);
+            match link {
+                Some(l) => b.append_link(&mut h, path, l).unwrap(),
+                None => {
+                    // Bypass the tar crate's own path checks to craft hostile entries.
+                    let name = path.as_bytes();
+                    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+                    h.set_cksum();
+                    b.append(&h, *data).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn extraction_applies_whiteouts_and_stays_inside_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("rootfs");
+        let lower = tar_of(&[
+            ("etc/", tar::EntryType::Directory, b"", None),
+            ("etc/keep", tar::EntryType::Regular, b"keep", None),
+            ("etc/drop", tar::EntryType::Regular, b"drop", None),
+            ("opaque/", tar::EntryType::Directory, b"", None),
+            ("opaque/old", tar::EntryType::Regular, b"old", None),
+            ("lib", tar::EntryType::Symlink, b"", Some("/usr/lib")),
+            ("usr/lib/", tar::EntryType::Directory, b"", None),
+        ]);
+        let r = extract_layer(
+            &lower[..],
+            Path::new("lower"),
+            &dest,
+            &ExtractOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(r.stripped_setuid, 3, "setuid dropped when unprivileged");
+        let upper = tar_of(&[
+            ("etc/.wh.drop", tar::EntryType::Regular, b"", None),
+            ("opaque/.wh..wh..opq", tar::EntryType::Regular, b"", None),
+            ("opaque/new", tar::EntryType::Regular, b"new", None),
+            // Through a symlinked parent: lands in usr/lib, inside the root.
+            ("lib/libx.so", tar::EntryType::Regular, b"x", None),
+        ]);
+        extract_layer(
+            &upper[..],
+            Path::new("upper"),
+            &dest,
+            &ExtractOptions::default(),
+        )
+        .unwrap();
+        assert!(dest.join("etc/keep").exists());
+        assert!(!dest.join("etc/drop").exists());
+        assert!(!dest.join("opaque/old").exists() && dest.join("opaque/new").exists());
+        assert_eq!(fs::read(dest.join("usr/lib/libx.so")).unwrap(), b"x");
+
+        // `..` is refused; a symlink pointing out of the root is resolved inside it.
+        let evil = tar_of(&[("../escape", tar::EntryType::Regular, b"x", None)]);
+        let err = extract_layer(
+            &evil[..],
+            Path::new("evil"),
+            &dest,
+            &ExtractOptions::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("escapes the root"), "{err}");
+        assert!(!root.path().join("escape").exists());
+        let sneaky = tar_of(&[
+            ("out", tar::EntryType::Symlink, b"", Some("../../..")),
+            ("out/pwned", tar::EntryType::Regular, b"x", None),
+        ]);
+        extract_layer(
+            &sneaky[..],
+            Path::new("sneaky"),
+            &dest,
+            &ExtractOptions::default(),
+        )
+        .unwrap();
+        assert!(
+            dest.join("pwned").exists(),
+            "resolved to the root, not above it"
+        );
+        assert!(!root.path().join("pwned").exists());
+        // Devices are skipped unless privileged.
+        let dev = tar_of(&[("dev/null", tar::EntryType::Char, b"", None)]);
+        let r = extract_layer(
+            &dev[..],
+            Path::new("dev"),
+            &dest,
+            &ExtractOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(r.skipped_devices, 1);
+    }
+
+    #[test]
+    fn layers_from_entries_are_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), b"content").unwrap();
+        let mut entries = std::collections::BTreeMap::new();
+        entries.insert(
+            "app".to_owned(),
+            LayerEntry {
+                data: EntryData::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        entries.insert(
+            "app/f".to_owned(),
+            LayerEntry {
+                data: EntryData::File(dir.path().join("f")),
+                mode: 0o644,
+                uid: 1000,
+                gid: 1000,
+            },
+        );
+        entries.insert(
+            "app/motd".to_owned(),
+            LayerEntry {
+                data: EntryData::Bytes(b"hi\n".to_vec()),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        entries.insert(
+            "app/link".to_owned(),
+            LayerEntry {
+                data: EntryData::Symlink("f".into()),
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let da = layer_from_entries(&entries, &LayerOptions::default(), &mut a).unwrap();
+        let db = layer_from_entries(&entries, &LayerOptions::default(), &mut b).unwrap();
+        assert_eq!((da, a.clone()), (db, b));
+        let names: Vec<String> = listing(&a).into_iter().map(|e| e.0).collect();
+        assert_eq!(names, ["app/", "app/f", "app/link", "app/motd"]);
+        let dest = dir.path().join("out");
+        extract_layer(&a[..], Path::new("a"), &dest, &ExtractOptions::default()).unwrap();
+        assert_eq!(fs::read(dest.join("app/link")).unwrap(), b"content");
     }
 
     #[test]
