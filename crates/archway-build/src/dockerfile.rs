@@ -381,6 +381,7 @@ impl Parser<'_> {
             env: None,
         };
         let mut kind_given = false;
+        let mut rw_given = false;
         for part in value.split(',') {
             let (k, v) = part
                 .split_once('=')
@@ -413,7 +414,10 @@ impl Parser<'_> {
                 "source" | "src" => m.source = v,
                 "from" => m.from = v,
                 "ro" | "readonly" => m.readonly = v.as_deref() != Some("false"),
-                "rw" | "readwrite" => m.readonly = v.as_deref() == Some("false"),
+                "rw" | "readwrite" => {
+                    rw_given = true;
+                    m.readonly = v.as_deref() == Some("false");
+                }
                 "required" => m.required = v.as_deref() != Some("false"),
                 "sharing" => {
                     if !matches!(v.as_deref(), Some("shared" | "private" | "locked")) {
@@ -445,6 +449,10 @@ impl Parser<'_> {
         }
         if !kind_given {
             m.kind = MountKind::Bind;
+        }
+        // Bind mounts are read-only unless `rw` is given (writes are discarded anyway).
+        if m.kind == MountKind::Bind && !rw_given {
+            m.readonly = true;
         }
         if m.target.is_none() && m.kind != MountKind::Secret {
             self.error(offset, "RUN --mount needs target=<path>");

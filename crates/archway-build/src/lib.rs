@@ -4,6 +4,8 @@
 //!   positioned diagnostics);
 //! * [`expand`]: BuildKit's quoting and variable-expansion rules.
 
+pub mod builder;
+pub mod context;
 pub mod dockerfile;
 pub mod eval;
 pub mod expand;

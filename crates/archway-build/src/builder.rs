@@ -1,0 +1,1104 @@
+//! The builder: executes an evaluated Dockerfile for every platform (in parallel) into a
+//! content-addressed store, and assembles the images and the index.
+//!
+//! * Every step has a cache key: the parent's key plus what the step does and reads (file
+//!   contents for COPY, command and environment for RUN). A hit reuses the layer.
+//! * COPY layers depend only on their inputs, never on the platform: identical COPYs of two
+//!   platforms produce one layer, computed once and shared byte for byte.
+//! * Everything is reproducible: fixed timestamps (`SOURCE_DATE_EPOCH`, default 0), sorted
+//!   entries, normalised owners, fixed compression.
+//! * RUN steps go to a [`StepRunner`] (the sandbox); the builder itself never executes code.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use archway_client::copy::{CopyOptions as ImageCopyOptions, Selection};
+use archway_client::{Client, Location};
+use archway_diag::{Diagnostic, Span};
+use archway_oci::config::{History, ImageConfig, RuntimeConfig, rfc3339};
+use archway_oci::layer::{EntryData, ExtractOptions, LayerEntry, LayerOptions, extract_layer, layer_from_entries};
+use archway_oci::layout::ImageLayout;
+use archway_oci::{Descriptor, Digest, Digester, ImageManifest, Index, ManifestKind, ParsedManifest, Platform, media_type};
+
+use crate::context::{self, ContextError, Tree};
+use crate::dockerfile::{CommandForm, CopySource, Dockerfile};
+use crate::eval::{Base, CopyFrom, EvalCopy, EvalInstruction, EvalMount, EvalOptions, EvalStep, Evaluated, evaluate};
+
+/// Errors of a build.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Problems in the Dockerfile or its inputs, found before any work.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+    #[error("{span}: {message}")]
+    Step { span: Span, message: String },
+    #[error("{span}: `{command}` failed with exit code {code} on {platform}\n{output}")]
+    RunFailed {
+        span: Span,
+        command: String,
+        code: i32,
+        platform: String,
+        output: String,
+    },
+    #[error(transparent)]
+    Client(#[from] archway_client::ClientError),
+    #[error(transparent)]
+    Layout(#[from] archway_oci::layout::LayoutError),
+    #[error(transparent)]
+    Layer(#[from] archway_oci::layer::LayerError),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
+    let context = context.into();
+    move |source| BuildError::Io { context, source }
+}
+
+/// A bind mount for a RUN step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindMount {
+    pub host: PathBuf,
+    pub target: String,
+    pub readonly: bool,
+}
+
+/// What the sandbox is asked to run.
+#[derive(Debug)]
+pub struct RunRequest<'a> {
+    pub platform: &'a Platform,
+    /// The root filesystem before the step (read-only: changes go elsewhere).
+    pub rootfs: &'a Path,
+    /// A scratch directory the runner may use (and put the changes in).
+    pub work: &'a Path,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub mounts: Vec<BindMount>,
+    /// tmpfs mounts (paths).
+    pub tmpfs: Vec<String>,
+    pub network_host: bool,
+}
+
+/// The result of a RUN.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub exit_code: i32,
+    /// Combined stdout/stderr (for errors).
+    pub output: String,
+    /// What changed, as layer entries (deletions as `.wh.` whiteout entries).
+    pub changes: BTreeMap<String, LayerEntry>,
+}
+
+/// Executes RUN steps (implemented by the sandbox; a fake records calls in tests).
+pub trait StepRunner: Send + Sync {
+    fn run(&self, req: &RunRequest<'_>, on_output: &(dyn Fn(&str) + Sync)) -> Result<RunOutput, BuildError>;
+}
+
+/// Progress of a build.
+#[derive(Clone, Debug)]
+pub enum BuildEvent {
+    Step {
+        platform: String,
+        stage: String,
+        text: String,
+        cached: bool,
+    },
+    Output {
+        platform: String,
+        line: String,
+    },
+    Pulled {
+        reference: String,
+        platform: String,
+    },
+}
+
+pub type ProgressSink = Arc<dyn Fn(BuildEvent) + Send + Sync>;
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct BuildRequest {
+    pub context: PathBuf,
+    pub dockerfile: Dockerfile,
+    pub platforms: Vec<Platform>,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub no_cache: bool,
+    /// `--secret id=…,src=…`
+    pub secrets: BTreeMap<String, PathBuf>,
+    /// Timestamps of everything written (seconds since the epoch).
+    pub source_date_epoch: u64,
+}
+
+/// The build's result, in the store's layout.
+#[derive(Clone, Debug)]
+pub struct BuildResult {
+    pub layout: PathBuf,
+    /// The name of the result in the layout's `index.json`.
+    pub tag: String,
+    /// The index (several platforms) or the manifest (one).
+    pub descriptor: Descriptor,
+    pub images: Vec<(Platform, Descriptor)>,
+    pub steps: usize,
+    pub cached_steps: usize,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// One layer of an image being built.
+#[derive(Clone, Debug)]
+struct Layer {
+    descriptor: Descriptor,
+    diff_id: Digest,
+}
+
+#[derive(Clone, Debug)]
+struct State {
+    config: ImageConfig,
+    layers: Vec<Layer>,
+    /// Cache key of the state so far.
+    key: Digest,
+    shell: Vec<String>,
+}
+
+/// A cached step result.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct CacheEntry {
+    layer: Option<Descriptor>,
+    diff_id: Option<Digest>,
+}
+
+/// The local store: blobs (an OCI layout), step cache, extracted root filesystems.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    layout: ImageLayout,
+    /// Layers being computed by content key, so concurrent platforms compute each once.
+    inflight: Mutex<HashMap<Digest, Arc<LayerCell>>>,
+}
+
+/// One layer computation shared by every platform that needs it.
+type LayerCell = OnceLock<Result<Layer, String>>;
+
+impl Store {
+    pub fn open(root: &Path) -> Result<Store, BuildError> {
+        for d in ["keys", "snapshots", "tmp"] {
+            std::fs::create_dir_all(root.join(d)).map_err(io(root.join(d).display().to_string()))?;
+        }
+        Ok(Store {
+            root: root.to_owned(),
+            layout: ImageLayout::create(root.join("layout"))?,
+            inflight: Mutex::default(),
+        })
+    }
+
+    /// `$XDG_CACHE_HOME/archway/build`, else `~/.cache/archway/build`.
+    pub fn default_dir() -> PathBuf {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from(".cache"))
+            .join("archway/build")
+    }
+
+    pub fn layout(&self) -> &ImageLayout {
+        &self.layout
+    }
+
+    fn tmp(&self) -> Result<tempfile::TempDir, BuildError> {
+        tempfile::Builder::new().prefix("step-").tempdir_in(self.root.join("tmp")).map_err(io("creating a temporary directory"))
+    }
+
+    fn cache_get(&self, key: &Digest) -> Option<CacheEntry> {
+        let bytes = std::fs::read(self.root.join("keys").join(key.hex())).ok()?;
+        let e: CacheEntry = serde_json::from_slice(&bytes).ok()?;
+        match &e.layer {
+            Some(l) if !self.layout.has_blob(&l.digest) => None,
+            _ => Some(e),
+        }
+    }
+
+    fn cache_put(&self, key: &Digest, e: &CacheEntry) -> Result<(), BuildError> {
+        let path = self.root.join("keys").join(key.hex());
+        let bytes = serde_json::to_vec(e).unwrap_or_default();
+        archway_oci::atomic_file::write(&path, &bytes).map_err(io(path.display().to_string()))
+    }
+
+    /// Writes a layer from entries into the blob store.
+    fn write_layer(&self, entries: &BTreeMap<String, LayerEntry>, mtime: u64) -> Result<Layer, BuildError> {
+        let tmp = self.tmp()?;
+        let path = tmp.path().join("layer.tar.gz");
+        let f = std::fs::File::create(&path).map_err(io(path.display().to_string()))?;
+        let digests = layer_from_entries(entries, &LayerOptions { mtime, keep_owners: true }, std::io::BufWriter::new(f))?;
+        let mut f = std::fs::File::open(&path).map_err(io(path.display().to_string()))?;
+        self.layout.write_blob_from(&mut f, Some(&digests.digest))?;
+        Ok(Layer {
+            descriptor: Descriptor::new(media_type::OCI_LAYER_GZIP, digests.digest, digests.size),
+            diff_id: digests.diff_id,
+        })
+    }
+
+    /// A layer computed once per content key, shared by concurrent builds.
+    fn layer_once(&self, content: &Digest, make: impl FnOnce() -> Result<Layer, BuildError>) -> Result<Layer, BuildError> {
+        let cell = {
+            let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(content.clone()).or_default().clone()
+        };
+        cell.get_or_init(|| make().map_err(|e| e.to_string()))
+            .clone()
+            .map_err(|message| BuildError::Io {
+                context: "building a layer".into(),
+                source: std::io::Error::other(message),
+            })
+    }
+
+    /// The root filesystem of a layer stack, extracted once and kept (read-only by contract).
+    fn snapshot(&self, layers: &[Layer], privileged: bool) -> Result<PathBuf, BuildError> {
+        let mut d = Digester::new(archway_oci::Algorithm::Sha256);
+        for l in layers {
+            d.update(l.diff_id.to_string().as_bytes());
+        }
+        let key = d.finish();
+        let dir = self.root.join("snapshots").join(key.hex());
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        // Start from the snapshot of all but the last layer when there is one (hard links:
+        // cheap, and extraction replaces files instead of writing through the links).
+        let tmp = self.root.join("snapshots").join(format!(".tmp-{}-{}", key.hex(), std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let (start, rest) = match layers.split_last() {
+            Some((last, parent)) if !parent.is_empty() => {
+                let parent_dir = self.snapshot(parent, privileged)?;
+                let st = std::process::Command::new("cp")
+                    .arg("-al")
+                    .arg(&parent_dir)
+                    .arg(&tmp)
+                    .status()
+                    .map_err(io("copying a snapshot (cp -al)"))?;
+                if !st.success() {
+                    return Err(BuildError::Io {
+                        context: format!("cp -al {}", parent_dir.display()),
+                        source: std::io::Error::other("failed"),
+                    });
+                }
+                (true, std::slice::from_ref(last))
+            }
+            _ => (false, layers),
+        };
+        if !start {
+            std::fs::create_dir_all(&tmp).map_err(io(tmp.display().to_string()))?;
+        }
+        for l in rest {
+            let mut f = self.layout.open_blob(&l.descriptor.digest, Some(l.descriptor.size))?;
+            extract_layer(&mut f, Path::new(&l.descriptor.digest.to_string()), &tmp, &ExtractOptions { privileged })?;
+        }
+        match std::fs::rename(&tmp, &dir) {
+            Ok(()) => {}
+            Err(_) if dir.is_dir() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            Err(e) => return Err(io(dir.display().to_string())(e)),
+        }
+        Ok(dir)
+    }
+}
+
+fn hash_parts(parts: &[&str]) -> Digest {
+    let mut d = Digester::new(archway_oci::Algorithm::Sha256);
+    for p in parts {
+        d.update(p.as_bytes());
+        d.update(b"\0");
+    }
+    d.finish()
+}
+
+/// The builder.
+pub struct Builder {
+    pub client: Client,
+    pub store: Arc<Store>,
+    pub runner: Option<Arc<dyn StepRunner>>,
+    pub progress: Option<ProgressSink>,
+    pub runtime: tokio::runtime::Handle,
+    /// Whether the sandbox runs as (namespaced) root: devices and setuid bits are kept.
+    pub privileged: bool,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder").field("store", &self.store.root).finish_non_exhaustive()
+    }
+}
+
+/// Per-platform build state shared with the step executor.
+struct PlatformBuild<'a> {
+    b: &'a Builder,
+    req: &'a BuildRequest,
+    platform: Platform,
+    context: &'a Tree,
+    states: HashMap<usize, State>,
+    steps: usize,
+    cached: usize,
+    image_trees: Mutex<HashMap<String, (PathBuf, Vec<Layer>)>>,
+}
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl Builder {
+    fn emit(&self, e: BuildEvent) {
+        if let Some(p) = &self.progress {
+            p(e);
+        }
+    }
+
+    /// Validates everything that can be checked before work: every platform's evaluation and
+    /// every COPY source in the context.
+    pub fn check(req: &BuildRequest, context: Option<&Tree>) -> (Vec<Evaluated>, Vec<Diagnostic>) {
+        let mut out = Vec::new();
+        let mut diags = Vec::new();
+        let host = Platform::host();
+        for p in &req.platforms {
+            let (e, d) = evaluate(
+                &req.dockerfile,
+                &EvalOptions {
+                    platform: p,
+                    build_platform: &host,
+                    build_args: &req.build_args,
+                    target: req.target.as_deref(),
+                },
+            );
+            for mut x in d {
+                if req.platforms.len() > 1 && !x.message.contains(" (for ") {
+                    x.message = format!("{} (for {p})", x.message);
+                }
+                if !diags.contains(&x) {
+                    diags.push(x);
+                }
+            }
+            let Some(e) = e else { continue };
+            if let Some(tree) = context {
+                for stage in &e.stages {
+                    for ins in &stage.instructions {
+                        if let EvalStep::Copy(c) = &ins.step
+                            && c.from == CopyFrom::Context
+                        {
+                            for s in &c.sources {
+                                if let CopySource::Path(p) = s
+                                    && let Err(err) = tree.select(p)
+                                {
+                                    let d = Diagnostic::error(&ins.span, format!("{}: {err}", if c.add { "ADD" } else { "COPY" }));
+                                    if !diags.contains(&d) {
+                                        diags.push(d);
+                                    }
+                                }
+                            }
+                        }
+                        if let EvalStep::Run { mounts, .. } = &ins.step {
+                            for m in mounts {
+                                if m.kind == crate::dockerfile::MountKind::Secret
+                                    && m.required
+                                    && !req.secrets.contains_key(m.id.as_deref().unwrap_or(""))
+                                {
+                                    diags.push(Diagnostic::error(&ins.span, format!("secret `{}` is required; pass --secret id={},src=FILE", m.id.clone().unwrap_or_default(), m.id.clone().unwrap_or_default())));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for a in &e.unused_build_args {
+                let d = Diagnostic::warning(&Span::new(&req.dockerfile.file, 1, 1), format!("build argument `{a}` is not declared by any ARG"));
+                if !diags.contains(&d) {
+                    diags.push(d);
+                }
+            }
+            out.push(e);
+        }
+        (out, diags)
+    }
+
+    /// Builds every platform and assembles the result in the store.
+    pub fn build(&self, req: &BuildRequest) -> Result<BuildResult, BuildError> {
+        let context = Tree::context(&req.context)?;
+        let (evaluated, diags) = Self::check(req, Some(&context));
+        if diags.iter().any(Diagnostic::is_error) {
+            return Err(BuildError::Invalid(diags));
+        }
+        if self.runner.is_none()
+            && let Some(ins) = evaluated.iter().flat_map(|e| &e.stages).flat_map(|s| &s.instructions).find(|i| matches!(i.step, EvalStep::Run { .. }))
+        {
+            return Err(BuildError::Step {
+                span: ins.span.clone(),
+                message: "RUN needs a sandbox, and none is available (see `archway doctor`)".into(),
+            });
+        }
+        let results: Vec<Result<(Platform, Descriptor, usize, usize), BuildError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = evaluated
+                .into_iter()
+                .map(|e| {
+                    let ctx = &context;
+                    s.spawn(move || self.build_platform(req, ctx, e))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(BuildError::Io { context: "build thread".into(), source: std::io::Error::other("panicked") })))
+                .collect()
+        });
+        let mut images = Vec::new();
+        let (mut steps, mut cached) = (0, 0);
+        for r in results {
+            let (p, d, s, c) = r?;
+            images.push((p, d));
+            steps += s;
+            cached += c;
+        }
+        let descriptor = if images.len() == 1 {
+            images[0].1.clone()
+        } else {
+            let mut index = Index::new_oci();
+            index.manifests = images
+                .iter()
+                .map(|(p, d)| {
+                    let mut d = d.clone();
+                    d.platform = Some(p.clone());
+                    d
+                })
+                .collect();
+            let bytes = index.to_json();
+            let digest = self.store.layout.write_blob(&bytes)?;
+            Descriptor::new(media_type::OCI_INDEX, digest, bytes.len() as u64)
+        };
+        let tag = format!("build-{}", &descriptor.digest.hex()[..16]);
+        self.store.layout.set_ref(&tag, &descriptor)?;
+        Ok(BuildResult {
+            layout: self.store.layout.root().to_owned(),
+            tag,
+            descriptor,
+            images,
+            steps,
+            cached_steps: cached,
+            warnings: diags,
+        })
+    }
+
+    fn build_platform(&self, req: &BuildRequest, context: &Tree, e: Evaluated) -> Result<(Platform, Descriptor, usize, usize), BuildError> {
+        let mut pb = PlatformBuild {
+            b: self,
+            req,
+            platform: e.platform.clone(),
+            context,
+            states: HashMap::new(),
+            steps: 0,
+            cached: 0,
+            image_trees: Mutex::default(),
+        };
+        for stage in &e.stages {
+            let mut state = match &stage.base {
+                Base::Scratch => pb.scratch(),
+                Base::Stage(i) => pb.states.get(i).cloned().ok_or_else(|| BuildError::Step {
+                    span: Span::new(&req.dockerfile.file, 1, 1),
+                    message: format!("stage {i} was not built"),
+                })?,
+                Base::Image { reference, platform } => pb.pull(reference, platform)?,
+            };
+            let stage_name = stage.name.clone().unwrap_or_else(|| stage.index.to_string());
+            for ins in &stage.instructions {
+                pb.execute(&mut state, ins, &stage_name)?;
+            }
+            pb.states.insert(stage.index, state);
+        }
+        let final_state = pb.states.remove(&e.target).ok_or_else(|| BuildError::Step {
+            span: Span::new(&req.dockerfile.file, 1, 1),
+            message: "target stage was not built".into(),
+        })?;
+        let desc = pb.write_image(final_state)?;
+        Ok((e.platform, desc, pb.steps, pb.cached))
+    }
+}
+
+impl PlatformBuild<'_> {
+    fn epoch(&self) -> String {
+        rfc3339(self.req.source_date_epoch)
+    }
+
+    fn scratch(&self) -> State {
+        let mut config = ImageConfig::for_platform(&self.platform);
+        config.config = Some(RuntimeConfig {
+            env: Some(vec![DEFAULT_PATH.to_owned()]),
+            ..RuntimeConfig::default()
+        });
+        State {
+            config,
+            layers: Vec::new(),
+            key: hash_parts(&["scratch", &self.platform.to_string()]),
+            shell: vec!["/bin/sh".into(), "-c".into()],
+        }
+    }
+
+    /// Pulls a base image for a platform into the store.
+    fn pull(&self, reference: &str, platform: &Platform) -> Result<State, BuildError> {
+        let r: archway_oci::Reference = reference.parse().map_err(archway_client::ClientError::from)?;
+        let tag = format!("base-{}", hash_parts(&[&r.to_string(), &platform.to_string()]).hex());
+        let dest = Location::Layout {
+            path: self.b.store.layout.root().to_owned(),
+            tag: Some(tag.clone()),
+        };
+        let opts = ImageCopyOptions {
+            selection: Selection::Platform(platform.clone()),
+            ..ImageCopyOptions::default()
+        };
+        self.b
+            .runtime
+            .block_on(archway_client::copy(&self.b.client, &Location::Registry(r.clone()), &dest, &opts))?;
+        self.b.emit(BuildEvent::Pulled {
+            reference: r.to_string(),
+            platform: platform.to_string(),
+        });
+        let desc = self.b.store.layout.resolve(Some(&tag))?;
+        let bytes = self.b.store.layout.read_blob(&desc.digest)?;
+        let parsed = ParsedManifest::parse(&bytes, Some(&desc.media_type)).map_err(|source| {
+            BuildError::Client(archway_client::ClientError::Manifest {
+                reference: r.to_string(),
+                source,
+            })
+        })?;
+        if parsed.kind != ManifestKind::Image {
+            return Err(BuildError::Step {
+                span: Span::new(&self.req.dockerfile.file, 1, 1),
+                message: format!("{r} did not resolve to an image for {platform}"),
+            });
+        }
+        let config_desc = parsed.config.clone().unwrap_or_else(|| Descriptor::for_bytes(media_type::OCI_CONFIG, b"{}"));
+        let config: ImageConfig = serde_json::from_slice(&self.b.store.layout.read_blob(&config_desc.digest)?).map_err(|e| BuildError::Step {
+            span: Span::new(&self.req.dockerfile.file, 1, 1),
+            message: format!("the config of {r} is invalid: {e}"),
+        })?;
+        if let Some(p) = config.platform()
+            && !p.matches(platform)
+        {
+            return Err(BuildError::Step {
+                span: Span::new(&self.req.dockerfile.file, 1, 1),
+                message: format!("base image {r} is {p} only; it has no image for {platform}"),
+            });
+        }
+        if parsed.layers.len() != config.rootfs.diff_ids.len() {
+            return Err(BuildError::Step {
+                span: Span::new(&self.req.dockerfile.file, 1, 1),
+                message: format!("{r}: its manifest has {} layers but its config lists {} diff_ids", parsed.layers.len(), config.rootfs.diff_ids.len()),
+            });
+        }
+        let layers = parsed
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(d, diff)| Layer {
+                descriptor: d.clone(),
+                diff_id: diff.clone(),
+            })
+            .collect();
+        Ok(State {
+            key: hash_parts(&["image", &desc.digest.to_string()]),
+            shell: vec!["/bin/sh".into(), "-c".into()],
+            layers,
+            config,
+        })
+    }
+
+    fn runtime(state: &mut State) -> &mut RuntimeConfig {
+        state.config.config.get_or_insert_with(RuntimeConfig::default)
+    }
+
+    fn history(&self, state: &mut State, text: &str, empty: bool) {
+        state.config.history.push(History {
+            created: Some(self.epoch()),
+            created_by: Some(text.to_owned()),
+            comment: None,
+            empty_layer: empty.then_some(true),
+        });
+    }
+
+    fn env_map(state: &State) -> Vec<String> {
+        state.config.config.as_ref().and_then(|c| c.env.clone()).unwrap_or_default()
+    }
+
+    fn set_env(state: &mut State, k: &str, v: &str) {
+        let env = Self::runtime(state).env.get_or_insert_with(Vec::new);
+        let prefix = format!("{k}=");
+        match env.iter_mut().find(|e| e.starts_with(&prefix)) {
+            Some(e) => *e = format!("{k}={v}"),
+            None => env.push(format!("{k}={v}")),
+        }
+    }
+
+    fn workdir(state: &State) -> String {
+        state
+            .config
+            .config
+            .as_ref()
+            .and_then(|c| c.working_dir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".to_owned())
+    }
+
+    fn execute(&mut self, state: &mut State, ins: &EvalInstruction, stage: &str) -> Result<(), BuildError> {
+        self.steps += 1;
+        let step_text = format!("{:?}", ins.step);
+        match &ins.step {
+            EvalStep::Env(pairs) => {
+                for (k, v) in pairs {
+                    Self::set_env(state, k, v);
+                }
+                self.meta(state, ins, &step_text, stage);
+            }
+            EvalStep::Label(pairs) => {
+                let labels = Self::runtime(state).labels.get_or_insert_with(BTreeMap::new);
+                for (k, v) in pairs {
+                    labels.insert(k.clone(), v.clone());
+                }
+                self.meta(state, ins, &step_text, stage);
+            }
+            EvalStep::Workdir(w) => {
+                let current = Self::workdir(state);
+                let resolved = context::resolve_dest(w, &current);
+                let resolved = if resolved.len() > 1 { resolved.trim_end_matches('/').to_owned() } else { resolved };
+                Self::runtime(state).working_dir = Some(resolved);
+                self.meta(state, ins, &step_text, stage);
+            }
+            EvalStep::User(u) => {
+                Self::runtime(state).user = Some(u.clone());
+                self.meta(state, ins, &step_text, stage);
+            }
+            EvalStep::Expose(ports) => {
+                let ex = Self::runtime(state).exposed_ports.get_or_insert_with(BTreeMap::new);
+                for p in ports {
+                    ex.insert(p.clone(), serde_json::json!({}));
+                }
+                self.meta(state, ins, &step_text, stage);
+            }
+            EvalStep::Volume(paths) => {
+                let v = Self::runtime(state).volumes.get_or_insert_with(BTreeMap::new);
+                for p in paths {
+                    v.insert(p.clone(), serde_json::json!({}));
+                }
+                self.meta(state, ins, &step_text, stage);
+            }
+            EvalStep::Cmd(c) => {
+                let argv = self.argv(state, c);
+                Self::runtime(state).cmd = Some(argv);
+                self.meta(state, ins, &step_text, stage);
+            }
+            EvalStep::Entrypoint(c) => {
+                let argv = self.argv(state, c);
+                let rc = Self::runtime(state);
+                rc.entrypoint = Some(argv);
+                // As docker: a new ENTRYPOINT clears an inherited CMD.
+                rc.cmd = None;
+                self.meta(state, ins, &step_text, stage);
+            }
+            EvalStep::Shell(s) => {
+                state.shell = s.clone();
+                self.meta(state, ins, &step_text, stage);
+            }
+            EvalStep::Healthcheck(h) => {
+                let value = match h {
+                    None => serde_json::json!({ "Test": ["NONE"] }),
+                    Some(h) => {
+                        let test = match &h.test {
+                            Some(CommandForm::Exec(v)) => {
+                                let mut t = vec!["CMD".to_owned()];
+                                t.extend(v.iter().cloned());
+                                t
+                            }
+                            Some(CommandForm::Shell(s)) => vec!["CMD-SHELL".to_owned(), s.clone()],
+                            None => vec!["NONE".to_owned()],
+                        };
+                        let mut m = serde_json::Map::new();
+                        m.insert("Test".into(), serde_json::json!(test));
+                        for (k, v) in [("Interval", &h.interval), ("Timeout", &h.timeout), ("StartPeriod", &h.start_period)] {
+                            if let Some(v) = v
+                                && let Some(ns) = duration_ns(v)
+                            {
+                                m.insert(k.into(), serde_json::json!(ns));
+                            }
+                        }
+                        if let Some(r) = h.retries.as_deref().and_then(|r| r.parse::<u64>().ok()) {
+                            m.insert("Retries".into(), serde_json::json!(r));
+                        }
+                        serde_json::Value::Object(m)
+                    }
+                };
+                Self::runtime(state).extra.insert("Healthcheck".into(), value);
+                self.meta(state, ins, &step_text, stage);
+            }
+            EvalStep::Stopsignal(s) => {
+                Self::runtime(state).stop_signal = Some(s.clone());
+                self.meta(state, ins, &step_text, stage);
+            }
+            EvalStep::Onbuild(i) => {
+                let rc = Self::runtime(state);
+                let list = rc.extra.entry("OnBuild".to_owned()).or_insert_with(|| serde_json::json!([]));
+                if let Some(a) = list.as_array_mut() {
+                    a.push(serde_json::json!(i));
+                }
+                self.meta(state, ins, &step_text, stage);
+            }
+            EvalStep::Arg(_) => {
+                state.key = hash_parts(&[&state.key.to_string(), &step_text]);
+            }
+            EvalStep::Copy(c) => self.copy(state, ins, c, stage)?,
+            EvalStep::Run { .. } => self.run(state, ins, stage)?,
+        }
+        Ok(())
+    }
+
+    fn meta(&self, state: &mut State, ins: &EvalInstruction, step_text: &str, stage: &str) {
+        state.key = hash_parts(&[&state.key.to_string(), step_text]);
+        self.history(state, &ins.text, true);
+        self.b.emit(BuildEvent::Step {
+            platform: self.platform.to_string(),
+            stage: stage.to_owned(),
+            text: ins.text.clone(),
+            cached: false,
+        });
+    }
+
+    fn argv(&self, state: &State, c: &CommandForm) -> Vec<String> {
+        match c {
+            CommandForm::Exec(v) => v.clone(),
+            CommandForm::Shell(s) => {
+                let mut v = state.shell.clone();
+                v.push(s.clone());
+                v
+            }
+        }
+    }
+
+    fn add_layer(&self, state: &mut State, layer: Layer, text: &str) {
+        state.config.rootfs.diff_ids.push(layer.diff_id.clone());
+        state.layers.push(layer);
+        self.history(state, text, false);
+    }
+
+    /// The tree a COPY reads from: the context, another stage's root filesystem, or an image's.
+    fn source_tree(&self, from: &CopyFrom) -> Result<Option<(PathBuf, Tree)>, BuildError> {
+        match from {
+            CopyFrom::Context => Ok(None),
+            CopyFrom::Stage(i) => {
+                let state = self.states.get(i).ok_or_else(|| BuildError::Io {
+                    context: format!("stage {i}"),
+                    source: std::io::Error::other("not built"),
+                })?;
+                let dir = self.b.store.snapshot(&state.layers, self.b.privileged)?;
+                Ok(Some((dir.clone(), Tree::rootfs(&dir)?)))
+            }
+            CopyFrom::Image(r) => {
+                let cached = self.image_trees.lock().unwrap_or_else(|p| p.into_inner()).get(r).cloned();
+                let (dir, _) = match cached {
+                    Some(c) => c,
+                    None => {
+                        let st = self.pull(r, &self.platform)?;
+                        let dir = self.b.store.snapshot(&st.layers, self.b.privileged)?;
+                        self.image_trees.lock().unwrap_or_else(|p| p.into_inner()).insert(r.clone(), (dir.clone(), st.layers.clone()));
+                        (dir, st.layers)
+                    }
+                };
+                Ok(Some((dir.clone(), Tree::rootfs(&dir)?)))
+            }
+        }
+    }
+
+    fn copy(&mut self, state: &mut State, ins: &EvalInstruction, c: &EvalCopy, stage: &str) -> Result<(), BuildError> {
+        let step_err = |e: ContextError| BuildError::Step {
+            span: ins.span.clone(),
+            message: format!("{}: {e}", if c.add { "ADD" } else { "COPY" }),
+        };
+        let dest = context::resolve_dest(&c.dest, &Self::workdir(state));
+        let opts = context::CopyOptions {
+            chown: c.chown.as_deref().map(context::parse_chown).transpose().map_err(step_err)?,
+            chmod: c.chmod,
+            unpack_archives: c.add && c.from == CopyFrom::Context,
+            exclude: c.exclude.clone(),
+        };
+        let mut entries = BTreeMap::new();
+        let paths: Vec<String> = c
+            .sources
+            .iter()
+            .filter_map(|s| match s {
+                CopySource::Path(p) => Some(p.clone()),
+                CopySource::Heredoc(_) => None,
+            })
+            .collect();
+        if !paths.is_empty() {
+            let from = self.source_tree(&c.from)?;
+            let tree = match &from {
+                Some((_, t)) => t,
+                None => self.context,
+            };
+            entries = context::copy_entries(tree, &paths, &dest, &opts).map_err(step_err)?;
+        }
+        for s in &c.sources {
+            if let CopySource::Heredoc(h) = s {
+                let path = dest.trim_start_matches('/').to_owned();
+                if path.is_empty() || dest.ends_with('/') {
+                    return Err(BuildError::Step {
+                        span: ins.span.clone(),
+                        message: "COPY <<EOF needs a file destination, e.g. COPY <<EOF /etc/motd".into(),
+                    });
+                }
+                let (uid, gid) = opts.chown.unwrap_or((0, 0));
+                entries.insert(path, LayerEntry {
+                    data: EntryData::Bytes(h.content.clone().into_bytes()),
+                    mode: opts.chmod.unwrap_or(0o644),
+                    uid,
+                    gid,
+                });
+            }
+        }
+        let content = context::entries_key(&entries).map_err(step_err)?;
+        state.key = hash_parts(&[&state.key.to_string(), "COPY", &content.to_string()]);
+        let cached = !self.req.no_cache && self.b.store.cache_get(&state.key).is_some();
+        let layer = match self.b.store.cache_get(&state.key).filter(|_| !self.req.no_cache) {
+            Some(CacheEntry { layer: Some(l), diff_id: Some(d) }) => Layer { descriptor: l, diff_id: d },
+            _ => {
+                let store = &self.b.store;
+                let mtime = self.req.source_date_epoch;
+                let layer = store.layer_once(&content, || store.write_layer(&entries, mtime))?;
+                store.cache_put(&state.key, &CacheEntry { layer: Some(layer.descriptor.clone()), diff_id: Some(layer.diff_id.clone()) })?;
+                layer
+            }
+        };
+        if cached {
+            self.cached += 1;
+        }
+        self.add_layer(state, layer, &ins.text);
+        self.b.emit(BuildEvent::Step {
+            platform: self.platform.to_string(),
+            stage: stage.to_owned(),
+            text: ins.text.clone(),
+            cached,
+        });
+        Ok(())
+    }
+
+    fn run(&mut self, state: &mut State, ins: &EvalInstruction, stage: &str) -> Result<(), BuildError> {
+        let EvalStep::Run { command, heredocs, mounts, network, args } = &ins.step else {
+            return Ok(());
+        };
+        let mut env: Vec<String> = Self::env_map(state);
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push(DEFAULT_PATH.to_owned());
+        }
+        let env_keys: Vec<String> = env.iter().filter_map(|e| e.split_once('=').map(|(k, _)| k.to_owned())).collect();
+        for (k, v) in args {
+            if !env_keys.contains(k) {
+                env.push(format!("{k}={v}"));
+            }
+        }
+        env.sort();
+        // Heredoc commands run through the shell with the heredoc as a script.
+        let argv = match (command, heredocs.first()) {
+            (CommandForm::Shell(s), Some(h)) if s.trim_start().starts_with("<<") => {
+                let mut v = state.shell.clone();
+                v.push(h.content.clone());
+                v
+            }
+            (CommandForm::Shell(s), Some(h)) => {
+                let mut v = state.shell.clone();
+                v.push(format!("{s}\n{}", h.content));
+                v
+            }
+            _ => self.argv(state, command),
+        };
+        let cwd = Self::workdir(state);
+        let user = state.config.config.as_ref().and_then(|c| c.user.clone()).unwrap_or_default();
+        let mounts_text = format!("{mounts:?}");
+        state.key = hash_parts(&[&state.key.to_string(), "RUN", &argv.join("\0"), &env.join("\0"), &cwd, &user, &mounts_text, network, &self.platform.to_string()]);
+        if !self.req.no_cache
+            && let Some(CacheEntry { layer, diff_id }) = self.b.store.cache_get(&state.key)
+        {
+            self.cached += 1;
+            match (layer, diff_id) {
+                (Some(l), Some(d)) => self.add_layer(state, Layer { descriptor: l, diff_id: d }, &ins.text),
+                _ => self.history(state, &ins.text, true),
+            }
+            self.b.emit(BuildEvent::Step { platform: self.platform.to_string(), stage: stage.to_owned(), text: ins.text.clone(), cached: true });
+            return Ok(());
+        }
+        self.b.emit(BuildEvent::Step { platform: self.platform.to_string(), stage: stage.to_owned(), text: ins.text.clone(), cached: false });
+        let rootfs = self.b.store.snapshot(&state.layers, self.b.privileged)?;
+        let work = self.b.store.tmp()?;
+        let (binds, tmpfs) = self.mounts(mounts, &ins.span)?;
+        let runner = self.b.runner.clone().ok_or_else(|| BuildError::Step {
+            span: ins.span.clone(),
+            message: "RUN needs a sandbox".into(),
+        })?;
+        let platform = self.platform.to_string();
+        let progress = self.b.progress.clone();
+        let on_output = move |line: &str| {
+            if let Some(p) = &progress {
+                p(BuildEvent::Output { platform: platform.clone(), line: line.to_owned() });
+            }
+        };
+        let out = runner.run(
+            &RunRequest {
+                platform: &self.platform,
+                rootfs: &rootfs,
+                work: work.path(),
+                argv: argv.clone(),
+                env,
+                cwd,
+                user,
+                mounts: binds,
+                tmpfs,
+                network_host: network == "host",
+            },
+            &on_output,
+        )?;
+        if out.exit_code != 0 {
+            return Err(BuildError::RunFailed {
+                span: ins.span.clone(),
+                command: ins.text.clone(),
+                code: out.exit_code,
+                platform: self.platform.to_string(),
+                output: out.output,
+            });
+        }
+        if out.changes.is_empty() {
+            self.b.store.cache_put(&state.key, &CacheEntry { layer: None, diff_id: None })?;
+            self.history(state, &ins.text, true);
+            return Ok(());
+        }
+        let layer = self.b.store.write_layer(&out.changes, self.req.source_date_epoch)?;
+        self.b.store.cache_put(&state.key, &CacheEntry { layer: Some(layer.descriptor.clone()), diff_id: Some(layer.diff_id.clone()) })?;
+        self.add_layer(state, layer, &ins.text);
+        Ok(())
+    }
+
+    /// Host directories for RUN --mount: caches (persistent per id), secrets, binds, tmpfs.
+    fn mounts(&self, mounts: &[EvalMount], span: &Span) -> Result<(Vec<BindMount>, Vec<String>), BuildError> {
+        use crate::dockerfile::MountKind;
+        let mut binds = Vec::new();
+        let mut tmpfs = Vec::new();
+        for m in mounts {
+            match m.kind {
+                MountKind::Cache => {
+                    let id = m.id.clone().unwrap_or_else(|| m.target.clone());
+                    let dir = self.b.store.root.join("mounts").join(hash_parts(&[&id, &self.platform.to_string()]).hex());
+                    std::fs::create_dir_all(&dir).map_err(io(dir.display().to_string()))?;
+                    binds.push(BindMount { host: dir, target: m.target.clone(), readonly: m.readonly });
+                }
+                MountKind::Secret => {
+                    let id = m.id.clone().unwrap_or_else(|| m.target.rsplit('/').next().unwrap_or("").to_owned());
+                    match self.req.secrets.get(&id) {
+                        Some(src) => binds.push(BindMount { host: src.clone(), target: m.target.clone(), readonly: true }),
+                        None if m.required => {
+                            return Err(BuildError::Step { span: span.clone(), message: format!("secret `{id}` is required; pass --secret id={id},src=FILE") });
+                        }
+                        None => {}
+                    }
+                }
+                MountKind::Bind => {
+                    let source = m.source.clone().unwrap_or_default();
+                    let host = match &m.from {
+                        None | Some(CopyFrom::Context) => {
+                            let rel = context::clean_rel(&source);
+                            if rel.starts_with("..") {
+                                return Err(BuildError::Step { span: span.clone(), message: format!("bind mount source `{source}` is outside the context") });
+                            }
+                            self.req.context.join(rel)
+                        }
+                        Some(from) => {
+                            let (dir, _) = self.source_tree(from)?.ok_or_else(|| BuildError::Step { span: span.clone(), message: "bind mount source".into() })?;
+                            archway_oci::layer::resolve_in_root(&dir, Path::new(&source), true).map_err(io(source.clone()))?
+                        }
+                    };
+                    binds.push(BindMount { host, target: m.target.clone(), readonly: m.readonly });
+                }
+                MountKind::Tmpfs => tmpfs.push(m.target.clone()),
+            }
+        }
+        Ok((binds, tmpfs))
+    }
+
+    fn write_image(&self, mut state: State) -> Result<Descriptor, BuildError> {
+        if !self.req.labels.is_empty() {
+            let labels = Self::runtime(&mut state).labels.get_or_insert_with(BTreeMap::new);
+            for (k, v) in &self.req.labels {
+                labels.insert(k.clone(), v.clone());
+            }
+        }
+        state.config.created = Some(self.epoch());
+        state.config.architecture = self.platform.architecture.clone();
+        state.config.os = self.platform.os.clone();
+        state.config.variant = self.platform.variant.clone();
+        let config_bytes = state.config.to_json();
+        let config_digest = self.b.store.layout.write_blob(&config_bytes)?;
+        let manifest = ImageManifest {
+            schema_version: 2,
+            media_type: media_type::OCI_MANIFEST.to_owned(),
+            artifact_type: None,
+            config: Descriptor::new(media_type::OCI_CONFIG, config_digest, config_bytes.len() as u64),
+            layers: state.layers.iter().map(|l| l.descriptor.clone()).collect(),
+            subject: None,
+            annotations: None,
+        };
+        let bytes = manifest.to_json();
+        let digest = self.b.store.layout.write_blob(&bytes)?;
+        Ok(Descriptor::new(media_type::OCI_MANIFEST, digest, bytes.len() as u64))
+    }
+}
+
+/// `30s`, `1m30s`, `5m` → nanoseconds (HEALTHCHECK durations).
+fn duration_ns(s: &str) -> Option<u64> {
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        if c == 'm' && chars.peek() == Some(&'s') {
+            unit.push('s');
+            chars.next();
+        }
+        let n: f64 = num.parse().ok()?;
+        num.clear();
+        total += n * match unit.as_str() {
+            "ns" => 1.0,
+            "us" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+    }
+    if !num.is_empty() {
+        return None;
+    }
+    Some(total as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn healthcheck_durations() {
+        assert_eq!(super::duration_ns("30s"), Some(30_000_000_000));
+        assert_eq!(super::duration_ns("1m30s"), Some(90_000_000_000));
+        assert_eq!(super::duration_ns("500ms"), Some(500_000_000));
+        assert_eq!(super::duration_ns("x"), None);
+    }
+}

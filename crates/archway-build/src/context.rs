@@ -1,0 +1,535 @@
+//! The build context: its files (minus `.dockerignore`), and turning COPY/ADD sources into the
+//! entries of a reproducible layer.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use archway_oci::Digest;
+use archway_oci::layer::{EntryData, LayerEntry};
+use globset::{Glob, GlobBuilder, GlobMatcher};
+
+/// Errors reading the context or resolving sources.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid .dockerignore pattern `{pattern}`: {message}")]
+    Ignore { pattern: String, message: String },
+    #[error("`{0}` is not in the build context (check the path, and .dockerignore)")]
+    NotFound(String),
+    #[error("`{0}` points outside the build context")]
+    Outside(String),
+    #[error("invalid pattern `{pattern}`: {message}")]
+    Pattern { pattern: String, message: String },
+    #[error("--chown={0}: use numeric ids (uid[:gid])")]
+    Chown(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ContextError + '_ {
+    move |source| ContextError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+struct IgnoreRule {
+    matcher: GlobMatcher,
+    negate: bool,
+}
+
+/// `.dockerignore`: patterns in order, the last matching one decides; `!` re-includes.
+#[derive(Default)]
+pub struct Ignore {
+    rules: Vec<IgnoreRule>,
+}
+
+impl std::fmt::Debug for Ignore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ignore({} rules)", self.rules.len())
+    }
+}
+
+impl Ignore {
+    pub fn parse(text: &str) -> Result<Ignore, ContextError> {
+        let mut rules = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (negate, pat) = match line.strip_prefix('!') {
+                Some(p) => (true, p.trim()),
+                None => (false, line),
+            };
+            let pat = pat.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/');
+            if pat.is_empty() {
+                continue;
+            }
+            let glob = GlobBuilder::new(pat)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| ContextError::Ignore {
+                    pattern: line.to_owned(),
+                    message: e.to_string(),
+                })?;
+            rules.push(IgnoreRule {
+                matcher: glob.compile_matcher(),
+                negate,
+            });
+        }
+        Ok(Ignore { rules })
+    }
+
+    /// Whether `rel` (or one of its parent directories) is ignored.
+    pub fn is_ignored(&self, rel: &str) -> bool {
+        let mut ignored = false;
+        for r in &self.rules {
+            // A pattern matching a directory ignores everything below it.
+            let hit = r.matcher.is_match(rel)
+                || rel
+                    .char_indices()
+                    .filter(|(_, c)| *c == '/')
+                    .any(|(i, _)| r.matcher.is_match(&rel[..i]));
+            if hit {
+                ignored = !r.negate;
+            }
+        }
+        ignored
+    }
+}
+
+/// One file of the context.
+#[derive(Clone, Debug)]
+pub struct ContextEntry {
+    pub rel: String,
+    pub abs: PathBuf,
+    pub kind: Kind,
+    pub mode: u32,
+    pub size: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// A directory tree files are copied from: the build context, or a stage's root filesystem.
+#[derive(Debug)]
+pub struct Tree {
+    pub root: PathBuf,
+    /// Sorted by path.
+    pub entries: BTreeMap<String, ContextEntry>,
+    /// Whether owners come from the files (a stage) or are root (the context).
+    pub keep_owners: bool,
+}
+
+impl Tree {
+    /// Scans a build context, honouring `.dockerignore`.
+    pub fn context(root: &Path) -> Result<Tree, ContextError> {
+        let ignore = match fs::read_to_string(root.join(".dockerignore")) {
+            Ok(t) => Ignore::parse(&t)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ignore::default(),
+            Err(e) => return Err(io(&root.join(".dockerignore"))(e)),
+        };
+        Self::scan(root, &ignore, false)
+    }
+
+    /// Scans a stage's extracted root filesystem.
+    pub fn rootfs(root: &Path) -> Result<Tree, ContextError> {
+        Self::scan(root, &Ignore::default(), true)
+    }
+
+    fn scan(root: &Path, ignore: &Ignore, keep_owners: bool) -> Result<Tree, ContextError> {
+        let mut entries = BTreeMap::new();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel_dir) = stack.pop() {
+            let dir = root.join(&rel_dir);
+            let rd = fs::read_dir(&dir).map_err(io(&dir))?;
+            for e in rd {
+                let e = e.map_err(io(&dir))?;
+                let rel_path = rel_dir.join(e.file_name());
+                let rel = rel_path.to_string_lossy().into_owned();
+                if ignore.is_ignored(&rel) {
+                    continue;
+                }
+                let meta = fs::symlink_metadata(e.path()).map_err(io(&e.path()))?;
+                let kind = if meta.file_type().is_symlink() {
+                    Kind::Symlink
+                } else if meta.is_dir() {
+                    stack.push(rel_path.clone());
+                    Kind::Dir
+                } else if meta.is_file() {
+                    Kind::File
+                } else {
+                    continue; // sockets, devices: never part of a context
+                };
+                entries.insert(
+                    rel.clone(),
+                    ContextEntry {
+                        rel,
+                        abs: e.path(),
+                        kind,
+                        mode: meta.mode() & 0o7777,
+                        size: meta.len(),
+                    },
+                );
+            }
+        }
+        Ok(Tree {
+            root: root.to_owned(),
+            entries,
+            keep_owners,
+        })
+    }
+
+    /// The entries a COPY source names: an exact path, or a glob.
+    pub fn select(&self, source: &str) -> Result<Vec<&ContextEntry>, ContextError> {
+        let clean = clean_rel(source);
+        if clean.starts_with("..") {
+            return Err(ContextError::Outside(source.to_owned()));
+        }
+        if clean.is_empty() {
+            return Ok(self.entries.values().filter(|e| !e.rel.contains('/')).collect());
+        }
+        if clean.contains(['*', '?', '[']) {
+            let g = Glob::new(&clean)
+                .and_then(|_| GlobBuilder::new(&clean).literal_separator(true).build())
+                .map_err(|e| ContextError::Pattern {
+                    pattern: source.to_owned(),
+                    message: e.to_string(),
+                })?
+                .compile_matcher();
+            let hits: Vec<&ContextEntry> = self.entries.values().filter(|e| g.is_match(&e.rel)).collect();
+            if hits.is_empty() {
+                return Err(ContextError::NotFound(source.to_owned()));
+            }
+            return Ok(hits);
+        }
+        self.entries
+            .get(&clean)
+            .map(|e| vec![e])
+            .ok_or_else(|| ContextError::NotFound(source.to_owned()))
+    }
+
+    /// Everything below a directory entry.
+    fn below<'a>(&'a self, dir: &str) -> impl Iterator<Item = &'a ContextEntry> + 'a {
+        let prefix = format!("{dir}/");
+        self.entries.range(prefix.clone()..).take_while(move |(k, _)| k.starts_with(&prefix)).map(|(_, v)| v)
+    }
+}
+
+/// `a/./b/../c/` → `a/c`; leading `/` removed; `..` kept at the front (caller rejects).
+pub fn clean_rel(p: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if out.last().is_some_and(|l| *l != "..") {
+                    out.pop();
+                } else {
+                    out.push("..");
+                }
+            }
+            x => out.push(x),
+        }
+    }
+    out.join("/")
+}
+
+/// Absolute destination inside the image, from `dest` and the current working directory.
+pub fn resolve_dest(dest: &str, workdir: &str) -> String {
+    let joined = if dest.starts_with('/') {
+        dest.to_owned()
+    } else {
+        format!("{}/{dest}", workdir.trim_end_matches('/'))
+    };
+    let trailing = dest.ends_with('/') || dest == "." || dest.ends_with("/.");
+    let clean = clean_rel(&joined);
+    let clean: String = clean.trim_start_matches("../").replace("../", "");
+    if trailing { format!("/{clean}/") } else { format!("/{clean}") }
+}
+
+/// Parses `--chown=uid[:gid]` (numeric).
+pub fn parse_chown(s: &str) -> Result<(u64, u64), ContextError> {
+    let (u, g) = s.split_once(':').unwrap_or((s, s));
+    match (u.parse(), g.parse()) {
+        (Ok(u), Ok(g)) => Ok((u, g)),
+        _ => Err(ContextError::Chown(s.to_owned())),
+    }
+}
+
+/// Adds parent directories of `path` (not the root) as root-owned 0755 entries.
+fn add_parents(entries: &mut BTreeMap<String, LayerEntry>, path: &str) {
+    let mut acc = String::new();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    for p in &parts[..parts.len().saturating_sub(1)] {
+        if !acc.is_empty() {
+            acc.push('/');
+        }
+        acc.push_str(p);
+        entries.entry(acc.clone()).or_insert(LayerEntry {
+            data: EntryData::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        });
+    }
+}
+
+/// Settings of one COPY.
+#[derive(Clone, Debug, Default)]
+pub struct CopyOptions {
+    pub chown: Option<(u64, u64)>,
+    pub chmod: Option<u32>,
+    /// ADD: unpack local tar archives into the destination.
+    pub unpack_archives: bool,
+    pub exclude: Vec<String>,
+}
+
+/// The layer entries one COPY produces, keyed by path inside the image (no leading `/`).
+pub fn copy_entries(
+    tree: &Tree,
+    sources: &[String],
+    dest: &str,
+    opts: &CopyOptions,
+) -> Result<BTreeMap<String, LayerEntry>, ContextError> {
+    let mut out = BTreeMap::new();
+    let mut selected = Vec::new();
+    for s in sources {
+        selected.extend(tree.select(s)?);
+    }
+    let excluded: Vec<GlobMatcher> = opts
+        .exclude
+        .iter()
+        .map(|p| {
+            GlobBuilder::new(&clean_rel(p))
+                .literal_separator(true)
+                .build()
+                .map(|g| g.compile_matcher())
+                .map_err(|e| ContextError::Pattern {
+                    pattern: p.clone(),
+                    message: e.to_string(),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let multiple = selected.len() > 1 || sources.len() > 1 || sources.iter().any(|s| s.contains(['*', '?', '[']));
+    let dest_is_dir = dest.ends_with('/') || multiple;
+    let dest_clean = clean_rel(dest);
+    let owner = |e: &ContextEntry| -> (u64, u64) {
+        if let Some(o) = opts.chown {
+            return o;
+        }
+        if tree.keep_owners {
+            fs::symlink_metadata(&e.abs).map(|m| (u64::from(m.uid()), u64::from(m.gid()))).unwrap_or((0, 0))
+        } else {
+            (0, 0)
+        }
+    };
+    let put = |out: &mut BTreeMap<String, LayerEntry>, path: String, e: &ContextEntry| {
+        let (uid, gid) = owner(e);
+        let data = match e.kind {
+            Kind::File => EntryData::File(e.abs.clone()),
+            Kind::Dir => EntryData::Dir,
+            Kind::Symlink => EntryData::Symlink(fs::read_link(&e.abs).unwrap_or_default()),
+        };
+        let mode = match (opts.chmod, e.kind) {
+            (Some(m), Kind::File | Kind::Dir) => m,
+            (_, Kind::Symlink) => 0o777,
+            _ => e.mode,
+        };
+        add_parents(out, &path);
+        out.insert(path, LayerEntry { data, mode, uid, gid });
+    };
+    for e in selected {
+        if excluded.iter().any(|m| m.is_match(&e.rel)) {
+            continue;
+        }
+        let name = e.rel.rsplit('/').next().unwrap_or(&e.rel).to_owned();
+        match e.kind {
+            Kind::Dir => {
+                // A directory's contents go into the destination directory.
+                let base = dest_clean.clone();
+                if !base.is_empty() {
+                    let (uid, gid) = opts.chown.unwrap_or((0, 0));
+                    add_parents(&mut out, &base);
+                    out.entry(base.clone()).or_insert(LayerEntry { data: EntryData::Dir, mode: 0o755, uid, gid });
+                }
+                for child in tree.below(&e.rel) {
+                    if excluded.iter().any(|m| m.is_match(&child.rel)) {
+                        continue;
+                    }
+                    let sub = &child.rel[e.rel.len() + 1..];
+                    let path = if base.is_empty() { sub.to_owned() } else { format!("{base}/{sub}") };
+                    put(&mut out, path, child);
+                }
+            }
+            Kind::File if opts.unpack_archives && is_archive(&e.abs) => {
+                unpack_into(&mut out, &e.abs, &dest_clean, opts)?;
+            }
+            _ => {
+                let path = if dest_is_dir {
+                    if dest_clean.is_empty() { name } else { format!("{dest_clean}/{name}") }
+                } else {
+                    dest_clean.clone()
+                };
+                if path.is_empty() {
+                    return Err(ContextError::NotFound(format!("{} (copied to `/`, which is not a file)", e.rel)));
+                }
+                put(&mut out, path, e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn is_archive(path: &Path) -> bool {
+    let mut head = [0u8; 262];
+    let n = fs::File::open(path).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
+    if n >= 2 && head[..2] == [0x1f, 0x8b] {
+        return true;
+    }
+    n >= 262 && &head[257..262] == b"ustar"
+}
+
+/// ADD's archive unpacking: entries of a (gzip) tar become entries under `dest`.
+fn unpack_into(out: &mut BTreeMap<String, LayerEntry>, archive: &Path, dest: &str, opts: &CopyOptions) -> Result<(), ContextError> {
+    let f = fs::File::open(archive).map_err(io(archive))?;
+    let mut buf = std::io::BufReader::new(f);
+    let reader: Box<dyn Read> = {
+        use std::io::BufRead;
+        let head = buf.fill_buf().map_err(io(archive))?;
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::read::GzDecoder::new(buf))
+        } else {
+            Box::new(buf)
+        }
+    };
+    let mut a = tar::Archive::new(reader);
+    for entry in a.entries().map_err(io(archive))? {
+        let mut entry = entry.map_err(io(archive))?;
+        let p = entry.path().map_err(io(archive))?.to_string_lossy().into_owned();
+        let rel = clean_rel(&p);
+        if rel.is_empty() || rel.starts_with("..") {
+            continue;
+        }
+        let path = if dest.is_empty() { rel } else { format!("{dest}/{rel}") };
+        let h = entry.header().clone();
+        let (uid, gid) = opts.chown.unwrap_or((h.uid().unwrap_or(0), h.gid().unwrap_or(0)));
+        let mode = h.mode().unwrap_or(0o644) & 0o7777;
+        let data = match h.entry_type() {
+            tar::EntryType::Directory => EntryData::Dir,
+            tar::EntryType::Symlink => EntryData::Symlink(entry.link_name().ok().flatten().map(|l| l.into_owned()).unwrap_or_default()),
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut v = Vec::new();
+                entry.read_to_end(&mut v).map_err(io(archive))?;
+                EntryData::Bytes(v)
+            }
+            _ => continue,
+        };
+        add_parents(out, &path);
+        out.insert(path, LayerEntry { data, mode, uid, gid });
+    }
+    Ok(())
+}
+
+/// A digest of what a set of entries will put in a layer (paths, modes, owners, contents), so
+/// identical COPYs share one layer whatever the platform.
+pub fn entries_key(entries: &BTreeMap<String, LayerEntry>) -> Result<Digest, ContextError> {
+    let mut d = archway_oci::Digester::new(archway_oci::Algorithm::Sha256);
+    for (path, e) in entries {
+        d.update(path.as_bytes());
+        d.update(format!("\0{:o}\0{}\0{}\0", e.mode, e.uid, e.gid).as_bytes());
+        match &e.data {
+            EntryData::Dir => d.update(b"dir"),
+            EntryData::Symlink(t) => d.update(format!("symlink:{}", t.display()).as_bytes()),
+            EntryData::Bytes(b) => d.update(Digest::sha256(b).to_string().as_bytes()),
+            EntryData::File(p) => {
+                let mut f = fs::File::open(p).map_err(io(p))?;
+                let h = archway_oci::Digester::new(archway_oci::Algorithm::Sha256)
+                    .read_all(&mut f)
+                    .map_err(io(p))?
+                    .finish();
+                d.update(h.to_string().as_bytes());
+            }
+        }
+        d.update(b"\n");
+    }
+    Ok(d.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("src/sub")).unwrap();
+        fs::write(d.path().join("src/a.rs"), "a").unwrap();
+        fs::write(d.path().join("src/sub/b.rs"), "b").unwrap();
+        fs::write(d.path().join("index.html"), "<h1>hi</h1>").unwrap();
+        fs::create_dir_all(d.path().join("target")).unwrap();
+        fs::write(d.path().join("target/big"), "x").unwrap();
+        fs::write(d.path().join("secret.key"), "k").unwrap();
+        fs::write(d.path().join(".dockerignore"), "target\n*.key\n!keep.key\n").unwrap();
+        d
+    }
+
+    #[test]
+    fn dockerignore_and_selection() {
+        let d = ctx();
+        let t = Tree::context(d.path()).unwrap();
+        assert!(!t.entries.contains_key("target") && !t.entries.contains_key("target/big"));
+        assert!(!t.entries.contains_key("secret.key"));
+        assert!(t.select("secret.key").is_err());
+        assert_eq!(t.select("src/*.rs").unwrap().len(), 1);
+        assert_eq!(t.select("./index.html").unwrap()[0].rel, "index.html");
+        assert!(matches!(t.select("../etc/passwd"), Err(ContextError::Outside(_))));
+        let ig = Ignore::parse("**/*.log\n!important.log\n").unwrap();
+        assert!(ig.is_ignored("a/b/c.log") && !ig.is_ignored("important.log"));
+    }
+
+    #[test]
+    fn copy_semantics() {
+        let d = ctx();
+        let t = Tree::context(d.path()).unwrap();
+        // A file to a file path.
+        let e = copy_entries(&t, &["index.html".into()], "usr/local/apache2/htdocs/index.html", &CopyOptions::default()).unwrap();
+        assert!(e.contains_key("usr/local/apache2/htdocs/index.html") && e.contains_key("usr") && e.contains_key("usr/local/apache2/htdocs"));
+        // A file into a directory (trailing slash), as in the seed's `COPY ./index.html /usr/local/apache2/htdocs/`.
+        let e = copy_entries(&t, &["./index.html".into()], "usr/local/apache2/htdocs/", &CopyOptions::default()).unwrap();
+        assert!(e.contains_key("usr/local/apache2/htdocs/index.html"));
+        // A directory's contents.
+        let e = copy_entries(&t, &["src".into()], "app", &CopyOptions { chmod: Some(0o600), chown: Some((1000, 1000)), ..Default::default() }).unwrap();
+        let keys: Vec<&str> = e.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["app", "app/a.rs", "app/sub", "app/sub/b.rs"]);
+        assert_eq!((e["app/a.rs"].mode, e["app/a.rs"].uid), (0o600, 1000));
+        // Identical copies have identical keys; a change changes it.
+        let k1 = entries_key(&e).unwrap();
+        let k2 = entries_key(&copy_entries(&t, &["src".into()], "app", &CopyOptions { chmod: Some(0o600), chown: Some((1000, 1000)), ..Default::default() }).unwrap()).unwrap();
+        assert_eq!(k1, k2);
+        fs::write(d.path().join("src/a.rs"), "changed").unwrap();
+        let t = Tree::context(d.path()).unwrap();
+        let k3 = entries_key(&copy_entries(&t, &["src".into()], "app", &CopyOptions { chmod: Some(0o600), chown: Some((1000, 1000)), ..Default::default() }).unwrap()).unwrap();
+        assert_ne!(k1, k3);
+    }
+
+    #[test]
+    fn destinations() {
+        assert_eq!(resolve_dest("app/", "/srv"), "/srv/app/");
+        assert_eq!(resolve_dest("/x/../y", "/srv"), "/y");
+        assert_eq!(resolve_dest(".", "/srv"), "/srv/");
+        assert_eq!(resolve_dest("../../etc", "/srv"), "/etc");
+        assert_eq!(parse_chown("1000:100").unwrap(), (1000, 100));
+        assert!(parse_chown("nobody").is_err());
+    }
+}
