@@ -1,0 +1,379 @@
+//! Starting a prepared bundle with an OCI runtime.
+//!
+//! A run directory holds `lower` (a symlink to the read-only root filesystem), `upper` and `ovl`
+//! (the overlay's upper and work directories), `merged` (the mount point), `bundle/config.json`
+//! and `state/` (the runtime's state root, private to this run). The runtime's job is to mount
+//! the overlay in a private mount namespace and run the bundle there.
+//!
+//! The process tree is tied to ours: `setpriv --pdeathsig KILL` kills `unshare` when the thread
+//! that started it dies (even on `kill -9` of the builder), `unshare --kill-child` then kills the
+//! first process of a new PID namespace, and the kernel kills everything else in that namespace.
+//! Mounts vanish with the mount namespace; only the run directory is left, and its owner removes
+//! it.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::SandboxError;
+
+/// Which OCI runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Crun,
+    Runc,
+}
+
+impl RuntimeKind {
+    pub fn binary(self) -> &'static str {
+        match self {
+            RuntimeKind::Crun => "crun",
+            RuntimeKind::Runc => "runc",
+        }
+    }
+}
+
+/// One run, as the runtime sees it.
+#[derive(Debug)]
+pub struct Launch<'a> {
+    /// The container id (unique per run).
+    pub id: &'a str,
+    /// The run directory (layout above).
+    pub dir: &'a Path,
+    /// Run inside a new user namespace mapping the caller to root.
+    pub rootless: bool,
+    pub timeout: Option<Duration>,
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    TimedOut,
+}
+
+/// Something that can run a prepared bundle (the real OCI runtimes, or a recording fake).
+pub trait Runtime: Send + Sync + std::fmt::Debug {
+    fn name(&self) -> String;
+    /// Run it; `output` receives the process's stdout and stderr as they arrive.
+    fn run(
+        &self,
+        launch: &Launch<'_>,
+        output: &(dyn Fn(&[u8]) + Sync),
+    ) -> Result<Exit, SandboxError>;
+}
+
+/// crun or runc, started through `unshare`.
+#[derive(Clone, Debug)]
+pub struct OciRuntime {
+    pub kind: RuntimeKind,
+    pub binary: PathBuf,
+}
+
+/// The overlay mount options (redirect_dir and metacopy off, so the upper directory holds whole
+/// files and real directories that can be read back as a layer).
+pub fn overlay_options(rootless: bool) -> String {
+    // In a user namespace `userxattr` already turns both off (and refuses them as options).
+    if rootless {
+        "userxattr,lowerdir=lower,upperdir=upper,workdir=ovl".into()
+    } else {
+        "lowerdir=lower,upperdir=upper,workdir=ovl,redirect_dir=off,metacopy=off".into()
+    }
+}
+
+impl OciRuntime {
+    /// The command line for a run (exposed for tests and `--debug` output).
+    pub fn command(&self, launch: &Launch<'_>) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--", "unshare"]);
+        if launch.rootless {
+            cmd.args(["--user", "--map-root-user"]);
+        }
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--",
+        ]);
+        // `sh` stays the namespace's first process (and reaps the runtime's leftovers) instead of
+        // exec'ing the runtime, which then cleans up its cgroups without `EBUSY` warnings.
+        cmd.args([
+            "sh",
+            "-ec",
+            r#"mount -t overlay overlay -o "$1" merged; : > mounted; shift; "$@""#,
+            "sh",
+            &overlay_options(launch.rootless),
+        ]);
+        cmd.arg(&self.binary);
+        if self.kind == RuntimeKind::Crun {
+            cmd.arg("--cgroup-manager=disabled");
+        }
+        cmd.args([
+            "--log=runtime.log",
+            "--log-format=json",
+            "--root=state",
+            "run",
+            "--bundle=bundle",
+            launch.id,
+        ]);
+        cmd.current_dir(launch.dir);
+        cmd
+    }
+}
+
+/// Errors the runtime itself logged (not the container's output).
+fn runtime_errors(log: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "error")
+        .filter_map(|v| v["msg"].as_str().map(str::to_owned))
+        .collect()
+}
+
+impl Runtime for OciRuntime {
+    fn name(&self) -> String {
+        self.kind.binary().to_owned()
+    }
+
+    fn run(
+        &self,
+        launch: &Launch<'_>,
+        output: &(dyn Fn(&[u8]) + Sync),
+    ) -> Result<Exit, SandboxError> {
+        let mut cmd = self.command(launch);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().map_err(|e| SandboxError::Start {
+            what: "setpriv/unshare (util-linux)".into(),
+            message: e.to_string(),
+        })?;
+        let pid = child.id();
+        let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+        let status = std::thread::scope(|s| {
+            let pump = |r: &mut dyn Read| {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    output(&buf[..n]);
+                }
+            };
+            if let Some(o) = out.as_mut() {
+                s.spawn(move || pump(o));
+            }
+            if let Some(e) = err.as_mut() {
+                s.spawn(move || pump(e));
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            s.spawn(move || {
+                let _ = tx.send(child.wait());
+            });
+            match launch.timeout {
+                Some(t) => match rx.recv_timeout(t) {
+                    Ok(r) => r.map(Some),
+                    Err(_) => {
+                        kill_group(pid);
+                        rx.recv()
+                            .map_err(|e| std::io::Error::other(e.to_string()))
+                            .and_then(|r| r)
+                            .map(|_| None)
+                    }
+                },
+                None => rx
+                    .recv()
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|r| r)
+                    .map(Some),
+            }
+        })
+        .map_err(|e| SandboxError::Start {
+            what: self.name(),
+            message: e.to_string(),
+        })?;
+        let Some(status) = status else {
+            return Ok(Exit::TimedOut);
+        };
+        let code = status.code().unwrap_or_else(|| {
+            128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+        });
+        if code != 0 {
+            let errors = runtime_errors(&launch.dir.join("runtime.log"));
+            if !errors.is_empty() {
+                return Err(SandboxError::Runtime {
+                    runtime: self.name(),
+                    message: errors.join("; "),
+                });
+            }
+            if !launch.dir.join("mounted").exists() {
+                return Err(SandboxError::Runtime {
+                    runtime: self.name(),
+                    message: format!(
+                        "mounting the overlay root filesystem failed (exit {code}); the kernel's reason is in the output above"
+                    ),
+                });
+            }
+        }
+        Ok(Exit::Code(code))
+    }
+}
+
+fn kill_group(pid: u32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+    }
+}
+
+/// A fake that records each launch's `config.json` and lets a test act as the container (write
+/// into `upper`, print output, choose the exit code).
+#[derive(Default)]
+pub struct RecordingRuntime {
+    pub launches: Mutex<Vec<RecordedLaunch>>,
+    #[allow(clippy::type_complexity)]
+    pub behaviour: Option<
+        Box<dyn Fn(&Path, &serde_json::Value, &(dyn Fn(&[u8]) + Sync)) -> Exit + Send + Sync>,
+    >,
+}
+
+impl std::fmt::Debug for RecordingRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordingRuntime")
+            .field("launches", &self.launches)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the fake saw.
+#[derive(Clone, Debug)]
+pub struct RecordedLaunch {
+    pub id: String,
+    pub rootless: bool,
+    pub timeout: Option<Duration>,
+    pub config: serde_json::Value,
+    /// Where `lower` pointed.
+    pub lower: PathBuf,
+}
+
+impl Runtime for RecordingRuntime {
+    fn name(&self) -> String {
+        "recording".into()
+    }
+
+    fn run(
+        &self,
+        launch: &Launch<'_>,
+        output: &(dyn Fn(&[u8]) + Sync),
+    ) -> Result<Exit, SandboxError> {
+        let text = std::fs::read_to_string(launch.dir.join("bundle/config.json"))
+            .map_err(|e| SandboxError::Spec(e.to_string()))?;
+        let config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| SandboxError::Spec(e.to_string()))?;
+        let lower = std::fs::read_link(launch.dir.join("lower"))
+            .map_err(|e| SandboxError::Spec(e.to_string()))?;
+        let exit = match &self.behaviour {
+            Some(b) => b(&launch.dir.join("upper"), &config, output),
+            None => Exit::Code(0),
+        };
+        self.launches
+            .lock()
+            .map_err(|_| SandboxError::Spec("poisoned".into()))?
+            .push(RecordedLaunch {
+                id: launch.id.to_owned(),
+                rootless: launch.rootless,
+                timeout: launch.timeout,
+                config,
+                lower,
+            });
+        Ok(exit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_ties_the_tree_to_the_caller() {
+        let rt = OciRuntime {
+            kind: RuntimeKind::Crun,
+            binary: "/usr/bin/crun".into(),
+        };
+        let cmd = rt.command(&Launch {
+            id: "archway-1",
+            dir: Path::new("/w/run1"),
+            rootless: true,
+            timeout: None,
+        });
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(cmd.get_program(), "setpriv");
+        assert_eq!(&args[..4], ["--pdeathsig", "KILL", "--", "unshare"]);
+        for want in [
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--kill-child",
+            "--mount-proc",
+            "--cgroup-manager=disabled",
+            "--bundle=bundle",
+            "archway-1",
+        ] {
+            assert!(
+                args.iter().any(|a| a == want),
+                "{want} missing from {args:?}"
+            );
+        }
+        assert!(
+            args.iter()
+                .any(|a| a.starts_with("userxattr,lowerdir=lower"))
+        );
+        assert_eq!(cmd.get_current_dir(), Some(Path::new("/w/run1")));
+
+        let rt = OciRuntime {
+            kind: RuntimeKind::Runc,
+            binary: "/usr/sbin/runc".into(),
+        };
+        let cmd = rt.command(&Launch {
+            id: "x",
+            dir: Path::new("/w"),
+            rootless: false,
+            timeout: None,
+        });
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !args
+                .iter()
+                .any(|a| a == "--user" || a == "--cgroup-manager=disabled")
+        );
+        assert!(args.iter().any(|a| a.starts_with("lowerdir=lower")));
+    }
+
+    #[test]
+    fn runtime_log_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("runtime.log");
+        std::fs::write(&log, "{\"level\":\"warning\",\"msg\":\"meh\"}\n{\"level\":\"error\",\"msg\":\"exec: \\\"nope\\\": executable file not found in $PATH\"}\nnot json\n").unwrap();
+        assert_eq!(
+            runtime_errors(&log),
+            ["exec: \"nope\": executable file not found in $PATH"]
+        );
+        assert!(runtime_errors(&d.path().join("missing")).is_empty());
+    }
+}
