@@ -17,13 +17,21 @@ use archway_client::copy::{CopyOptions as ImageCopyOptions, Selection};
 use archway_client::{Client, Location};
 use archway_diag::{Diagnostic, Span};
 use archway_oci::config::{History, ImageConfig, RuntimeConfig, rfc3339};
-use archway_oci::layer::{EntryData, ExtractOptions, LayerEntry, LayerOptions, extract_layer, layer_from_entries};
+use archway_oci::layer::{
+    EntryData, ExtractOptions, LayerEntry, LayerOptions, extract_layer, layer_from_entries,
+};
 use archway_oci::layout::ImageLayout;
-use archway_oci::{Descriptor, Digest, Digester, ImageManifest, Index, ManifestKind, ParsedManifest, Platform, media_type};
+use archway_oci::{
+    Descriptor, Digest, Digester, ImageManifest, Index, ManifestKind, ParsedManifest, Platform,
+    media_type,
+};
 
 use crate::context::{self, ContextError, Tree};
 use crate::dockerfile::{CommandForm, CopySource, Dockerfile};
-use crate::eval::{Base, CopyFrom, EvalCopy, EvalInstruction, EvalMount, EvalOptions, EvalStep, Evaluated, evaluate};
+use crate::eval::{
+    Base, CopyFrom, EvalCopy, EvalInstruction, EvalMount, EvalOptions, EvalStep, Evaluated,
+    evaluate,
+};
 
 /// Errors of a build.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +49,9 @@ pub enum BuildError {
         platform: String,
         output: String,
     },
+    /// A base or run image that cannot be used.
+    #[error("{0}")]
+    Image(String),
     #[error(transparent)]
     Client(#[from] archway_client::ClientError),
     #[error(transparent)]
@@ -100,7 +111,17 @@ pub struct RunOutput {
 
 /// Executes RUN steps (implemented by the sandbox; a fake records calls in tests).
 pub trait StepRunner: Send + Sync {
-    fn run(&self, req: &RunRequest<'_>, on_output: &(dyn Fn(&str) + Sync)) -> Result<RunOutput, BuildError>;
+    /// Whether steps for `platform` can run here (checked before any work); the error says
+    /// how to make them run.
+    fn check(&self, _platform: &Platform) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        req: &RunRequest<'_>,
+        on_output: &(dyn Fn(&str) + Sync),
+    ) -> Result<RunOutput, BuildError>;
 }
 
 /// Progress of a build.
@@ -156,9 +177,9 @@ pub struct BuildResult {
 
 /// One layer of an image being built.
 #[derive(Clone, Debug)]
-struct Layer {
-    descriptor: Descriptor,
-    diff_id: Digest,
+pub struct Layer {
+    pub descriptor: Descriptor,
+    pub diff_id: Digest,
 }
 
 #[derive(Clone, Debug)]
@@ -184,6 +205,8 @@ pub struct Store {
     layout: ImageLayout,
     /// Layers being computed by content key, so concurrent platforms compute each once.
     inflight: Mutex<HashMap<Digest, Arc<LayerCell>>>,
+    /// Steps being run, by cache key, so platforms sharing a step run it once.
+    running: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
 }
 
 /// One layer computation shared by every platform that needs it.
@@ -192,13 +215,17 @@ type LayerCell = OnceLock<Result<Layer, String>>;
 impl Store {
     pub fn open(root: &Path) -> Result<Store, BuildError> {
         for d in ["keys", "snapshots", "tmp"] {
-            std::fs::create_dir_all(root.join(d)).map_err(io(root.join(d).display().to_string()))?;
+            std::fs::create_dir_all(root.join(d))
+                .map_err(io(root.join(d).display().to_string()))?;
         }
-        Ok(Store {
+        let store = Store {
             root: root.to_owned(),
             layout: ImageLayout::create(root.join("layout"))?,
             inflight: Mutex::default(),
-        })
+            running: Mutex::default(),
+        };
+        store.remove_stale();
+        Ok(store)
     }
 
     /// `$XDG_CACHE_HOME/archway/build`, else `~/.cache/archway/build`.
@@ -215,8 +242,50 @@ impl Store {
         &self.layout
     }
 
-    fn tmp(&self) -> Result<tempfile::TempDir, BuildError> {
-        tempfile::Builder::new().prefix("step-").tempdir_in(self.root.join("tmp")).map_err(io("creating a temporary directory"))
+    /// A scratch directory under the store, removed when dropped (and, if this process is
+    /// killed first, by the next [`Store::open`]).
+    pub fn tmp_dir(&self) -> Result<WorkDir, BuildError> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("step-{}-", std::process::id()))
+            .tempdir_in(self.root.join("tmp"))
+            .map_err(io("creating a temporary directory"))?;
+        Ok(WorkDir(dir.keep()))
+    }
+
+    fn tmp(&self) -> Result<WorkDir, BuildError> {
+        self.tmp_dir()
+    }
+
+    /// Removes scratch directories of processes that are gone (killed mid-build).
+    fn remove_stale(&self) {
+        let dirs = [self.root.join("tmp"), self.root.join("snapshots")];
+        for d in dirs {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name
+                    .strip_prefix("step-")
+                    .and_then(|r| r.split('-').next())
+                    .or_else(|| {
+                        name.strip_prefix(".tmp-")
+                            .and_then(|r| r.rsplit('-').next())
+                    });
+                if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok())
+                    && pid != std::process::id()
+                    && !Path::new("/proc").join(pid.to_string()).exists()
+                {
+                    remove_tree(&e.path());
+                }
+            }
+        }
+    }
+
+    /// The lock for running the step with this cache key.
+    fn step_lock(&self, key: &Digest) -> Arc<Mutex<()>> {
+        let mut m = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(key.clone()).or_default().clone()
     }
 
     fn cache_get(&self, key: &Digest) -> Option<CacheEntry> {
@@ -235,11 +304,22 @@ impl Store {
     }
 
     /// Writes a layer from entries into the blob store.
-    fn write_layer(&self, entries: &BTreeMap<String, LayerEntry>, mtime: u64) -> Result<Layer, BuildError> {
+    fn write_layer(
+        &self,
+        entries: &BTreeMap<String, LayerEntry>,
+        mtime: u64,
+    ) -> Result<Layer, BuildError> {
         let tmp = self.tmp()?;
         let path = tmp.path().join("layer.tar.gz");
         let f = std::fs::File::create(&path).map_err(io(path.display().to_string()))?;
-        let digests = layer_from_entries(entries, &LayerOptions { mtime, keep_owners: true }, std::io::BufWriter::new(f))?;
+        let digests = layer_from_entries(
+            entries,
+            &LayerOptions {
+                mtime,
+                keep_owners: true,
+            },
+            std::io::BufWriter::new(f),
+        )?;
         let mut f = std::fs::File::open(&path).map_err(io(path.display().to_string()))?;
         self.layout.write_blob_from(&mut f, Some(&digests.digest))?;
         Ok(Layer {
@@ -249,7 +329,11 @@ impl Store {
     }
 
     /// A layer computed once per content key, shared by concurrent builds.
-    fn layer_once(&self, content: &Digest, make: impl FnOnce() -> Result<Layer, BuildError>) -> Result<Layer, BuildError> {
+    fn layer_once(
+        &self,
+        content: &Digest,
+        make: impl FnOnce() -> Result<Layer, BuildError>,
+    ) -> Result<Layer, BuildError> {
         let cell = {
             let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             m.entry(content.clone()).or_default().clone()
@@ -275,7 +359,10 @@ impl Store {
         }
         // Start from the snapshot of all but the last layer when there is one (hard links:
         // cheap, and extraction replaces files instead of writing through the links).
-        let tmp = self.root.join("snapshots").join(format!(".tmp-{}-{}", key.hex(), std::process::id()));
+        let tmp =
+            self.root
+                .join("snapshots")
+                .join(format!(".tmp-{}-{}", key.hex(), std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         let (start, rest) = match layers.split_last() {
             Some((last, parent)) if !parent.is_empty() => {
@@ -300,8 +387,15 @@ impl Store {
             std::fs::create_dir_all(&tmp).map_err(io(tmp.display().to_string()))?;
         }
         for l in rest {
-            let mut f = self.layout.open_blob(&l.descriptor.digest, Some(l.descriptor.size))?;
-            extract_layer(&mut f, Path::new(&l.descriptor.digest.to_string()), &tmp, &ExtractOptions { privileged })?;
+            let mut f = self
+                .layout
+                .open_blob(&l.descriptor.digest, Some(l.descriptor.size))?;
+            extract_layer(
+                &mut f,
+                Path::new(&l.descriptor.digest.to_string()),
+                &tmp,
+                &ExtractOptions { privileged },
+            )?;
         }
         match std::fs::rename(&tmp, &dir) {
             Ok(()) => {}
@@ -323,6 +417,54 @@ fn hash_parts(parts: &[&str]) -> Digest {
     d.finish()
 }
 
+/// A scratch directory, removed (however its contents' permissions were left) on drop.
+#[derive(Debug)]
+pub struct WorkDir(PathBuf);
+
+impl WorkDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        remove_tree(&self.0);
+    }
+}
+
+/// Remove a tree, first making directories writable if a step left them read-only.
+fn remove_tree(path: &Path) {
+    if std::fs::remove_dir_all(path).is_ok() || !path.exists() {
+        return;
+    }
+    fn open_up(p: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::symlink_metadata(p)
+            && m.is_dir()
+        {
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+            if let Ok(rd) = std::fs::read_dir(p) {
+                for e in rd.flatten() {
+                    open_up(&e.path());
+                }
+            }
+        }
+    }
+    open_up(path);
+    if let Err(e) = std::fs::remove_dir_all(path) {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove a scratch directory");
+    }
+}
+
+/// An image copied into the store.
+#[derive(Clone, Debug)]
+pub struct FetchedImage {
+    pub manifest: Descriptor,
+    pub layers: Vec<Layer>,
+    pub config: ImageConfig,
+}
+
 /// The builder.
 pub struct Builder {
     pub client: Client,
@@ -336,7 +478,9 @@ pub struct Builder {
 
 impl std::fmt::Debug for Builder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Builder").field("store", &self.store.root).finish_non_exhaustive()
+        f.debug_struct("Builder")
+            .field("store", &self.store.root)
+            .finish_non_exhaustive()
     }
 }
 
@@ -396,7 +540,10 @@ impl Builder {
                                 if let CopySource::Path(p) = s
                                     && let Err(err) = tree.select(p)
                                 {
-                                    let d = Diagnostic::error(&ins.span, format!("{}: {err}", if c.add { "ADD" } else { "COPY" }));
+                                    let d = Diagnostic::error(
+                                        &ins.span,
+                                        format!("{}: {err}", if c.add { "ADD" } else { "COPY" }),
+                                    );
                                     if !diags.contains(&d) {
                                         diags.push(d);
                                     }
@@ -409,7 +556,14 @@ impl Builder {
                                     && m.required
                                     && !req.secrets.contains_key(m.id.as_deref().unwrap_or(""))
                                 {
-                                    diags.push(Diagnostic::error(&ins.span, format!("secret `{}` is required; pass --secret id={},src=FILE", m.id.clone().unwrap_or_default(), m.id.clone().unwrap_or_default())));
+                                    diags.push(Diagnostic::error(
+                                        &ins.span,
+                                        format!(
+                                            "secret `{}` is required; pass --secret id={},src=FILE",
+                                            m.id.clone().unwrap_or_default(),
+                                            m.id.clone().unwrap_or_default()
+                                        ),
+                                    ));
                                 }
                             }
                         }
@@ -417,7 +571,10 @@ impl Builder {
                 }
             }
             for a in &e.unused_build_args {
-                let d = Diagnostic::warning(&Span::new(&req.dockerfile.file, 1, 1), format!("build argument `{a}` is not declared by any ARG"));
+                let d = Diagnostic::warning(
+                    &Span::new(&req.dockerfile.file, 1, 1),
+                    format!("build argument `{a}` is not declared by any ARG"),
+                );
                 if !diags.contains(&d) {
                     diags.push(d);
                 }
@@ -428,33 +585,146 @@ impl Builder {
     }
 
     /// Builds every platform and assembles the result in the store.
+    /// Copies the image for `platform` from `source` (a registry or an OCI layout) into the
+    /// store and reads its config and layers.
+    pub fn fetch_image(
+        &self,
+        source: &Location,
+        platform: &Platform,
+    ) -> Result<FetchedImage, BuildError> {
+        let tag = format!(
+            "base-{}",
+            hash_parts(&[&source.to_string(), &platform.to_string()]).hex()
+        );
+        let dest = Location::Layout {
+            path: self.store.layout.root().to_owned(),
+            tag: Some(tag.clone()),
+        };
+        let opts = ImageCopyOptions {
+            selection: Selection::Platform(platform.clone()),
+            ..ImageCopyOptions::default()
+        };
+        self.runtime
+            .block_on(archway_client::copy(&self.client, source, &dest, &opts))?;
+        let desc = self.store.layout.resolve(Some(&tag))?;
+        let bytes = self.store.layout.read_blob(&desc.digest)?;
+        let parsed =
+            ParsedManifest::parse(&bytes, Some(&desc.media_type)).map_err(|source_err| {
+                BuildError::Client(archway_client::ClientError::Manifest {
+                    reference: source.to_string(),
+                    source: source_err,
+                })
+            })?;
+        if parsed.kind != ManifestKind::Image {
+            return Err(BuildError::Image(format!(
+                "{source} did not resolve to an image for {platform}"
+            )));
+        }
+        let config_desc = parsed
+            .config
+            .clone()
+            .unwrap_or_else(|| Descriptor::for_bytes(media_type::OCI_CONFIG, b"{}"));
+        let config: ImageConfig = serde_json::from_slice(
+            &self.store.layout.read_blob(&config_desc.digest)?,
+        )
+        .map_err(|e| BuildError::Image(format!("the config of {source} is invalid: {e}")))?;
+        if let Some(p) = config.platform()
+            && !p.matches(platform)
+        {
+            return Err(BuildError::Image(format!(
+                "image {source} is {p} only; it has no image for {platform}"
+            )));
+        }
+        if parsed.layers.len() != config.rootfs.diff_ids.len() {
+            return Err(BuildError::Image(format!(
+                "{source}: its manifest has {} layers but its config lists {} diff_ids",
+                parsed.layers.len(),
+                config.rootfs.diff_ids.len()
+            )));
+        }
+        let layers = parsed
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(d, diff)| Layer {
+                descriptor: d.clone(),
+                diff_id: diff.clone(),
+            })
+            .collect();
+        Ok(FetchedImage {
+            manifest: desc,
+            layers,
+            config,
+        })
+    }
+
+    /// The root filesystem of an image's layers, unpacked once into the snapshot cache and
+    /// reused (read-only: run on top of it through an overlay).
+    pub fn rootfs(&self, image: &FetchedImage) -> Result<PathBuf, BuildError> {
+        self.store.snapshot(&image.layers, self.privileged)
+    }
+
     pub fn build(&self, req: &BuildRequest) -> Result<BuildResult, BuildError> {
         let context = Tree::context(&req.context)?;
         let (evaluated, diags) = Self::check(req, Some(&context));
         if diags.iter().any(Diagnostic::is_error) {
             return Err(BuildError::Invalid(diags));
         }
-        if self.runner.is_none()
-            && let Some(ins) = evaluated.iter().flat_map(|e| &e.stages).flat_map(|s| &s.instructions).find(|i| matches!(i.step, EvalStep::Run { .. }))
-        {
-            return Err(BuildError::Step {
-                span: ins.span.clone(),
-                message: "RUN needs a sandbox, and none is available (see `archway doctor`)".into(),
-            });
+        // Every RUN must be runnable before anything starts: a sandbox, and an emulator for
+        // the platform its stage runs on.
+        for e in &evaluated {
+            let mut stage_platform: HashMap<usize, Platform> = HashMap::new();
+            for stage in &e.stages {
+                let platform = match &stage.base {
+                    Base::Scratch => e.platform.clone(),
+                    Base::Image { platform, .. } => platform.clone(),
+                    Base::Stage(i) => stage_platform
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| e.platform.clone()),
+                };
+                if let Some(ins) = stage
+                    .instructions
+                    .iter()
+                    .find(|i| matches!(i.step, EvalStep::Run { .. }))
+                {
+                    match &self.runner {
+                        None => {
+                            return Err(BuildError::Step {
+                                span: ins.span.clone(),
+                                message: "RUN needs a sandbox, and none is available (see `archway doctor`)".into(),
+                            });
+                        }
+                        Some(r) => r.check(&platform).map_err(|message| BuildError::Step {
+                            span: ins.span.clone(),
+                            message,
+                        })?,
+                    }
+                }
+                stage_platform.insert(stage.index, platform);
+            }
         }
-        let results: Vec<Result<(Platform, Descriptor, usize, usize), BuildError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = evaluated
-                .into_iter()
-                .map(|e| {
-                    let ctx = &context;
-                    s.spawn(move || self.build_platform(req, ctx, e))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(BuildError::Io { context: "build thread".into(), source: std::io::Error::other("panicked") })))
-                .collect()
-        });
+        let results: Vec<Result<(Platform, Descriptor, usize, usize), BuildError>> =
+            std::thread::scope(|s| {
+                let handles: Vec<_> = evaluated
+                    .into_iter()
+                    .map(|e| {
+                        let ctx = &context;
+                        s.spawn(move || self.build_platform(req, ctx, e))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(BuildError::Io {
+                                context: "build thread".into(),
+                                source: std::io::Error::other("panicked"),
+                            })
+                        })
+                    })
+                    .collect()
+            });
         let mut images = Vec::new();
         let (mut steps, mut cached) = (0, 0);
         for r in results {
@@ -492,7 +762,12 @@ impl Builder {
         })
     }
 
-    fn build_platform(&self, req: &BuildRequest, context: &Tree, e: Evaluated) -> Result<(Platform, Descriptor, usize, usize), BuildError> {
+    fn build_platform(
+        &self,
+        req: &BuildRequest,
+        context: &Tree,
+        e: Evaluated,
+    ) -> Result<(Platform, Descriptor, usize, usize), BuildError> {
         let mut pb = PlatformBuild {
             b: self,
             req,
@@ -510,18 +785,27 @@ impl Builder {
                     span: Span::new(&req.dockerfile.file, 1, 1),
                     message: format!("stage {i} was not built"),
                 })?,
-                Base::Image { reference, platform } => pb.pull(reference, platform)?,
+                Base::Image {
+                    reference,
+                    platform,
+                } => pb.pull(reference, platform)?,
             };
-            let stage_name = stage.name.clone().unwrap_or_else(|| stage.index.to_string());
+            let stage_name = stage
+                .name
+                .clone()
+                .unwrap_or_else(|| stage.index.to_string());
             for ins in &stage.instructions {
                 pb.execute(&mut state, ins, &stage_name)?;
             }
             pb.states.insert(stage.index, state);
         }
-        let final_state = pb.states.remove(&e.target).ok_or_else(|| BuildError::Step {
-            span: Span::new(&req.dockerfile.file, 1, 1),
-            message: "target stage was not built".into(),
-        })?;
+        let final_state = pb
+            .states
+            .remove(&e.target)
+            .ok_or_else(|| BuildError::Step {
+                span: Span::new(&req.dockerfile.file, 1, 1),
+                message: "target stage was not built".into(),
+            })?;
         let desc = pb.write_image(final_state)?;
         Ok((e.platform, desc, pb.steps, pb.cached))
     }
@@ -548,75 +832,36 @@ impl PlatformBuild<'_> {
 
     /// Pulls a base image for a platform into the store.
     fn pull(&self, reference: &str, platform: &Platform) -> Result<State, BuildError> {
-        let r: archway_oci::Reference = reference.parse().map_err(archway_client::ClientError::from)?;
-        let tag = format!("base-{}", hash_parts(&[&r.to_string(), &platform.to_string()]).hex());
-        let dest = Location::Layout {
-            path: self.b.store.layout.root().to_owned(),
-            tag: Some(tag.clone()),
-        };
-        let opts = ImageCopyOptions {
-            selection: Selection::Platform(platform.clone()),
-            ..ImageCopyOptions::default()
-        };
-        self.b
-            .runtime
-            .block_on(archway_client::copy(&self.b.client, &Location::Registry(r.clone()), &dest, &opts))?;
+        let r: archway_oci::Reference = reference
+            .parse()
+            .map_err(archway_client::ClientError::from)?;
+        let image = self
+            .b
+            .fetch_image(&Location::Registry(r.clone()), platform)
+            .map_err(|e| match e {
+                BuildError::Image(message) => BuildError::Step {
+                    span: Span::new(&self.req.dockerfile.file, 1, 1),
+                    message,
+                },
+                e => e,
+            })?;
         self.b.emit(BuildEvent::Pulled {
             reference: r.to_string(),
             platform: platform.to_string(),
         });
-        let desc = self.b.store.layout.resolve(Some(&tag))?;
-        let bytes = self.b.store.layout.read_blob(&desc.digest)?;
-        let parsed = ParsedManifest::parse(&bytes, Some(&desc.media_type)).map_err(|source| {
-            BuildError::Client(archway_client::ClientError::Manifest {
-                reference: r.to_string(),
-                source,
-            })
-        })?;
-        if parsed.kind != ManifestKind::Image {
-            return Err(BuildError::Step {
-                span: Span::new(&self.req.dockerfile.file, 1, 1),
-                message: format!("{r} did not resolve to an image for {platform}"),
-            });
-        }
-        let config_desc = parsed.config.clone().unwrap_or_else(|| Descriptor::for_bytes(media_type::OCI_CONFIG, b"{}"));
-        let config: ImageConfig = serde_json::from_slice(&self.b.store.layout.read_blob(&config_desc.digest)?).map_err(|e| BuildError::Step {
-            span: Span::new(&self.req.dockerfile.file, 1, 1),
-            message: format!("the config of {r} is invalid: {e}"),
-        })?;
-        if let Some(p) = config.platform()
-            && !p.matches(platform)
-        {
-            return Err(BuildError::Step {
-                span: Span::new(&self.req.dockerfile.file, 1, 1),
-                message: format!("base image {r} is {p} only; it has no image for {platform}"),
-            });
-        }
-        if parsed.layers.len() != config.rootfs.diff_ids.len() {
-            return Err(BuildError::Step {
-                span: Span::new(&self.req.dockerfile.file, 1, 1),
-                message: format!("{r}: its manifest has {} layers but its config lists {} diff_ids", parsed.layers.len(), config.rootfs.diff_ids.len()),
-            });
-        }
-        let layers = parsed
-            .layers
-            .iter()
-            .zip(&config.rootfs.diff_ids)
-            .map(|(d, diff)| Layer {
-                descriptor: d.clone(),
-                diff_id: diff.clone(),
-            })
-            .collect();
         Ok(State {
-            key: hash_parts(&["image", &desc.digest.to_string()]),
+            key: hash_parts(&["image", &image.manifest.digest.to_string()]),
             shell: vec!["/bin/sh".into(), "-c".into()],
-            layers,
-            config,
+            layers: image.layers,
+            config: image.config,
         })
     }
 
     fn runtime(state: &mut State) -> &mut RuntimeConfig {
-        state.config.config.get_or_insert_with(RuntimeConfig::default)
+        state
+            .config
+            .config
+            .get_or_insert_with(RuntimeConfig::default)
     }
 
     fn history(&self, state: &mut State, text: &str, empty: bool) {
@@ -629,7 +874,12 @@ impl PlatformBuild<'_> {
     }
 
     fn env_map(state: &State) -> Vec<String> {
-        state.config.config.as_ref().and_then(|c| c.env.clone()).unwrap_or_default()
+        state
+            .config
+            .config
+            .as_ref()
+            .and_then(|c| c.env.clone())
+            .unwrap_or_default()
     }
 
     fn set_env(state: &mut State, k: &str, v: &str) {
@@ -651,7 +901,12 @@ impl PlatformBuild<'_> {
             .unwrap_or_else(|| "/".to_owned())
     }
 
-    fn execute(&mut self, state: &mut State, ins: &EvalInstruction, stage: &str) -> Result<(), BuildError> {
+    fn execute(
+        &mut self,
+        state: &mut State,
+        ins: &EvalInstruction,
+        stage: &str,
+    ) -> Result<(), BuildError> {
         self.steps += 1;
         let step_text = format!("{:?}", ins.step);
         match &ins.step {
@@ -662,7 +917,9 @@ impl PlatformBuild<'_> {
                 self.meta(state, ins, &step_text, stage);
             }
             EvalStep::Label(pairs) => {
-                let labels = Self::runtime(state).labels.get_or_insert_with(BTreeMap::new);
+                let labels = Self::runtime(state)
+                    .labels
+                    .get_or_insert_with(BTreeMap::new);
                 for (k, v) in pairs {
                     labels.insert(k.clone(), v.clone());
                 }
@@ -671,7 +928,11 @@ impl PlatformBuild<'_> {
             EvalStep::Workdir(w) => {
                 let current = Self::workdir(state);
                 let resolved = context::resolve_dest(w, &current);
-                let resolved = if resolved.len() > 1 { resolved.trim_end_matches('/').to_owned() } else { resolved };
+                let resolved = if resolved.len() > 1 {
+                    resolved.trim_end_matches('/').to_owned()
+                } else {
+                    resolved
+                };
                 Self::runtime(state).working_dir = Some(resolved);
                 self.meta(state, ins, &step_text, stage);
             }
@@ -680,14 +941,18 @@ impl PlatformBuild<'_> {
                 self.meta(state, ins, &step_text, stage);
             }
             EvalStep::Expose(ports) => {
-                let ex = Self::runtime(state).exposed_ports.get_or_insert_with(BTreeMap::new);
+                let ex = Self::runtime(state)
+                    .exposed_ports
+                    .get_or_insert_with(BTreeMap::new);
                 for p in ports {
                     ex.insert(p.clone(), serde_json::json!({}));
                 }
                 self.meta(state, ins, &step_text, stage);
             }
             EvalStep::Volume(paths) => {
-                let v = Self::runtime(state).volumes.get_or_insert_with(BTreeMap::new);
+                let v = Self::runtime(state)
+                    .volumes
+                    .get_or_insert_with(BTreeMap::new);
                 for p in paths {
                     v.insert(p.clone(), serde_json::json!({}));
                 }
@@ -725,7 +990,11 @@ impl PlatformBuild<'_> {
                         };
                         let mut m = serde_json::Map::new();
                         m.insert("Test".into(), serde_json::json!(test));
-                        for (k, v) in [("Interval", &h.interval), ("Timeout", &h.timeout), ("StartPeriod", &h.start_period)] {
+                        for (k, v) in [
+                            ("Interval", &h.interval),
+                            ("Timeout", &h.timeout),
+                            ("StartPeriod", &h.start_period),
+                        ] {
                             if let Some(v) = v
                                 && let Some(ns) = duration_ns(v)
                             {
@@ -738,7 +1007,9 @@ impl PlatformBuild<'_> {
                         serde_json::Value::Object(m)
                     }
                 };
-                Self::runtime(state).extra.insert("Healthcheck".into(), value);
+                Self::runtime(state)
+                    .extra
+                    .insert("Healthcheck".into(), value);
                 self.meta(state, ins, &step_text, stage);
             }
             EvalStep::Stopsignal(s) => {
@@ -747,7 +1018,10 @@ impl PlatformBuild<'_> {
             }
             EvalStep::Onbuild(i) => {
                 let rc = Self::runtime(state);
-                let list = rc.extra.entry("OnBuild".to_owned()).or_insert_with(|| serde_json::json!([]));
+                let list = rc
+                    .extra
+                    .entry("OnBuild".to_owned())
+                    .or_insert_with(|| serde_json::json!([]));
                 if let Some(a) = list.as_array_mut() {
                     a.push(serde_json::json!(i));
                 }
@@ -803,13 +1077,21 @@ impl PlatformBuild<'_> {
                 Ok(Some((dir.clone(), Tree::rootfs(&dir)?)))
             }
             CopyFrom::Image(r) => {
-                let cached = self.image_trees.lock().unwrap_or_else(|p| p.into_inner()).get(r).cloned();
+                let cached = self
+                    .image_trees
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(r)
+                    .cloned();
                 let (dir, _) = match cached {
                     Some(c) => c,
                     None => {
                         let st = self.pull(r, &self.platform)?;
                         let dir = self.b.store.snapshot(&st.layers, self.b.privileged)?;
-                        self.image_trees.lock().unwrap_or_else(|p| p.into_inner()).insert(r.clone(), (dir.clone(), st.layers.clone()));
+                        self.image_trees
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(r.clone(), (dir.clone(), st.layers.clone()));
                         (dir, st.layers)
                     }
                 };
@@ -818,14 +1100,25 @@ impl PlatformBuild<'_> {
         }
     }
 
-    fn copy(&mut self, state: &mut State, ins: &EvalInstruction, c: &EvalCopy, stage: &str) -> Result<(), BuildError> {
+    fn copy(
+        &mut self,
+        state: &mut State,
+        ins: &EvalInstruction,
+        c: &EvalCopy,
+        stage: &str,
+    ) -> Result<(), BuildError> {
         let step_err = |e: ContextError| BuildError::Step {
             span: ins.span.clone(),
             message: format!("{}: {e}", if c.add { "ADD" } else { "COPY" }),
         };
         let dest = context::resolve_dest(&c.dest, &Self::workdir(state));
         let opts = context::CopyOptions {
-            chown: c.chown.as_deref().map(context::parse_chown).transpose().map_err(step_err)?,
+            chown: c
+                .chown
+                .as_deref()
+                .map(context::parse_chown)
+                .transpose()
+                .map_err(step_err)?,
             chmod: c.chmod,
             unpack_archives: c.add && c.from == CopyFrom::Context,
             exclude: c.exclude.clone(),
@@ -853,28 +1146,49 @@ impl PlatformBuild<'_> {
                 if path.is_empty() || dest.ends_with('/') {
                     return Err(BuildError::Step {
                         span: ins.span.clone(),
-                        message: "COPY <<EOF needs a file destination, e.g. COPY <<EOF /etc/motd".into(),
+                        message: "COPY <<EOF needs a file destination, e.g. COPY <<EOF /etc/motd"
+                            .into(),
                     });
                 }
                 let (uid, gid) = opts.chown.unwrap_or((0, 0));
-                entries.insert(path, LayerEntry {
-                    data: EntryData::Bytes(h.content.clone().into_bytes()),
-                    mode: opts.chmod.unwrap_or(0o644),
-                    uid,
-                    gid,
-                });
+                entries.insert(
+                    path,
+                    LayerEntry {
+                        data: EntryData::Bytes(h.content.clone().into_bytes()),
+                        mode: opts.chmod.unwrap_or(0o644),
+                        uid,
+                        gid,
+                    },
+                );
             }
         }
         let content = context::entries_key(&entries).map_err(step_err)?;
         state.key = hash_parts(&[&state.key.to_string(), "COPY", &content.to_string()]);
         let cached = !self.req.no_cache && self.b.store.cache_get(&state.key).is_some();
-        let layer = match self.b.store.cache_get(&state.key).filter(|_| !self.req.no_cache) {
-            Some(CacheEntry { layer: Some(l), diff_id: Some(d) }) => Layer { descriptor: l, diff_id: d },
+        let layer = match self
+            .b
+            .store
+            .cache_get(&state.key)
+            .filter(|_| !self.req.no_cache)
+        {
+            Some(CacheEntry {
+                layer: Some(l),
+                diff_id: Some(d),
+            }) => Layer {
+                descriptor: l,
+                diff_id: d,
+            },
             _ => {
                 let store = &self.b.store;
                 let mtime = self.req.source_date_epoch;
                 let layer = store.layer_once(&content, || store.write_layer(&entries, mtime))?;
-                store.cache_put(&state.key, &CacheEntry { layer: Some(layer.descriptor.clone()), diff_id: Some(layer.diff_id.clone()) })?;
+                store.cache_put(
+                    &state.key,
+                    &CacheEntry {
+                        layer: Some(layer.descriptor.clone()),
+                        diff_id: Some(layer.diff_id.clone()),
+                    },
+                )?;
                 layer
             }
         };
@@ -891,15 +1205,30 @@ impl PlatformBuild<'_> {
         Ok(())
     }
 
-    fn run(&mut self, state: &mut State, ins: &EvalInstruction, stage: &str) -> Result<(), BuildError> {
-        let EvalStep::Run { command, heredocs, mounts, network, args } = &ins.step else {
+    fn run(
+        &mut self,
+        state: &mut State,
+        ins: &EvalInstruction,
+        stage: &str,
+    ) -> Result<(), BuildError> {
+        let EvalStep::Run {
+            command,
+            heredocs,
+            mounts,
+            network,
+            args,
+        } = &ins.step
+        else {
             return Ok(());
         };
         let mut env: Vec<String> = Self::env_map(state);
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.push(DEFAULT_PATH.to_owned());
         }
-        let env_keys: Vec<String> = env.iter().filter_map(|e| e.split_once('=').map(|(k, _)| k.to_owned())).collect();
+        let env_keys: Vec<String> = env
+            .iter()
+            .filter_map(|e| e.split_once('=').map(|(k, _)| k.to_owned()))
+            .collect();
         for (k, v) in args {
             if !env_keys.contains(k) {
                 env.push(format!("{k}={v}"));
@@ -921,24 +1250,65 @@ impl PlatformBuild<'_> {
             _ => self.argv(state, command),
         };
         let cwd = Self::workdir(state);
-        let user = state.config.config.as_ref().and_then(|c| c.user.clone()).unwrap_or_default();
+        let user = state
+            .config
+            .config
+            .as_ref()
+            .and_then(|c| c.user.clone())
+            .unwrap_or_default();
         let mounts_text = format!("{mounts:?}");
-        state.key = hash_parts(&[&state.key.to_string(), "RUN", &argv.join("\0"), &env.join("\0"), &cwd, &user, &mounts_text, network, &self.platform.to_string()]);
+        // The step runs on its stage's platform (a `FROM --platform=$BUILDPLATFORM` stage runs
+        // natively), so identical native steps of different targets share one key and one run.
+        let run_platform = state
+            .config
+            .platform()
+            .unwrap_or_else(|| self.platform.clone());
+        state.key = hash_parts(&[
+            &state.key.to_string(),
+            "RUN",
+            &argv.join("\0"),
+            &env.join("\0"),
+            &cwd,
+            &user,
+            &mounts_text,
+            network,
+            &run_platform.to_string(),
+        ]);
+        // Another platform's thread may be running this very step: wait for it, then reuse.
+        let step_lock = self.b.store.step_lock(&state.key);
+        let _running = step_lock.lock().unwrap_or_else(|e| e.into_inner());
         if !self.req.no_cache
             && let Some(CacheEntry { layer, diff_id }) = self.b.store.cache_get(&state.key)
         {
             self.cached += 1;
             match (layer, diff_id) {
-                (Some(l), Some(d)) => self.add_layer(state, Layer { descriptor: l, diff_id: d }, &ins.text),
+                (Some(l), Some(d)) => self.add_layer(
+                    state,
+                    Layer {
+                        descriptor: l,
+                        diff_id: d,
+                    },
+                    &ins.text,
+                ),
                 _ => self.history(state, &ins.text, true),
             }
-            self.b.emit(BuildEvent::Step { platform: self.platform.to_string(), stage: stage.to_owned(), text: ins.text.clone(), cached: true });
+            self.b.emit(BuildEvent::Step {
+                platform: self.platform.to_string(),
+                stage: stage.to_owned(),
+                text: ins.text.clone(),
+                cached: true,
+            });
             return Ok(());
         }
-        self.b.emit(BuildEvent::Step { platform: self.platform.to_string(), stage: stage.to_owned(), text: ins.text.clone(), cached: false });
+        self.b.emit(BuildEvent::Step {
+            platform: self.platform.to_string(),
+            stage: stage.to_owned(),
+            text: ins.text.clone(),
+            cached: false,
+        });
         let rootfs = self.b.store.snapshot(&state.layers, self.b.privileged)?;
         let work = self.b.store.tmp()?;
-        let (binds, tmpfs) = self.mounts(mounts, &ins.span)?;
+        let (binds, tmpfs) = self.mounts(mounts, &ins.span, &run_platform)?;
         let runner = self.b.runner.clone().ok_or_else(|| BuildError::Step {
             span: ins.span.clone(),
             message: "RUN needs a sandbox".into(),
@@ -947,46 +1317,75 @@ impl PlatformBuild<'_> {
         let progress = self.b.progress.clone();
         let on_output = move |line: &str| {
             if let Some(p) = &progress {
-                p(BuildEvent::Output { platform: platform.clone(), line: line.to_owned() });
+                p(BuildEvent::Output {
+                    platform: platform.clone(),
+                    line: line.to_owned(),
+                });
             }
         };
-        let out = runner.run(
-            &RunRequest {
-                platform: &self.platform,
-                rootfs: &rootfs,
-                work: work.path(),
-                argv: argv.clone(),
-                env,
-                cwd,
-                user,
-                mounts: binds,
-                tmpfs,
-                network_host: network == "host",
-            },
-            &on_output,
-        )?;
+        let out = runner
+            .run(
+                &RunRequest {
+                    platform: &run_platform,
+                    rootfs: &rootfs,
+                    work: work.path(),
+                    argv: argv.clone(),
+                    env,
+                    cwd,
+                    user,
+                    mounts: binds,
+                    tmpfs,
+                    // BuildKit's default network is the host's; only `--network=none` isolates.
+                    network_host: network != "none",
+                },
+                &on_output,
+            )
+            .map_err(|e| BuildError::Step {
+                span: ins.span.clone(),
+                message: format!("{e} (running on {run_platform})"),
+            })?;
         if out.exit_code != 0 {
             return Err(BuildError::RunFailed {
                 span: ins.span.clone(),
                 command: ins.text.clone(),
                 code: out.exit_code,
-                platform: self.platform.to_string(),
+                platform: run_platform.to_string(),
                 output: out.output,
             });
         }
         if out.changes.is_empty() {
-            self.b.store.cache_put(&state.key, &CacheEntry { layer: None, diff_id: None })?;
+            self.b.store.cache_put(
+                &state.key,
+                &CacheEntry {
+                    layer: None,
+                    diff_id: None,
+                },
+            )?;
             self.history(state, &ins.text, true);
             return Ok(());
         }
-        let layer = self.b.store.write_layer(&out.changes, self.req.source_date_epoch)?;
-        self.b.store.cache_put(&state.key, &CacheEntry { layer: Some(layer.descriptor.clone()), diff_id: Some(layer.diff_id.clone()) })?;
+        let layer = self
+            .b
+            .store
+            .write_layer(&out.changes, self.req.source_date_epoch)?;
+        self.b.store.cache_put(
+            &state.key,
+            &CacheEntry {
+                layer: Some(layer.descriptor.clone()),
+                diff_id: Some(layer.diff_id.clone()),
+            },
+        )?;
         self.add_layer(state, layer, &ins.text);
         Ok(())
     }
 
     /// Host directories for RUN --mount: caches (persistent per id), secrets, binds, tmpfs.
-    fn mounts(&self, mounts: &[EvalMount], span: &Span) -> Result<(Vec<BindMount>, Vec<String>), BuildError> {
+    fn mounts(
+        &self,
+        mounts: &[EvalMount],
+        span: &Span,
+        run_platform: &Platform,
+    ) -> Result<(Vec<BindMount>, Vec<String>), BuildError> {
         use crate::dockerfile::MountKind;
         let mut binds = Vec::new();
         let mut tmpfs = Vec::new();
@@ -994,16 +1393,37 @@ impl PlatformBuild<'_> {
             match m.kind {
                 MountKind::Cache => {
                     let id = m.id.clone().unwrap_or_else(|| m.target.clone());
-                    let dir = self.b.store.root.join("mounts").join(hash_parts(&[&id, &self.platform.to_string()]).hex());
+                    let dir = self
+                        .b
+                        .store
+                        .root
+                        .join("mounts")
+                        .join(hash_parts(&[&id, &run_platform.to_string()]).hex());
                     std::fs::create_dir_all(&dir).map_err(io(dir.display().to_string()))?;
-                    binds.push(BindMount { host: dir, target: m.target.clone(), readonly: m.readonly });
+                    binds.push(BindMount {
+                        host: dir,
+                        target: m.target.clone(),
+                        readonly: m.readonly,
+                    });
                 }
                 MountKind::Secret => {
-                    let id = m.id.clone().unwrap_or_else(|| m.target.rsplit('/').next().unwrap_or("").to_owned());
+                    let id = m
+                        .id
+                        .clone()
+                        .unwrap_or_else(|| m.target.rsplit('/').next().unwrap_or("").to_owned());
                     match self.req.secrets.get(&id) {
-                        Some(src) => binds.push(BindMount { host: src.clone(), target: m.target.clone(), readonly: true }),
+                        Some(src) => binds.push(BindMount {
+                            host: src.clone(),
+                            target: m.target.clone(),
+                            readonly: true,
+                        }),
                         None if m.required => {
-                            return Err(BuildError::Step { span: span.clone(), message: format!("secret `{id}` is required; pass --secret id={id},src=FILE") });
+                            return Err(BuildError::Step {
+                                span: span.clone(),
+                                message: format!(
+                                    "secret `{id}` is required; pass --secret id={id},src=FILE"
+                                ),
+                            });
                         }
                         None => {}
                     }
@@ -1014,16 +1434,30 @@ impl PlatformBuild<'_> {
                         None | Some(CopyFrom::Context) => {
                             let rel = context::clean_rel(&source);
                             if rel.starts_with("..") {
-                                return Err(BuildError::Step { span: span.clone(), message: format!("bind mount source `{source}` is outside the context") });
+                                return Err(BuildError::Step {
+                                    span: span.clone(),
+                                    message: format!(
+                                        "bind mount source `{source}` is outside the context"
+                                    ),
+                                });
                             }
                             self.req.context.join(rel)
                         }
                         Some(from) => {
-                            let (dir, _) = self.source_tree(from)?.ok_or_else(|| BuildError::Step { span: span.clone(), message: "bind mount source".into() })?;
-                            archway_oci::layer::resolve_in_root(&dir, Path::new(&source), true).map_err(io(source.clone()))?
+                            let (dir, _) =
+                                self.source_tree(from)?.ok_or_else(|| BuildError::Step {
+                                    span: span.clone(),
+                                    message: "bind mount source".into(),
+                                })?;
+                            archway_oci::layer::resolve_in_root(&dir, Path::new(&source), true)
+                                .map_err(io(source.clone()))?
                         }
                     };
-                    binds.push(BindMount { host, target: m.target.clone(), readonly: m.readonly });
+                    binds.push(BindMount {
+                        host,
+                        target: m.target.clone(),
+                        readonly: m.readonly,
+                    });
                 }
                 MountKind::Tmpfs => tmpfs.push(m.target.clone()),
             }
@@ -1033,7 +1467,9 @@ impl PlatformBuild<'_> {
 
     fn write_image(&self, mut state: State) -> Result<Descriptor, BuildError> {
         if !self.req.labels.is_empty() {
-            let labels = Self::runtime(&mut state).labels.get_or_insert_with(BTreeMap::new);
+            let labels = Self::runtime(&mut state)
+                .labels
+                .get_or_insert_with(BTreeMap::new);
             for (k, v) in &self.req.labels {
                 labels.insert(k.clone(), v.clone());
             }
@@ -1048,14 +1484,22 @@ impl PlatformBuild<'_> {
             schema_version: 2,
             media_type: media_type::OCI_MANIFEST.to_owned(),
             artifact_type: None,
-            config: Descriptor::new(media_type::OCI_CONFIG, config_digest, config_bytes.len() as u64),
+            config: Descriptor::new(
+                media_type::OCI_CONFIG,
+                config_digest,
+                config_bytes.len() as u64,
+            ),
             layers: state.layers.iter().map(|l| l.descriptor.clone()).collect(),
             subject: None,
             annotations: None,
         };
         let bytes = manifest.to_json();
         let digest = self.b.store.layout.write_blob(&bytes)?;
-        Ok(Descriptor::new(media_type::OCI_MANIFEST, digest, bytes.len() as u64))
+        Ok(Descriptor::new(
+            media_type::OCI_MANIFEST,
+            digest,
+            bytes.len() as u64,
+        ))
     }
 }
 

@@ -68,7 +68,10 @@ impl Ignore {
                 Some(p) => (true, p.trim()),
                 None => (false, line),
             };
-            let pat = pat.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/');
+            let pat = pat
+                .trim_start_matches("./")
+                .trim_start_matches('/')
+                .trim_end_matches('/');
             if pat.is_empty() {
                 continue;
             }
@@ -198,7 +201,11 @@ impl Tree {
             return Err(ContextError::Outside(source.to_owned()));
         }
         if clean.is_empty() {
-            return Ok(self.entries.values().filter(|e| !e.rel.contains('/')).collect());
+            return Ok(self
+                .entries
+                .values()
+                .filter(|e| !e.rel.contains('/'))
+                .collect());
         }
         if clean.contains(['*', '?', '[']) {
             let g = Glob::new(&clean)
@@ -208,7 +215,11 @@ impl Tree {
                     message: e.to_string(),
                 })?
                 .compile_matcher();
-            let hits: Vec<&ContextEntry> = self.entries.values().filter(|e| g.is_match(&e.rel)).collect();
+            let hits: Vec<&ContextEntry> = self
+                .entries
+                .values()
+                .filter(|e| g.is_match(&e.rel))
+                .collect();
             if hits.is_empty() {
                 return Err(ContextError::NotFound(source.to_owned()));
             }
@@ -223,7 +234,10 @@ impl Tree {
     /// Everything below a directory entry.
     fn below<'a>(&'a self, dir: &str) -> impl Iterator<Item = &'a ContextEntry> + 'a {
         let prefix = format!("{dir}/");
-        self.entries.range(prefix.clone()..).take_while(move |(k, _)| k.starts_with(&prefix)).map(|(_, v)| v)
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(_, v)| v)
     }
 }
 
@@ -256,7 +270,11 @@ pub fn resolve_dest(dest: &str, workdir: &str) -> String {
     let trailing = dest.ends_with('/') || dest == "." || dest.ends_with("/.");
     let clean = clean_rel(&joined);
     let clean: String = clean.trim_start_matches("../").replace("../", "");
-    if trailing { format!("/{clean}/") } else { format!("/{clean}") }
+    if trailing {
+        format!("/{clean}/")
+    } else {
+        format!("/{clean}")
+    }
 }
 
 /// Parses `--chown=uid[:gid]` (numeric).
@@ -322,7 +340,9 @@ pub fn copy_entries(
                 })
         })
         .collect::<Result<_, _>>()?;
-    let multiple = selected.len() > 1 || sources.len() > 1 || sources.iter().any(|s| s.contains(['*', '?', '[']));
+    let multiple = selected.len() > 1
+        || sources.len() > 1
+        || sources.iter().any(|s| s.contains(['*', '?', '[']));
     let dest_is_dir = dest.ends_with('/') || multiple;
     let dest_clean = clean_rel(dest);
     let owner = |e: &ContextEntry| -> (u64, u64) {
@@ -330,7 +350,9 @@ pub fn copy_entries(
             return o;
         }
         if tree.keep_owners {
-            fs::symlink_metadata(&e.abs).map(|m| (u64::from(m.uid()), u64::from(m.gid()))).unwrap_or((0, 0))
+            fs::symlink_metadata(&e.abs)
+                .map(|m| (u64::from(m.uid()), u64::from(m.gid())))
+                .unwrap_or((0, 0))
         } else {
             (0, 0)
         }
@@ -348,7 +370,15 @@ pub fn copy_entries(
             _ => e.mode,
         };
         add_parents(out, &path);
-        out.insert(path, LayerEntry { data, mode, uid, gid });
+        out.insert(
+            path,
+            LayerEntry {
+                data,
+                mode,
+                uid,
+                gid,
+            },
+        );
     };
     for e in selected {
         if excluded.iter().any(|m| m.is_match(&e.rel)) {
@@ -362,14 +392,23 @@ pub fn copy_entries(
                 if !base.is_empty() {
                     let (uid, gid) = opts.chown.unwrap_or((0, 0));
                     add_parents(&mut out, &base);
-                    out.entry(base.clone()).or_insert(LayerEntry { data: EntryData::Dir, mode: 0o755, uid, gid });
+                    out.entry(base.clone()).or_insert(LayerEntry {
+                        data: EntryData::Dir,
+                        mode: 0o755,
+                        uid,
+                        gid,
+                    });
                 }
                 for child in tree.below(&e.rel) {
                     if excluded.iter().any(|m| m.is_match(&child.rel)) {
                         continue;
                     }
                     let sub = &child.rel[e.rel.len() + 1..];
-                    let path = if base.is_empty() { sub.to_owned() } else { format!("{base}/{sub}") };
+                    let path = if base.is_empty() {
+                        sub.to_owned()
+                    } else {
+                        format!("{base}/{sub}")
+                    };
                     put(&mut out, path, child);
                 }
             }
@@ -378,12 +417,19 @@ pub fn copy_entries(
             }
             _ => {
                 let path = if dest_is_dir {
-                    if dest_clean.is_empty() { name } else { format!("{dest_clean}/{name}") }
+                    if dest_clean.is_empty() {
+                        name
+                    } else {
+                        format!("{dest_clean}/{name}")
+                    }
                 } else {
                     dest_clean.clone()
                 };
                 if path.is_empty() {
-                    return Err(ContextError::NotFound(format!("{} (copied to `/`, which is not a file)", e.rel)));
+                    return Err(ContextError::NotFound(format!(
+                        "{} (copied to `/`, which is not a file)",
+                        e.rel
+                    )));
                 }
                 put(&mut out, path, e);
             }
@@ -394,7 +440,9 @@ pub fn copy_entries(
 
 fn is_archive(path: &Path) -> bool {
     let mut head = [0u8; 262];
-    let n = fs::File::open(path).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
+    let n = fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
     if n >= 2 && head[..2] == [0x1f, 0x8b] {
         return true;
     }
@@ -402,7 +450,12 @@ fn is_archive(path: &Path) -> bool {
 }
 
 /// ADD's archive unpacking: entries of a (gzip) tar become entries under `dest`.
-fn unpack_into(out: &mut BTreeMap<String, LayerEntry>, archive: &Path, dest: &str, opts: &CopyOptions) -> Result<(), ContextError> {
+fn unpack_into(
+    out: &mut BTreeMap<String, LayerEntry>,
+    archive: &Path,
+    dest: &str,
+    opts: &CopyOptions,
+) -> Result<(), ContextError> {
     let f = fs::File::open(archive).map_err(io(archive))?;
     let mut buf = std::io::BufReader::new(f);
     let reader: Box<dyn Read> = {
@@ -417,18 +470,35 @@ fn unpack_into(out: &mut BTreeMap<String, LayerEntry>, archive: &Path, dest: &st
     let mut a = tar::Archive::new(reader);
     for entry in a.entries().map_err(io(archive))? {
         let mut entry = entry.map_err(io(archive))?;
-        let p = entry.path().map_err(io(archive))?.to_string_lossy().into_owned();
+        let p = entry
+            .path()
+            .map_err(io(archive))?
+            .to_string_lossy()
+            .into_owned();
         let rel = clean_rel(&p);
         if rel.is_empty() || rel.starts_with("..") {
             continue;
         }
-        let path = if dest.is_empty() { rel } else { format!("{dest}/{rel}") };
+        let path = if dest.is_empty() {
+            rel
+        } else {
+            format!("{dest}/{rel}")
+        };
         let h = entry.header().clone();
-        let (uid, gid) = opts.chown.unwrap_or((h.uid().unwrap_or(0), h.gid().unwrap_or(0)));
+        let (uid, gid) = opts
+            .chown
+            .unwrap_or((h.uid().unwrap_or(0), h.gid().unwrap_or(0)));
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
         let data = match h.entry_type() {
             tar::EntryType::Directory => EntryData::Dir,
-            tar::EntryType::Symlink => EntryData::Symlink(entry.link_name().ok().flatten().map(|l| l.into_owned()).unwrap_or_default()),
+            tar::EntryType::Symlink => EntryData::Symlink(
+                entry
+                    .link_name()
+                    .ok()
+                    .flatten()
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default(),
+            ),
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let mut v = Vec::new();
                 entry.read_to_end(&mut v).map_err(io(archive))?;
@@ -437,7 +507,15 @@ fn unpack_into(out: &mut BTreeMap<String, LayerEntry>, archive: &Path, dest: &st
             _ => continue,
         };
         add_parents(out, &path);
-        out.insert(path, LayerEntry { data, mode, uid, gid });
+        out.insert(
+            path,
+            LayerEntry {
+                data,
+                mode,
+                uid,
+                gid,
+            },
+        );
     }
     Ok(())
 }
@@ -493,7 +571,10 @@ mod tests {
         assert!(t.select("secret.key").is_err());
         assert_eq!(t.select("src/*.rs").unwrap().len(), 1);
         assert_eq!(t.select("./index.html").unwrap()[0].rel, "index.html");
-        assert!(matches!(t.select("../etc/passwd"), Err(ContextError::Outside(_))));
+        assert!(matches!(
+            t.select("../etc/passwd"),
+            Err(ContextError::Outside(_))
+        ));
         let ig = Ignore::parse("**/*.log\n!important.log\n").unwrap();
         assert!(ig.is_ignored("a/b/c.log") && !ig.is_ignored("important.log"));
     }
@@ -503,23 +584,75 @@ mod tests {
         let d = ctx();
         let t = Tree::context(d.path()).unwrap();
         // A file to a file path.
-        let e = copy_entries(&t, &["index.html".into()], "usr/local/apache2/htdocs/index.html", &CopyOptions::default()).unwrap();
-        assert!(e.contains_key("usr/local/apache2/htdocs/index.html") && e.contains_key("usr") && e.contains_key("usr/local/apache2/htdocs"));
+        let e = copy_entries(
+            &t,
+            &["index.html".into()],
+            "usr/local/apache2/htdocs/index.html",
+            &CopyOptions::default(),
+        )
+        .unwrap();
+        assert!(
+            e.contains_key("usr/local/apache2/htdocs/index.html")
+                && e.contains_key("usr")
+                && e.contains_key("usr/local/apache2/htdocs")
+        );
         // A file into a directory (trailing slash), as in the seed's `COPY ./index.html /usr/local/apache2/htdocs/`.
-        let e = copy_entries(&t, &["./index.html".into()], "usr/local/apache2/htdocs/", &CopyOptions::default()).unwrap();
+        let e = copy_entries(
+            &t,
+            &["./index.html".into()],
+            "usr/local/apache2/htdocs/",
+            &CopyOptions::default(),
+        )
+        .unwrap();
         assert!(e.contains_key("usr/local/apache2/htdocs/index.html"));
         // A directory's contents.
-        let e = copy_entries(&t, &["src".into()], "app", &CopyOptions { chmod: Some(0o600), chown: Some((1000, 1000)), ..Default::default() }).unwrap();
+        let e = copy_entries(
+            &t,
+            &["src".into()],
+            "app",
+            &CopyOptions {
+                chmod: Some(0o600),
+                chown: Some((1000, 1000)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let keys: Vec<&str> = e.keys().map(String::as_str).collect();
         assert_eq!(keys, ["app", "app/a.rs", "app/sub", "app/sub/b.rs"]);
         assert_eq!((e["app/a.rs"].mode, e["app/a.rs"].uid), (0o600, 1000));
         // Identical copies have identical keys; a change changes it.
         let k1 = entries_key(&e).unwrap();
-        let k2 = entries_key(&copy_entries(&t, &["src".into()], "app", &CopyOptions { chmod: Some(0o600), chown: Some((1000, 1000)), ..Default::default() }).unwrap()).unwrap();
+        let k2 = entries_key(
+            &copy_entries(
+                &t,
+                &["src".into()],
+                "app",
+                &CopyOptions {
+                    chmod: Some(0o600),
+                    chown: Some((1000, 1000)),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        )
+        .unwrap();
         assert_eq!(k1, k2);
         fs::write(d.path().join("src/a.rs"), "changed").unwrap();
         let t = Tree::context(d.path()).unwrap();
-        let k3 = entries_key(&copy_entries(&t, &["src".into()], "app", &CopyOptions { chmod: Some(0o600), chown: Some((1000, 1000)), ..Default::default() }).unwrap()).unwrap();
+        let k3 = entries_key(
+            &copy_entries(
+                &t,
+                &["src".into()],
+                "app",
+                &CopyOptions {
+                    chmod: Some(0o600),
+                    chown: Some((1000, 1000)),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        )
+        .unwrap();
         assert_ne!(k1, k3);
     }
 

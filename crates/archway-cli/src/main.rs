@@ -42,6 +42,24 @@ enum Command {
     ///   archway plan .codecatalyst/workflows/build.yaml --format json
     #[command(verbatim_doc_comment)]
     Plan(commands::pipeline::PlanArgs),
+    /// Build a Dockerfile for one or more platforms, daemonless and reproducibly.
+    ///
+    /// Every platform is built in parallel from one call; steps that do not depend on the
+    /// platform are computed once. RUN steps for other architectures run through qemu-user.
+    /// Kaniko's executor flags (--context, --dockerfile, --destination, --custom-platform,
+    /// --no-push, --tar-path, --cache-repo, ...) are accepted.
+    ///
+    /// Examples:
+    ///   archway build --check                                   # validate, like docker build --check
+    ///   archway build . --platform linux/amd64,linux/arm64 -t localhost:5000/app:1.0 --push
+    ///   archway build -f docker/Dockerfile --output oci:./out:1.0 --build-arg VERSION=1.2
+    ///   archway build --context dir://. --dockerfile Dockerfile --destination reg/app:1.0
+    #[command(verbatim_doc_comment)]
+    Build(Box<commands::build::BuildArgs>),
+    /// Run a command in an image (the build sandbox), on any platform qemu can emulate.
+    Run(Box<commands::sandbox::RunArgs>),
+    /// Report what this host can run: OCI runtime, user namespaces, overlayfs, qemu binfmt.
+    Doctor(commands::sandbox::DoctorArgs),
     /// Log in to a registry (credentials go to Docker's config.json).
     Login(commands::login::LoginArgs),
     /// Log out of a registry.
@@ -56,6 +74,9 @@ fn main() -> ExitCode {
         Command::Manifest(cmd) => commands::manifest::run(cmd),
         Command::Lint(args) => commands::pipeline::lint(args),
         Command::Plan(args) => commands::pipeline::plan(args),
+        Command::Build(args) => commands::build::run(*args),
+        Command::Run(args) => commands::sandbox::run(*args),
+        Command::Doctor(args) => commands::sandbox::doctor(args),
         Command::Login(args) => commands::login::login(args),
         Command::Logout(args) => commands::login::logout(args),
     };

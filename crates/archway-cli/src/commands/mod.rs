@@ -1,8 +1,10 @@
 //! One module per top-level subcommand (plus `common`, shared by the registry clients).
 
+pub mod build;
 pub mod common;
 pub mod image;
 pub mod login;
 pub mod manifest;
 pub mod pipeline;
 pub mod registry;
+pub mod sandbox;

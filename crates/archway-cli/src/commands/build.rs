@@ -1,0 +1,482 @@
+//! `archway build`: Dockerfiles → multi-platform images, daemonless and reproducible.
+//! Kaniko's executor flags are accepted as aliases, so a Kaniko job moves over by changing
+//! one line.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use archway_build::builder::{BuildEvent, BuildRequest, Builder, Store};
+use archway_client::copy::{CopyOptions, Selection};
+use archway_client::{Location, copy};
+use archway_oci::Platform;
+use clap::Args;
+
+use super::common::{Format, RegistryArgs, human_bytes, print_json};
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Build context directory.
+    #[arg(value_name = "CONTEXT")]
+    context_pos: Option<PathBuf>,
+    /// Build context (Kaniko's --context; `dir://` prefix accepted).
+    #[arg(long = "context", value_name = "DIR", conflicts_with = "context_pos")]
+    context_flag: Option<String>,
+    /// The Dockerfile (default: CONTEXT/Dockerfile). Kaniko: --dockerfile.
+    #[arg(
+        short = 'f',
+        long = "file",
+        visible_alias = "dockerfile",
+        value_name = "FILE"
+    )]
+    file: Option<PathBuf>,
+    /// Platforms to build, comma-separated or repeated (default: this machine's).
+    /// Kaniko: --custom-platform.
+    #[arg(
+        long = "platform",
+        visible_alias = "custom-platform",
+        value_name = "PLATFORMS"
+    )]
+    platforms: Vec<String>,
+    /// Name for the result (repeatable); pushed with --push. Kaniko: --destination (pushes
+    /// unless --no-push).
+    #[arg(short = 't', long = "tag", value_name = "REF")]
+    tags: Vec<String>,
+    /// Kaniko's --destination: a tag that is pushed.
+    #[arg(long = "destination", value_name = "REF", hide = true)]
+    destinations: Vec<String>,
+    /// Push the tags to their registries.
+    #[arg(long)]
+    push: bool,
+    /// Kaniko: build without pushing the destinations.
+    #[arg(long)]
+    no_push: bool,
+    /// Also write the result as `oci:DIR[:TAG]` (an OCI layout) or `tar:FILE` (an OCI
+    /// archive); repeatable.
+    #[arg(long = "output", short = 'o', value_name = "DEST")]
+    outputs: Vec<String>,
+    /// Kaniko: write an OCI archive here.
+    #[arg(long = "tar-path", value_name = "FILE", hide = true)]
+    tar_path: Option<PathBuf>,
+    /// Build argument (repeatable), KEY=VALUE.
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    build_args: Vec<String>,
+    /// Build this stage (name or index) instead of the last.
+    #[arg(long)]
+    target: Option<String>,
+    /// Secret for `RUN --mount=type=secret` (repeatable): id=NAME,src=FILE.
+    #[arg(long = "secret", value_name = "id=NAME,src=FILE")]
+    secrets: Vec<String>,
+    /// Label to add to the image config (repeatable), KEY=VALUE.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Do not reuse cached steps.
+    #[arg(long)]
+    no_cache: bool,
+    /// Share the step cache through this registry repository (Kaniko: --cache-repo).
+    #[arg(long, value_name = "REF")]
+    cache_repo: Option<String>,
+    /// Kaniko: --cache=true|false (use the --cache-repo).
+    #[arg(long, value_name = "BOOL", hide = true)]
+    cache: Option<bool>,
+    /// Local store for layers, cache and snapshots (default: ~/.cache/archway/build).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Only check the Dockerfile (all stages, every platform's ARG expansion, context
+    /// files) and print diagnostics, like `docker build --check`.
+    #[arg(long)]
+    check: bool,
+    /// Kaniko: builds are always reproducible; accepted for compatibility.
+    #[arg(long, hide = true)]
+    reproducible: bool,
+    /// OCI runtime for RUN steps: crun, runc or a path (default: see `archway doctor`).
+    #[arg(long, env = "ARCHWAY_RUNTIME")]
+    runtime: Option<String>,
+    /// Kill a RUN step that runs longer than this (e.g. 20m).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    step_timeout: Option<std::time::Duration>,
+    /// No progress output.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Summary format on stdout.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+enum Output {
+    Layout(PathBuf, Option<String>),
+    Tar(PathBuf),
+}
+
+fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for kv in items {
+        match kv.split_once('=') {
+            Some((k, v)) => {
+                out.insert(k.to_owned(), v.to_owned());
+            }
+            // `--build-arg NAME` takes the value from the environment, as docker does.
+            None if what == "--build-arg" => {
+                if let Ok(v) = std::env::var(kv) {
+                    out.insert(kv.clone(), v);
+                }
+            }
+            None => bail!("{what} `{kv}` is not KEY=VALUE"),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_secret(s: &str) -> anyhow::Result<(String, PathBuf)> {
+    let mut id = None;
+    let mut src = None;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_owned()),
+            Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+            Some(("type", "file")) => {}
+            _ => bail!("--secret `{s}`: expected id=NAME,src=FILE"),
+        }
+    }
+    match (id, src) {
+        (Some(id), Some(src)) => {
+            if !src.is_file() {
+                bail!("--secret {id}: {} does not exist", src.display());
+            }
+            Ok((id, src))
+        }
+        _ => bail!("--secret `{s}`: expected id=NAME,src=FILE"),
+    }
+}
+
+fn source_date_epoch() -> anyhow::Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH=`{v}` is not a number of seconds")),
+        _ => Ok(0),
+    }
+}
+
+pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
+    let context = a
+        .context_pos
+        .clone()
+        .or_else(|| {
+            a.context_flag
+                .as_ref()
+                .map(|c| PathBuf::from(c.trim_start_matches("dir://")))
+        })
+        .unwrap_or_else(|| PathBuf::from("."));
+    if !context.is_dir() {
+        bail!("build context {} is not a directory", context.display());
+    }
+    let dockerfile_path = a.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    let text = std::fs::read_to_string(&dockerfile_path).with_context(|| {
+        format!(
+            "reading {} (pass the Dockerfile with -f)",
+            dockerfile_path.display()
+        )
+    })?;
+    let display = dockerfile_path
+        .strip_prefix("./")
+        .unwrap_or(&dockerfile_path)
+        .to_string_lossy()
+        .into_owned();
+    let (df, diags) = archway_build::dockerfile::parse(&display, &text);
+    let mut platforms: Vec<Platform> = Vec::new();
+    for p in &a.platforms {
+        for x in archway_oci::platform::parse_list(p)? {
+            if !platforms.contains(&x) {
+                platforms.push(x);
+            }
+        }
+    }
+    if platforms.is_empty() {
+        platforms.push(Platform::host());
+    }
+    let Some(df) = df else {
+        for d in &diags {
+            eprintln!("{d}");
+        }
+        return Ok(ExitCode::FAILURE);
+    };
+    let mut secrets = BTreeMap::new();
+    for s in &a.secrets {
+        let (id, src) = parse_secret(s)?;
+        secrets.insert(id, src);
+    }
+    let req = BuildRequest {
+        context: context.clone(),
+        dockerfile: df,
+        platforms: platforms.clone(),
+        build_args: parse_kv(&a.build_args, "--build-arg")?,
+        target: a.target.clone(),
+        labels: parse_kv(&a.labels, "--label")?,
+        no_cache: a.no_cache,
+        secrets,
+        source_date_epoch: source_date_epoch()?,
+    };
+
+    if a.check {
+        let tree = archway_build::context::Tree::context(&context)?;
+        let (_, more) = Builder::check(&req, Some(&tree));
+        let all: Vec<_> = diags.into_iter().chain(more).collect();
+        for d in &all {
+            eprintln!("{d}");
+        }
+        let errors = all.iter().filter(|d| d.is_error()).count();
+        let warnings = all.len() - errors;
+        let names: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+        if errors == 0 {
+            println!(
+                "{display}: ok for {} ({warnings} warnings)",
+                names.join(", ")
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprintln!("{display}: {errors} errors, {warnings} warnings");
+        return Ok(ExitCode::FAILURE);
+    }
+    for d in diags.iter().filter(|d| !d.is_error()) {
+        eprintln!("{d}");
+    }
+
+    // Where the result goes.
+    let mut push_tags: Vec<String> = Vec::new();
+    if a.push {
+        push_tags.extend(a.tags.iter().cloned());
+        if a.tags.is_empty() {
+            bail!("--push needs at least one -t REGISTRY/NAME:TAG");
+        }
+    }
+    if !a.no_push {
+        push_tags.extend(a.destinations.iter().cloned());
+    }
+    let mut outputs = Vec::new();
+    for o in &a.outputs {
+        if let Some(rest) = o.strip_prefix("oci:") {
+            let (path, tag) = match rest.rsplit_once(':') {
+                Some((p, t)) if !t.contains('/') => (p, Some(t.to_owned())),
+                _ => (rest, None),
+            };
+            outputs.push(Output::Layout(PathBuf::from(path), tag));
+        } else if let Some(f) = o.strip_prefix("tar:") {
+            outputs.push(Output::Tar(PathBuf::from(f)));
+        } else if let Some(kv) = o.strip_prefix("type=") {
+            bail!("--output type={kv}: use oci:DIR[:TAG] or tar:FILE");
+        } else {
+            bail!("--output `{o}`: expected oci:DIR[:TAG] or tar:FILE");
+        }
+    }
+    if let Some(t) = &a.tar_path {
+        outputs.push(Output::Tar(t.clone()));
+    }
+    for t in push_tags.iter() {
+        Location::parse(t).with_context(|| format!("--tag {t}"))?;
+    }
+
+    let regs: Vec<String> = push_tags
+        .iter()
+        .chain(a.cache_repo.iter())
+        .filter_map(|t| t.parse::<archway_oci::Reference>().ok().map(|r| r.registry))
+        .collect();
+    let client = a
+        .registry
+        .client(&regs.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let store_dir = a.cache_dir.clone().unwrap_or_else(Store::default_dir);
+    let store = Arc::new(
+        Store::open(&store_dir)
+            .with_context(|| format!("opening the build store at {}", store_dir.display()))?,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let quiet = a.quiet || a.format == Format::Json;
+    let tty = std::io::stderr().is_terminal();
+    let progress: Option<archway_build::builder::ProgressSink> = (!quiet).then(|| {
+        let sink: archway_build::builder::ProgressSink = Arc::new(move |e: BuildEvent| match e {
+            BuildEvent::Step {
+                platform,
+                stage,
+                text,
+                cached,
+            } => {
+                let mark = if cached { " CACHED" } else { "" };
+                eprintln!("[{platform} {stage}]{mark} {text}");
+            }
+            BuildEvent::Output { platform, line } => {
+                if tty {
+                    eprintln!("  {platform} | {line}");
+                } else {
+                    eprintln!("[{platform}] {line}");
+                }
+            }
+            BuildEvent::Pulled {
+                reference,
+                platform,
+            } => eprintln!("[{platform}] pulled {reference}"),
+        });
+        sink
+    });
+    let sandbox = super::sandbox::runner(a.runtime.as_deref(), a.step_timeout);
+    let builder = Builder {
+        client: client.clone(),
+        store: store.clone(),
+        runner: sandbox.as_ref().ok().cloned(),
+        progress,
+        runtime: rt.handle().clone(),
+        privileged: super::sandbox::privileged(),
+    };
+    let result = match builder.build(&req) {
+        Ok(r) => r,
+        Err(archway_build::builder::BuildError::Invalid(diags)) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            eprintln!("{display}: the build did not start; fix the errors above");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => {
+            let mut err = anyhow::Error::new(e);
+            if let Err(why) = &sandbox {
+                err = err.context(format!("(sandbox: {why})"));
+            }
+            return Err(err.context(format!("building {display}")));
+        }
+    };
+    for w in &result.warnings {
+        if !w.is_error() && !diags.contains(w) {
+            eprintln!("{w}");
+        }
+    }
+
+    // Deliver.
+    let source = Location::Layout {
+        path: result.layout.clone(),
+        tag: Some(result.tag.clone()),
+    };
+    let opts = CopyOptions {
+        selection: Selection::All,
+        concurrency: a.registry.concurrency,
+        progress: None,
+    };
+    let default_tag = a
+        .tags
+        .first()
+        .or(a.destinations.first())
+        .and_then(|t| t.parse::<archway_oci::Reference>().ok())
+        .and_then(|r| r.tag);
+    let mut delivered = Vec::new();
+    for t in &push_tags {
+        let dest = Location::parse(t)?;
+        rt.block_on(copy(&client, &source, &dest, &opts))
+            .with_context(|| format!("pushing to {t}"))?;
+        delivered.push(dest.to_string());
+    }
+    for o in &outputs {
+        match o {
+            Output::Layout(path, tag) => {
+                let dest = Location::Layout {
+                    path: path.clone(),
+                    tag: tag
+                        .clone()
+                        .or_else(|| default_tag.clone())
+                        .or_else(|| Some("latest".into())),
+                };
+                rt.block_on(copy(&client, &source, &dest, &opts))
+                    .with_context(|| format!("writing {dest}"))?;
+                delivered.push(dest.to_string());
+            }
+            Output::Tar(file) => {
+                let tmp = tempfile::tempdir()?;
+                let dest = Location::Layout {
+                    path: tmp.path().to_owned(),
+                    tag: default_tag.clone().or_else(|| Some("latest".into())),
+                };
+                rt.block_on(copy(&client, &source, &dest, &opts))?;
+                write_archive(tmp.path(), file)
+                    .with_context(|| format!("writing {}", file.display()))?;
+                delivered.push(format!("tar:{}", file.display()));
+            }
+        }
+    }
+    if let Some(repo) = &a.cache_repo
+        && a.cache != Some(false)
+    {
+        eprintln!(
+            "note: --cache-repo {repo}: exporting the step cache to a registry is not implemented yet; the local cache at {} was used",
+            store_dir.display()
+        );
+    }
+
+    let summary = serde_json::json!({
+        "digest": result.descriptor.digest.to_string(),
+        "media_type": result.descriptor.media_type,
+        "platforms": result.images.iter().map(|(p, d)| serde_json::json!({"platform": p.to_string(), "digest": d.digest.to_string()})).collect::<Vec<_>>(),
+        "steps": result.steps,
+        "cached_steps": result.cached_steps,
+        "outputs": delivered,
+    });
+    match a.format {
+        Format::Json => print_json(&summary)?,
+        Format::Text => {
+            println!("{}", result.descriptor.digest);
+            let size: u64 = result.images.iter().map(|(_, d)| d.size).sum();
+            eprintln!(
+                "built {} ({} steps, {} cached, manifests {}){}",
+                result
+                    .images
+                    .iter()
+                    .map(|(p, _)| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                result.steps,
+                result.cached_steps,
+                human_bytes(size),
+                if delivered.is_empty() {
+                    String::new()
+                } else {
+                    format!(" → {}", delivered.join(", "))
+                }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Tars an OCI layout into an archive (sorted entries, fixed times) that `skopeo copy
+/// oci-archive:` and `podman load` read.
+fn write_archive(dir: &Path, file: &Path) -> anyhow::Result<()> {
+    let f = std::fs::File::create(file)?;
+    let mut b = tar::Builder::new(std::io::BufWriter::new(f));
+    b.mode(tar::HeaderMode::Deterministic);
+    let mut paths = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            paths.push(p);
+        }
+    }
+    paths.sort();
+    for p in paths {
+        let rel = p.strip_prefix(dir)?;
+        if p.is_dir() {
+            b.append_dir(rel, &p)?;
+        } else {
+            b.append_path_with_name(&p, rel)?;
+        }
+    }
+    b.into_inner()?.into_inner().map_err(|e| e.into_error())?;
+    Ok(())
+}

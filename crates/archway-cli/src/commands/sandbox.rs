@@ -1,0 +1,346 @@
+//! `archway run` (a command in an image, through the sandbox), `archway doctor` (what this host
+//! can run), and the bridge that lets the builder run RUN steps in the sandbox.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use archway_build::builder::{BuildError, Builder, RunOutput, RunRequest, StepRunner, Store};
+use archway_client::Location;
+use archway_oci::Platform;
+use archway_sandbox::doctor::Report;
+use archway_sandbox::{Emulation, Exit, ExtraMount, Network, RunSpec, Sandbox};
+use clap::Args;
+
+use super::common::{Format, RegistryArgs, print_json};
+
+/// Runs RUN steps in the sandbox.
+struct SandboxRunner {
+    sandbox: Sandbox,
+    timeout: Option<Duration>,
+}
+
+impl StepRunner for SandboxRunner {
+    fn check(&self, platform: &Platform) -> Result<(), String> {
+        self.sandbox
+            .check_platform(platform)
+            .map_err(|e| e.to_string())
+    }
+
+    fn run(
+        &self,
+        req: &RunRequest<'_>,
+        on_output: &(dyn Fn(&str) + Sync),
+    ) -> Result<RunOutput, BuildError> {
+        let mut mounts: Vec<ExtraMount> = req
+            .mounts
+            .iter()
+            .map(|m| ExtraMount::Bind {
+                host: m.host.clone(),
+                target: m.target.clone(),
+                readonly: m.readonly,
+            })
+            .collect();
+        mounts.extend(
+            req.tmpfs
+                .iter()
+                .map(|t| ExtraMount::Tmpfs { target: t.clone() }),
+        );
+        let spec = RunSpec {
+            platform: req.platform,
+            rootfs: req.rootfs,
+            dir: req.work,
+            argv: req.argv.clone(),
+            env: req.env.clone(),
+            cwd: req.cwd.clone(),
+            user: req.user.clone(),
+            mounts,
+            network: if req.network_host {
+                Network::Host
+            } else {
+                Network::None
+            },
+            timeout: self.timeout,
+            collect_changes: true,
+        };
+        let out = self
+            .sandbox
+            .run(&spec, on_output)
+            .map_err(|e| BuildError::Io {
+                context: "sandbox".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let (exit_code, mut output) = match out.exit {
+            Exit::Code(c) => (c, out.output_tail),
+            Exit::TimedOut => (
+                124,
+                format!(
+                    "{}\n(killed: the step ran longer than {})",
+                    out.output_tail,
+                    humantime::format_duration(self.timeout.unwrap_or_default())
+                ),
+            ),
+        };
+        if output.ends_with('\n') {
+            output.pop();
+        }
+        Ok(RunOutput {
+            exit_code,
+            output,
+            changes: out.changes,
+        })
+    }
+}
+
+/// The sandbox for RUN steps, or why there is none.
+pub fn runner(
+    runtime: Option<&str>,
+    timeout: Option<Duration>,
+) -> Result<Arc<dyn StepRunner>, String> {
+    let sandbox = Sandbox::detect(runtime).map_err(|e| e.to_string())?;
+    Ok(Arc::new(SandboxRunner { sandbox, timeout }))
+}
+
+/// Whether layers may be unpacked with their owners, devices and setuid bits (root only).
+pub fn privileged() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+/// `archway doctor`
+pub fn doctor(a: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let r: Report = archway_sandbox::doctor::report();
+    if a.format == Format::Json {
+        print_json(&r)?;
+        return Ok(if r.ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    println!(
+        "host        {} ({}, cgroups {:?})",
+        r.host,
+        if r.rootless { "rootless" } else { "root" },
+        r.cgroups
+    );
+    for c in &r.checks {
+        println!(
+            "{} {:<16} {}",
+            if c.ok { "ok " } else { "NO " },
+            c.name,
+            c.detail
+        );
+        if let Some(fix) = c.fix.as_ref().filter(|_| !c.ok) {
+            println!("    fix: {fix}");
+        }
+    }
+    println!("emulation (RUN steps for other architectures):");
+    for (p, e) in &r.emulation {
+        match e {
+            Emulation::Native => println!("ok  {p:<16} native"),
+            Emulation::Qemu {
+                handler,
+                interpreter,
+            } => println!("ok  {p:<16} qemu ({handler}: {interpreter})"),
+            Emulation::Missing { reason, fix } => {
+                println!("NO  {p:<16} {reason}");
+                println!("    fix: {fix}");
+            }
+        }
+    }
+    if r.ok() {
+        println!(
+            "RUN steps can run here with {}.",
+            r.runtime.as_deref().unwrap_or("?")
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("RUN steps cannot run here until the problems above are fixed.");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  archway run --platform linux/arm64 oci:./out:1.0 uname -m
+  archway run -e GREETING=hi localhost:5000/app:1.0 -- sh -c 'echo $GREETING'
+  archway run --network host -v $PWD:/src:ro --workdir /src localhost:5000/tools:1 make test")]
+pub struct RunArgs {
+    /// The image: REGISTRY/NAME:TAG or oci:DIR[:TAG].
+    image: String,
+    /// The command (default: the image's ENTRYPOINT and CMD).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+    /// Which platform's image to run (default: this machine's); others run through qemu-user.
+    #[arg(long)]
+    platform: Option<String>,
+    /// Environment variable (repeatable), KEY=VALUE.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Run as this user (`name`, `uid`, `uid:gid`; default: the image's USER).
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Working directory (default: the image's WORKDIR).
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// Bind mount HOST:CONTAINER[:ro] (repeatable).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    volumes: Vec<String>,
+    /// tmpfs mount (repeatable).
+    #[arg(long, value_name = "PATH")]
+    tmpfs: Vec<String>,
+    /// `none` (loopback only) or `host`.
+    #[arg(long, default_value = "none", value_parser = ["none", "host"])]
+    network: String,
+    /// Kill the process after this long (e.g. 30s, 10m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// OCI runtime: crun, runc or a path (default: chosen by `archway doctor`'s rules).
+    #[arg(long, env = "ARCHWAY_RUNTIME")]
+    runtime: Option<String>,
+    /// Local store for images and unpacked root filesystems (default: ~/.cache/archway/build).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// `archway run`
+pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let platform: Platform = match &a.platform {
+        Some(p) => p.parse()?,
+        None => Platform::host(),
+    };
+    let source = Location::parse(&a.image)?;
+    let sandbox = Sandbox::detect(a.runtime.as_deref())?;
+    sandbox.check_platform(&platform)?;
+    let mut mounts = Vec::new();
+    for v in &a.volumes {
+        let parts: Vec<&str> = v.split(':').collect();
+        let (host, target, readonly) = match parts.as_slice() {
+            [h, t] => (h, t, false),
+            [h, t, "ro"] => (h, t, true),
+            [h, t, "rw"] => (h, t, false),
+            _ => bail!("--volume `{v}`: expected HOST:CONTAINER[:ro]"),
+        };
+        let host = std::fs::canonicalize(host).with_context(|| format!("--volume {v}: {host}"))?;
+        if !target.starts_with('/') {
+            bail!("--volume {v}: the container path must be absolute");
+        }
+        mounts.push(ExtraMount::Bind {
+            host,
+            target: (*target).to_owned(),
+            readonly,
+        });
+    }
+    mounts.extend(
+        a.tmpfs
+            .iter()
+            .map(|t| ExtraMount::Tmpfs { target: t.clone() }),
+    );
+
+    let regs: Vec<String> = match &source {
+        Location::Registry(r) => vec![r.registry.clone()],
+        _ => Vec::new(),
+    };
+    let client = a
+        .registry
+        .client(&regs.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let store_dir = a.cache_dir.clone().unwrap_or_else(Store::default_dir);
+    let store = Arc::new(
+        Store::open(&store_dir)
+            .with_context(|| format!("opening the store at {}", store_dir.display()))?,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let builder = Builder {
+        client,
+        store: store.clone(),
+        runner: None,
+        progress: None,
+        runtime: rt.handle().clone(),
+        privileged: privileged(),
+    };
+    let image = builder.fetch_image(&source, &platform)?;
+    let rootfs = builder.rootfs(&image)?;
+    let cfg = image.config.config.clone().unwrap_or_default();
+    let argv: Vec<String> = if a.command.is_empty() {
+        cfg.entrypoint
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(cfg.cmd.clone().unwrap_or_default())
+            .collect()
+    } else {
+        // As with `docker run IMAGE ARGS`: the arguments replace CMD and follow ENTRYPOINT.
+        cfg.entrypoint
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(a.command.clone())
+            .collect()
+    };
+    if argv.is_empty() {
+        bail!(
+            "{} has no ENTRYPOINT or CMD; give a command: archway run {} -- COMMAND",
+            a.image,
+            a.image
+        );
+    }
+    let mut env = cfg.env.clone().unwrap_or_default();
+    for kv in &a.env {
+        let Some((k, _)) = kv.split_once('=') else {
+            bail!("--env `{kv}` is not KEY=VALUE")
+        };
+        env.retain(|e| !e.starts_with(&format!("{k}=")));
+        env.push(kv.clone());
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    let work = store.tmp_dir()?;
+    let spec = RunSpec {
+        platform: &platform,
+        rootfs: &rootfs,
+        dir: work.path(),
+        argv,
+        env,
+        cwd: a
+            .workdir
+            .clone()
+            .or(cfg.working_dir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
+        user: a.user.clone().or(cfg.user.clone()).unwrap_or_default(),
+        mounts,
+        network: if a.network == "host" {
+            Network::Host
+        } else {
+            Network::None
+        },
+        timeout: a.timeout,
+        collect_changes: false,
+    };
+    let out = sandbox.run(&spec, &|line: &str| println!("{line}"))?;
+    match out.exit {
+        Exit::Code(0) => Ok(ExitCode::SUCCESS),
+        Exit::Code(c) => Ok(ExitCode::from(u8::try_from(c).unwrap_or(1))),
+        Exit::TimedOut => {
+            eprintln!(
+                "error: killed after {}",
+                humantime::format_duration(a.timeout.unwrap_or_default())
+            );
+            Ok(ExitCode::from(124))
+        }
+    }
+}
