@@ -141,6 +141,13 @@ pub enum BuildEvent {
         reference: String,
         platform: String,
     },
+    /// Something went wrong that does not stop the build (e.g. the registry cache).
+    Warning(String),
+    /// Step cache entries exported to the `--cache-repo`.
+    CacheExported {
+        repository: String,
+        entries: usize,
+    },
 }
 
 pub type ProgressSink = Arc<dyn Fn(BuildEvent) + Send + Sync>;
@@ -190,6 +197,11 @@ struct State {
     key: Digest,
     shell: Vec<String>,
 }
+
+/// The artifact type of a step-cache entry in a registry.
+pub const CACHE_ARTIFACT_TYPE: &str = "application/vnd.archway.build.cache.v1";
+/// Its config: the [`CacheEntry`] JSON.
+pub const CACHE_CONFIG_TYPE: &str = "application/vnd.archway.build.cache.config.v1+json";
 
 /// A cached step result.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -357,12 +369,19 @@ impl Store {
         if dir.is_dir() {
             return Ok(dir);
         }
+        // One thread unpacks; the others wait for it and reuse the result.
+        let lock = self.step_lock(&key);
+        let _unpacking = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if dir.is_dir() {
+            return Ok(dir);
+        }
         // Start from the snapshot of all but the last layer when there is one (hard links:
         // cheap, and extraction replaces files instead of writing through the links).
         let tmp =
             self.root
                 .join("snapshots")
                 .join(format!(".tmp-{}-{}", key.hex(), std::process::id()));
+        // (Unique per process; the lock above makes it unique per key within the process.)
         let _ = std::fs::remove_dir_all(&tmp);
         let (start, rest) = match layers.split_last() {
             Some((last, parent)) if !parent.is_empty() => {
@@ -457,6 +476,14 @@ fn remove_tree(path: &Path) {
     }
 }
 
+struct PlatformResult {
+    platform: Platform,
+    descriptor: Descriptor,
+    steps: usize,
+    cached: usize,
+    used: std::collections::BTreeSet<Digest>,
+}
+
 /// An image copied into the store.
 #[derive(Clone, Debug)]
 pub struct FetchedImage {
@@ -468,6 +495,9 @@ pub struct FetchedImage {
 /// The builder.
 pub struct Builder {
     pub client: Client,
+    /// Share the step cache through this repository (`--cache-repo`): each entry is a small
+    /// OCI artifact tagged with its cache key.
+    pub cache_repo: Option<archway_oci::Reference>,
     pub store: Arc<Store>,
     pub runner: Option<Arc<dyn StepRunner>>,
     pub progress: Option<ProgressSink>,
@@ -494,6 +524,8 @@ struct PlatformBuild<'a> {
     steps: usize,
     cached: usize,
     image_trees: Mutex<HashMap<String, (PathBuf, Vec<Layer>)>>,
+    /// Cache keys of the layer steps of this build (exported with `--cache-repo`).
+    used: std::collections::BTreeSet<Digest>,
 }
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -585,6 +617,126 @@ impl Builder {
     }
 
     /// Builds every platform and assembles the result in the store.
+    /// A step's result from the `--cache-repo`, copied into the local store.
+    fn remote_cache_get(&self, key: &Digest) -> Option<CacheEntry> {
+        let repo = self.cache_repo.as_ref()?;
+        let remote = archway_oci::Reference {
+            tag: Some(key.hex().to_owned()),
+            digest: None,
+            ..repo.clone()
+        };
+        let result: Result<Option<CacheEntry>, BuildError> = (|| {
+            if self
+                .runtime
+                .block_on(self.client.manifest_exists(&remote))?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let tag = format!("cache-{}", key.hex());
+            let dest = Location::Layout {
+                path: self.store.layout.root().to_owned(),
+                tag: Some(tag.clone()),
+            };
+            self.runtime.block_on(archway_client::copy(
+                &self.client,
+                &Location::Registry(remote.clone()),
+                &dest,
+                &ImageCopyOptions::default(),
+            ))?;
+            let desc = self.store.layout.resolve(Some(&tag))?;
+            let manifest: ImageManifest =
+                serde_json::from_slice(&self.store.layout.read_blob(&desc.digest)?)
+                    .map_err(|e| BuildError::Image(format!("{remote}: not a cache entry: {e}")))?;
+            let entry: CacheEntry =
+                serde_json::from_slice(&self.store.layout.read_blob(&manifest.config.digest)?)
+                    .map_err(|e| BuildError::Image(format!("{remote}: not a cache entry: {e}")))?;
+            if let Some(l) = &entry.layer
+                && !self.store.layout.has_blob(&l.digest)
+            {
+                return Err(BuildError::Image(format!(
+                    "{remote}: the cached layer {} is missing",
+                    l.digest
+                )));
+            }
+            self.store.cache_put(key, &entry)?;
+            Ok(Some(entry))
+        })();
+        result.unwrap_or_else(|e| {
+            self.emit(BuildEvent::Warning(format!(
+                "cache {}: {e} (running the step instead)",
+                remote
+            )));
+            None
+        })
+    }
+
+    /// Push the cache entries of `keys` to the `--cache-repo` (the ones already there are
+    /// only checked). Failures are warnings: the build itself succeeded.
+    fn export_cache(&self, keys: &std::collections::BTreeSet<Digest>) {
+        let Some(repo) = &self.cache_repo else { return };
+        let mut pairs = Vec::new();
+        for key in keys {
+            let Some(entry) = self.store.cache_get(key) else {
+                continue;
+            };
+            let made: Result<(Location, Location), BuildError> = (|| {
+                let config =
+                    serde_json::to_vec(&entry).map_err(|e| BuildError::Image(e.to_string()))?;
+                let config_digest = self.store.layout.write_blob(&config)?;
+                let manifest = ImageManifest {
+                    schema_version: 2,
+                    media_type: media_type::OCI_MANIFEST.to_owned(),
+                    artifact_type: Some(CACHE_ARTIFACT_TYPE.to_owned()),
+                    config: Descriptor::new(CACHE_CONFIG_TYPE, config_digest, config.len() as u64),
+                    layers: entry.layer.iter().cloned().collect(),
+                    subject: None,
+                    annotations: None,
+                };
+                let bytes = manifest.to_json();
+                let digest = self.store.layout.write_blob(&bytes)?;
+                let tag = format!("cache-{}", key.hex());
+                self.store.layout.set_ref(
+                    &tag,
+                    &Descriptor::new(media_type::OCI_MANIFEST, digest, bytes.len() as u64),
+                )?;
+                let remote = archway_oci::Reference {
+                    tag: Some(key.hex().to_owned()),
+                    digest: None,
+                    ..repo.clone()
+                };
+                Ok((
+                    Location::Layout {
+                        path: self.store.layout.root().to_owned(),
+                        tag: Some(tag),
+                    },
+                    Location::Registry(remote),
+                ))
+            })();
+            match made {
+                Ok(pair) => pairs.push(pair),
+                Err(e) => self.emit(BuildEvent::Warning(format!("cache export: {e}"))),
+            }
+        }
+        let opts = ImageCopyOptions::default();
+        let results = self.runtime.block_on(futures_util::future::join_all(
+            pairs
+                .iter()
+                .map(|(src, dst)| archway_client::copy(&self.client, src, dst, &opts)),
+        ));
+        let mut exported = 0;
+        for ((_, dst), r) in pairs.iter().zip(results) {
+            match r {
+                Ok(_) => exported += 1,
+                Err(e) => self.emit(BuildEvent::Warning(format!("cache export to {dst}: {e}"))),
+            }
+        }
+        self.emit(BuildEvent::CacheExported {
+            repository: repo.to_string(),
+            entries: exported,
+        });
+    }
+
     /// Copies the image for `platform` from `source` (a registry or an OCI layout) into the
     /// store and reads its config and layers.
     pub fn fetch_image(
@@ -704,35 +856,37 @@ impl Builder {
                 stage_platform.insert(stage.index, platform);
             }
         }
-        let results: Vec<Result<(Platform, Descriptor, usize, usize), BuildError>> =
-            std::thread::scope(|s| {
-                let handles: Vec<_> = evaluated
-                    .into_iter()
-                    .map(|e| {
-                        let ctx = &context;
-                        s.spawn(move || self.build_platform(req, ctx, e))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(BuildError::Io {
-                                context: "build thread".into(),
-                                source: std::io::Error::other("panicked"),
-                            })
+        let results: Vec<Result<PlatformResult, BuildError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = evaluated
+                .into_iter()
+                .map(|e| {
+                    let ctx = &context;
+                    s.spawn(move || self.build_platform(req, ctx, e))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(BuildError::Io {
+                            context: "build thread".into(),
+                            source: std::io::Error::other("panicked"),
                         })
                     })
-                    .collect()
-            });
+                })
+                .collect()
+        });
         let mut images = Vec::new();
         let (mut steps, mut cached) = (0, 0);
+        let mut used = std::collections::BTreeSet::new();
         for r in results {
-            let (p, d, s, c) = r?;
-            images.push((p, d));
-            steps += s;
-            cached += c;
+            let r = r?;
+            images.push((r.platform, r.descriptor));
+            steps += r.steps;
+            cached += r.cached;
+            used.extend(r.used);
         }
+        self.export_cache(&used);
         let descriptor = if images.len() == 1 {
             images[0].1.clone()
         } else {
@@ -767,7 +921,7 @@ impl Builder {
         req: &BuildRequest,
         context: &Tree,
         e: Evaluated,
-    ) -> Result<(Platform, Descriptor, usize, usize), BuildError> {
+    ) -> Result<PlatformResult, BuildError> {
         let mut pb = PlatformBuild {
             b: self,
             req,
@@ -777,6 +931,7 @@ impl Builder {
             steps: 0,
             cached: 0,
             image_trees: Mutex::default(),
+            used: Default::default(),
         };
         for stage in &e.stages {
             let mut state = match &stage.base {
@@ -807,11 +962,29 @@ impl Builder {
                 message: "target stage was not built".into(),
             })?;
         let desc = pb.write_image(final_state)?;
-        Ok((e.platform, desc, pb.steps, pb.cached))
+        Ok(PlatformResult {
+            platform: e.platform,
+            descriptor: desc,
+            steps: pb.steps,
+            cached: pb.cached,
+            used: pb.used,
+        })
     }
 }
 
 impl PlatformBuild<'_> {
+    /// A cached result of the step with `key`: local, else from the `--cache-repo`.
+    fn cache_lookup(&mut self, key: &Digest) -> Option<CacheEntry> {
+        self.used.insert(key.clone());
+        if self.req.no_cache {
+            return None;
+        }
+        self.b
+            .store
+            .cache_get(key)
+            .or_else(|| self.b.remote_cache_get(key))
+    }
+
     fn epoch(&self) -> String {
         rfc3339(self.req.source_date_epoch)
     }
@@ -825,7 +998,12 @@ impl PlatformBuild<'_> {
         State {
             config,
             layers: Vec::new(),
-            key: hash_parts(&["scratch", &self.platform.to_string()]),
+            // The epoch is in every key: it sets the layers' timestamps.
+            key: hash_parts(&[
+                "scratch",
+                &self.platform.to_string(),
+                &self.req.source_date_epoch.to_string(),
+            ]),
             shell: vec!["/bin/sh".into(), "-c".into()],
         }
     }
@@ -850,7 +1028,11 @@ impl PlatformBuild<'_> {
             platform: platform.to_string(),
         });
         Ok(State {
-            key: hash_parts(&["image", &image.manifest.digest.to_string()]),
+            key: hash_parts(&[
+                "image",
+                &image.manifest.digest.to_string(),
+                &self.req.source_date_epoch.to_string(),
+            ]),
             shell: vec!["/bin/sh".into(), "-c".into()],
             layers: image.layers,
             config: image.config,
@@ -1164,13 +1346,9 @@ impl PlatformBuild<'_> {
         }
         let content = context::entries_key(&entries).map_err(step_err)?;
         state.key = hash_parts(&[&state.key.to_string(), "COPY", &content.to_string()]);
-        let cached = !self.req.no_cache && self.b.store.cache_get(&state.key).is_some();
-        let layer = match self
-            .b
-            .store
-            .cache_get(&state.key)
-            .filter(|_| !self.req.no_cache)
-        {
+        let hit = self.cache_lookup(&state.key);
+        let cached = hit.is_some();
+        let layer = match hit {
             Some(CacheEntry {
                 layer: Some(l),
                 diff_id: Some(d),
@@ -1277,9 +1455,7 @@ impl PlatformBuild<'_> {
         // Another platform's thread may be running this very step: wait for it, then reuse.
         let step_lock = self.b.store.step_lock(&state.key);
         let _running = step_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.req.no_cache
-            && let Some(CacheEntry { layer, diff_id }) = self.b.store.cache_get(&state.key)
-        {
+        if let Some(CacheEntry { layer, diff_id }) = self.cache_lookup(&state.key) {
             self.cached += 1;
             match (layer, diff_id) {
                 (Some(l), Some(d)) => self.add_layer(

@@ -8,7 +8,7 @@
 //!
 //! Pure: no I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use archway_diag::{Diagnostic, Span, did_you_mean};
 use serde::Serialize;
@@ -536,11 +536,15 @@ pub fn parse(file: &str, text: &str) -> (Option<Dockerfile>, Vec<Diagnostic>) {
         diags: Vec::new(),
     };
     let mut global_args = Vec::new();
+    let mut global_spans = Vec::new();
     for a in parsed.global_args() {
         for (name, default) in p.pairs(&a.arguments.value, a.arguments.span.start, "ARG", false) {
             global_args.push(ArgDecl { name, default });
+            global_spans.push(p.span(a.arguments.span.start));
         }
     }
+    let globals: Vec<(&ArgDecl, Span)> = global_args.iter().zip(global_spans).collect();
+    check_arg_cycles(&mut p.diags, &globals);
     let mut stages: Vec<Stage> = Vec::new();
     for (index, s) in parsed.stages().enumerate() {
         let from = s.from;
@@ -569,7 +573,97 @@ pub fn parse(file: &str, text: &str) -> (Option<Dockerfile>, Vec<Diagnostic>) {
         stages,
     };
     check_stage_references(&mut p, &df);
+    for stage in &df.stages {
+        let decls: Vec<(&ArgDecl, Span)> = stage
+            .steps
+            .iter()
+            .filter_map(|st| match &st.kind {
+                StepKind::Arg { args } => Some(args.iter().map(move |a| (a, st.span.clone()))),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        check_arg_cycles(&mut p.diags, &decls);
+    }
     (Some(df), p.diags)
+}
+
+/// The variables a raw value refers to (`$NAME`, `${NAME...}`; `\$` escapes).
+fn referenced_vars(raw: &str) -> Vec<String> {
+    let b = raw.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'$' => {
+                let braced = b.get(i + 1) == Some(&b'{');
+                let start = if braced { i + 2 } else { i + 1 };
+                let mut end = start;
+                while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+                    end += 1;
+                }
+                if end > start {
+                    out.push(raw[start..end].to_owned());
+                }
+                i = end.max(i + 1);
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
+/// ARGs are evaluated top to bottom, so `ARG A=$B` with `B` declared below uses an empty `B`.
+/// When `B` in turn uses `A`, the author meant the two to define each other: an ARG cycle,
+/// which can never have the intended value. Reported at the first ARG of the cycle.
+fn check_arg_cycles(diags: &mut Vec<Diagnostic>, decls: &[(&ArgDecl, Span)]) {
+    let index_of = |name: &str| decls.iter().position(|(d, _)| d.name == name);
+    // Edges by name reference, in either direction.
+    let refs: Vec<Vec<usize>> = decls
+        .iter()
+        .map(|(d, _)| {
+            d.default
+                .as_deref()
+                .map(referenced_vars)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|n| index_of(n))
+                .collect()
+        })
+        .collect();
+    let mut reported = BTreeSet::new();
+    for (i, targets) in refs.iter().enumerate() {
+        for &j in targets.iter().filter(|&&j| j > i) {
+            // Is there a path from j back to i?
+            let mut stack = vec![(j, vec![i, j])];
+            let mut seen = BTreeSet::new();
+            while let Some((k, path)) = stack.pop() {
+                if !seen.insert(k) {
+                    continue;
+                }
+                for &n in &refs[k] {
+                    if n == i {
+                        if reported.insert(i) {
+                            let names: Vec<&str> = path
+                                .iter()
+                                .chain([&i])
+                                .map(|&x| decls[x].0.name.as_str())
+                                .collect();
+                            diags.push(
+                                Diagnostic::error(&decls[i].1, format!("ARG cycle: {}", names.join(" → ")))
+                                    .with_hint(format!("ARGs are read top to bottom: `{}` is still empty where `{}` uses it; give one of them a literal default", decls[j].0.name, decls[i].0.name)),
+                            );
+                        }
+                    } else {
+                        let mut p2 = path.clone();
+                        p2.push(n);
+                        stack.push((n, p2));
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn instruction_text(p: &Parser<'_>, start: usize) -> String {
@@ -903,6 +997,30 @@ mod tests {
         assert_eq!(df.stages[1].steps[0].span.line, 6);
         assert_eq!(df.target(None), Some(1));
         assert_eq!(df.target(Some("BUILD")), Some(0));
+    }
+
+    #[test]
+    fn arg_cycles() {
+        let (_, d) = parse(
+            "Dockerfile",
+            "ARG A=${B}-x\nARG B=$A\nFROM scratch\nARG C=$D\nARG D=${E:-$C}\nARG E\nARG F=$F\n",
+        );
+        let errs: Vec<String> = d.iter().map(|x| x.to_string()).collect();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("Dockerfile:1:5: error: ARG cycle: A → B → A"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("Dockerfile:4:1: error: ARG cycle: C → D → C"),
+            "{errs:?}"
+        );
+        // Escaped dollars and backward references are fine.
+        let (_, d) = parse(
+            "Dockerfile",
+            "ARG A=1\nARG B=$A\\$C\nARG C=$B\nFROM scratch\n",
+        );
+        assert!(d.is_empty(), "{d:?}");
     }
 
     #[test]

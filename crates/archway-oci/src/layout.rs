@@ -253,9 +253,20 @@ impl ImageLayout {
         })
     }
 
+    /// Serialises read-modify-write of `index.json` between threads and processes: an
+    /// exclusive `flock` on the layout directory itself (no extra file in the layout), released
+    /// when the returned handle drops.
+    fn lock_index(&self) -> Result<std::fs::File, LayoutError> {
+        let dir = std::fs::File::open(&self.root).map_err(io_err(&self.root))?;
+        rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io_err(&self.root)(e.into()))?;
+        Ok(dir)
+    }
+
     /// Removes the entry named `name` from `index.json`; returns whether there was one. Blobs
     /// are left in place.
     pub fn remove_ref(&self, name: &str) -> Result<bool, LayoutError> {
+        let _lock = self.lock_index()?;
         let mut index = self.index()?;
         let before = index.manifests.len();
         index
@@ -270,6 +281,7 @@ impl ImageLayout {
 
     /// Points `name` at `descriptor` in `index.json`, replacing an entry of the same name.
     pub fn set_ref(&self, name: &str, descriptor: &Descriptor) -> Result<(), LayoutError> {
+        let _lock = self.lock_index()?;
         let mut index = self.index()?;
         index
             .manifests

@@ -179,7 +179,25 @@ impl Sandbox {
         let hosts = dir.join("hosts");
         std::fs::write(&hosts, spec::hosts_file(HOSTNAME))
             .map_err(io(hosts.display().to_string()))?;
-        let mut mounts = spec.mounts.clone();
+        // Bind sources are resolved here: the runtime would take a relative one from the bundle.
+        let mut mounts = Vec::new();
+        for m in &spec.mounts {
+            mounts.push(match m {
+                ExtraMount::Bind {
+                    host,
+                    target,
+                    readonly,
+                } => ExtraMount::Bind {
+                    host: std::fs::canonicalize(host).map_err(io(format!(
+                        "bind mount source {} (for {target})",
+                        host.display()
+                    )))?,
+                    target: target.clone(),
+                    readonly: *readonly,
+                },
+                m => m.clone(),
+            });
+        }
         mounts.push(ExtraMount::Bind {
             host: hosts,
             target: "/etc/hosts".into(),

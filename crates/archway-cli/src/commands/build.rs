@@ -148,6 +148,8 @@ fn parse_secret(s: &str) -> anyhow::Result<(String, PathBuf)> {
             if !src.is_file() {
                 bail!("--secret {id}: {} does not exist", src.display());
             }
+            let src = std::fs::canonicalize(&src)
+                .with_context(|| format!("--secret {id}: {}", src.display()))?;
             Ok((id, src))
         }
         _ => bail!("--secret `{s}`: expected id=NAME,src=FILE"),
@@ -244,7 +246,14 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{display}: {errors} errors, {warnings} warnings");
         return Ok(ExitCode::FAILURE);
     }
-    for d in diags.iter().filter(|d| !d.is_error()) {
+    if diags.iter().any(|d| d.is_error()) {
+        for d in &diags {
+            eprintln!("{d}");
+        }
+        eprintln!("{display}: the build did not start; fix the errors above");
+        return Ok(ExitCode::FAILURE);
+    }
+    for d in &diags {
         eprintln!("{d}");
     }
 
@@ -300,8 +309,10 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     let quiet = a.quiet || a.format == Format::Json;
     let tty = std::io::stderr().is_terminal();
-    let progress: Option<archway_build::builder::ProgressSink> = (!quiet).then(|| {
+    let progress: Option<archway_build::builder::ProgressSink> = Some({
         let sink: archway_build::builder::ProgressSink = Arc::new(move |e: BuildEvent| match e {
+            BuildEvent::Warning(w) => eprintln!("warning: {w}"),
+            _ if quiet => {}
             BuildEvent::Step {
                 platform,
                 stage,
@@ -322,11 +333,29 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
                 reference,
                 platform,
             } => eprintln!("[{platform}] pulled {reference}"),
+            BuildEvent::CacheExported {
+                repository,
+                entries,
+            } => eprintln!("cache: {entries} step results in {repository}"),
         });
         sink
     });
     let sandbox = super::sandbox::runner(a.runtime.as_deref(), a.step_timeout);
+    let cache_repo = match (&a.cache_repo, a.cache) {
+        (Some(r), None | Some(true)) => {
+            let r: archway_oci::Reference =
+                r.parse().with_context(|| format!("--cache-repo {r}"))?;
+            if r.tag.is_some() || r.digest.is_some() {
+                bail!(
+                    "--cache-repo {r}: give a repository without a tag (entries are tagged by cache key)"
+                );
+            }
+            Some(r)
+        }
+        _ => None,
+    };
     let builder = Builder {
+        cache_repo,
         client: client.clone(),
         store: store.clone(),
         runner: sandbox.as_ref().ok().cloned(),
@@ -407,15 +436,6 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if let Some(repo) = &a.cache_repo
-        && a.cache != Some(false)
-    {
-        eprintln!(
-            "note: --cache-repo {repo}: exporting the step cache to a registry is not implemented yet; the local cache at {} was used",
-            store_dir.display()
-        );
-    }
-
     let summary = serde_json::json!({
         "digest": result.descriptor.digest.to_string(),
         "media_type": result.descriptor.media_type,

@@ -264,6 +264,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let builder = Builder {
+        cache_repo: None,
         client,
         store: store.clone(),
         runner: None,

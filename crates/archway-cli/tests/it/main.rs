@@ -2,11 +2,13 @@
 #![allow(clippy::print_stderr, clippy::unwrap_used)]
 
 mod auth;
+mod build;
 mod crash;
 mod gc;
 mod image;
 mod interop;
 mod manifest;
 mod pipeline;
+mod sandbox;
 mod spec;
 mod support;

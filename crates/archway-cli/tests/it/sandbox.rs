@@ -1,0 +1,277 @@
+//! `archway run` and `archway doctor`: foreign architectures through qemu, rootless runs as an
+//! unprivileged user, and nothing left running or half-written after `kill -9`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{RegistryProcess, UserEnv, busybox_layout, push_busybox, run};
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn fixture_ref() -> String {
+    format!("oci:{}:1.35", busybox_layout().display())
+}
+
+#[test]
+fn run_both_platforms_and_reuse_the_snapshot() {
+    let env = UserEnv::new();
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    for (platform, machine) in [("linux/amd64", "x86_64"), ("linux/arm64", "aarch64")] {
+        let out = env.ok(&[
+            "run",
+            "--platform",
+            platform,
+            "--cache-dir",
+            s,
+            &fixture_ref(),
+            "uname",
+            "-m",
+        ]);
+        assert_eq!(out, format!("{machine}\n"));
+    }
+    let snapshots = std::fs::read_dir(store.path().join("snapshots"))
+        .unwrap()
+        .count();
+    // A second start unpacks nothing: same snapshots, and the exit code comes through.
+    let o = env
+        .archway()
+        .args([
+            "run",
+            "--cache-dir",
+            s,
+            &fixture_ref(),
+            "sh",
+            "-c",
+            "echo $HOME; exit 7",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "/root\n");
+    assert_eq!(
+        std::fs::read_dir(store.path().join("snapshots"))
+            .unwrap()
+            .count(),
+        snapshots
+    );
+    // Scratch directories are gone after each run.
+    assert_eq!(
+        std::fs::read_dir(store.path().join("tmp")).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn run_options_env_user_workdir_volume_timeout() {
+    let env = UserEnv::new();
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let vol = tempfile::tempdir().unwrap();
+    std::fs::write(vol.path().join("in.txt"), "from host\n").unwrap();
+    let v = format!("{}:/data:ro", vol.path().display());
+    let out = env.ok(&[
+        "run",
+        "--cache-dir",
+        s,
+        "-e",
+        "GREETING=hi",
+        "-u",
+        "1000:1000",
+        "-w",
+        "/tmp",
+        "-v",
+        &v,
+        &fixture_ref(),
+        "sh",
+        "-c",
+        "echo $GREETING $(id -u) $(pwd); cat /data/in.txt; touch /data/x 2>/dev/null || echo ro",
+    ]);
+    assert_eq!(out, "hi 1000 /tmp\nfrom host\nro\n");
+    let started = Instant::now();
+    let o = env
+        .archway()
+        .args([
+            "run",
+            "--cache-dir",
+            s,
+            "--timeout",
+            "1s",
+            &fixture_ref(),
+            "sleep",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(124));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("killed after 1s"));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let e = env.fails(&[
+        "run",
+        "--cache-dir",
+        s,
+        "-u",
+        "nosuchuser",
+        &fixture_ref(),
+        "true",
+    ]);
+    assert!(e.contains("unable to find user nosuchuser"), "{e}");
+}
+
+#[test]
+fn doctor_reports_runtime_and_emulation() {
+    let env = UserEnv::new();
+    let out = env.ok(&["doctor", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["runtime"].is_string(), "{v}");
+    let arm = v["emulation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e[0] == "linux/arm64")
+        .unwrap();
+    assert_eq!(arm[1]["state"], "qemu", "{v}");
+    let text = env.ok(&["doctor"]);
+    assert!(text.contains("RUN steps can run here"), "{text}");
+}
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.unwrap().path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains(marker))
+        .count()
+}
+
+#[test]
+fn kill_9_leaves_nothing_running_and_the_next_start_cleans_up() {
+    let env = UserEnv::new();
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let marker = format!("{}", 3_000_000 + std::process::id());
+    let mut child = env
+        .archway()
+        .args([
+            "run",
+            "--cache-dir",
+            s,
+            &fixture_ref(),
+            "sh",
+            "-c",
+            &format!("sleep {marker}; true"),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while processes_with(&format!("sleep{}{marker}", '\0')) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the sandboxed sleep never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with(&format!("sleep{}{marker}", '\0')) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the sandboxed process outlived archway"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its scratch directory is left behind by the kill and removed by the next start.
+    assert_eq!(
+        std::fs::read_dir(store.path().join("tmp")).unwrap().count(),
+        1
+    );
+    env.ok(&["run", "--cache-dir", s, &fixture_ref(), "true"]);
+    assert_eq!(
+        std::fs::read_dir(store.path().join("tmp")).unwrap().count(),
+        0
+    );
+}
+
+/// A world-traversable directory owned by `uid` inside a fresh temporary directory.
+fn owned_dir(uid: u32, name: &str, parent: &tempfile::TempDir) -> PathBuf {
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = parent.path().join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    rustix::fs::chown(
+        &d,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(uid)),
+    )
+    .unwrap();
+    d
+}
+
+/// `archway` as the unprivileged user `nobody` (65534).
+fn as_nobody(home: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_archway"));
+    c.env("HOME", home)
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("DOCKER_CONFIG", home.join("docker"))
+        .env_remove("ARCHWAY_LOG");
+    c
+}
+
+#[test]
+fn rootless_run_and_build_as_nobody() {
+    if !is_root() {
+        // Already unprivileged: the other tests in this file are the rootless ones.
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = owned_dir(65534, "home", &tmp);
+    let store = home.join("store");
+    let out = run(as_nobody(&home)
+        .args(["run", "--platform", "linux/arm64", "--cache-dir"])
+        .arg(&store)
+        .args([
+            &fixture_ref(),
+            "sh",
+            "-c",
+            "uname -m; id -u; echo x > /tmp/f && echo wrote",
+        ]));
+    assert_eq!(out, "aarch64\n0\nwrote\n");
+
+    // The same build as root and as nobody gives the same digests.
+    let reg = RegistryProcess::start();
+    let env = UserEnv::new();
+    push_busybox(&env, reg.host(), "library/busybox", "1.35");
+    let ctx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/build-corpus/seed-print-arch");
+    let args = |c: &mut Command, store: &Path| {
+        c.current_dir(&ctx)
+            .args([
+                "build",
+                ".",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--build-arg",
+                &format!("BASE={}/library/busybox:1.35", reg.host()),
+                "--cache-dir",
+            ])
+            .arg(store);
+    };
+    let mut c = as_nobody(&home);
+    args(&mut c, &home.join("build-store"));
+    let rootless = run(&mut c);
+    let root_store = tempfile::tempdir().unwrap();
+    let mut c = env.archway();
+    args(&mut c, root_store.path());
+    let rootful = run(&mut c);
+    assert_eq!(
+        rootless.trim(),
+        rootful.trim(),
+        "rootless and root builds differ"
+    );
+}
