@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# The main job on the embedded default, as far as it exists today: build a two-platform
-# (linux/amd64 + linux/arm64) busybox image from Debian's packages with Archway alone, publish
-# it through Archway's own registry (local files, no other service), and check it with a peer.
+# The main job on the embedded default, as far as it exists today: make a two-platform
+# (linux/amd64 + linux/arm64) base image from Debian's packages, build an application on it
+# from a Dockerfile for both platforms in one call (arm64 RUN steps through qemu), publish both
+# through Archway's own registry (local files, no other service), run the arm64 image, and
+# check everything with a peer.
 #
 #   1. start `archway registry serve` on loopback
 #   2. `archway image import` Debian's busybox-static for amd64 and for arm64 (reproducibly)
-#   3. `archway manifest create` + `push`: one multi-platform tag
-#   4. read it back with `archway image inspect` and with skopeo; copy it into an OCI layout
+#   3. `archway manifest create` + `push`: one multi-platform base tag
+#   4. `archway build` examples/hello-multiarch for both platforms, `--push`
+#   5. `archway run --platform linux/arm64` the result; read it back with skopeo
 #
-# Needs: Debian 12, Rust >= 1.95 (rustup), root or sudo (to install skopeo and enable arm64
-# packages for `apt-get download`).
+# Needs: Debian 12, Rust >= 1.95 (rustup), root or sudo (to install skopeo, runc and
+# qemu-user-static, mount binfmt_misc, and enable arm64 packages for `apt-get download`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 require_rust
-ensure_packages skopeo
+ensure_packages skopeo runc util-linux
+ensure_binfmt
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
     step "enabling arm64 packages (to download busybox-static:arm64)"
     as_root dpkg --add-architecture arm64
@@ -77,7 +81,33 @@ echo "registry: $want"
 echo "layout:   $got"
 [ "$want" = "$got" ] || { echo "error: digests differ" >&2; exit 1; }
 
+step "archway doctor: what this host can run"
+"$archway" doctor || true
+
+step "archway build examples/hello-multiarch for linux/amd64,linux/arm64 (RUN on arm64 via qemu)"
+"$archway" build examples/hello-multiarch --platform linux/amd64,linux/arm64 \
+    --build-arg "BASE=$reg/demo/busybox:1.35" -t "$reg/demo/hello:1.0" --push \
+    --cache-dir "$work/build-cache"
+
+step "run it: archway run --platform linux/arm64 (then amd64)"
+for arch in arm64 amd64; do
+    "$archway" run --platform "linux/$arch" --cache-dir "$work/build-cache" "$reg/demo/hello:1.0" whoami
+    "$archway" run --platform "linux/$arch" --cache-dir "$work/build-cache" "$reg/demo/hello:1.0" cat /srv/www/build.txt
+done
+
+step "a peer reads the application image: skopeo inspect --raw (an OCI index of two images)"
+skopeo inspect --tls-verify=false --raw "docker://$reg/demo/hello:1.0"; echo
+
+step "the same build on an empty cache gives the same digest (reproducible)"
+first=$("$archway" build examples/hello-multiarch --platform linux/amd64,linux/arm64 -q \
+    --build-arg "BASE=$reg/demo/busybox:1.35" --cache-dir "$work/build-cache")
+second=$("$archway" build examples/hello-multiarch --platform linux/amd64,linux/arm64 -q \
+    --build-arg "BASE=$reg/demo/busybox:1.35" --cache-dir "$work/clean-cache")
+echo "cached: $first"
+echo "clean:  $second"
+[ "$first" = "$second" ] || { echo "error: digests differ" >&2; exit 1; }
+
 step "what garbage collection would remove (nothing: everything is reachable)"
 "$archway" registry gc --root "$work/registry" --dry-run
 
-step "done: a two-platform image built, published and read back with Archway alone"
+step "done: a two-platform base imported, an application built on it for both platforms, published, run and read back with Archway alone"

@@ -29,3 +29,20 @@ ensure_packages() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 }
+
+# qemu-user for foreign-architecture RUN steps: Debian's qemu-user-static registers its
+# handlers with the F (fix-binary) flag, so they work inside containers. binfmt_misc must be
+# mounted (containers and minimal VMs often lack it) and the handlers enabled.
+ensure_binfmt() {
+    ensure_packages qemu-user-static binfmt-support
+    if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+        step "mounting binfmt_misc"
+        as_root mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    fi
+    for arch in aarch64 arm; do
+        if [ ! -e "/proc/sys/fs/binfmt_misc/qemu-$arch" ]; then
+            step "enabling qemu-$arch in binfmt_misc"
+            as_root update-binfmts --enable "qemu-$arch"
+        fi
+    done
+}

@@ -11,8 +11,11 @@ cd "$(dirname "$0")/.."
 
 require_rust
 # Interop peers the integration tests drive: skopeo, podman, buildah, umoci, docker CLI +
-# engine (dockerd), CNCF distribution (docker-registry) for benchmarks.
-ensure_packages skopeo podman buildah umoci docker.io docker-registry crun uidmap apache2-utils
+# engine (dockerd), CNCF distribution (docker-registry) for benchmarks. The build sandbox needs
+# an OCI runtime (runc; crun where cgroups are unified) and util-linux's unshare/setpriv.
+ensure_packages skopeo podman buildah umoci docker.io docker-registry crun runc uidmap apache2-utils util-linux
+# arm64 RUN steps and `archway run --platform linux/arm64` go through qemu-user.
+ensure_binfmt
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1483,6 +1483,31 @@ impl PlatformBuild<'_> {
             cached: false,
         });
         let rootfs = self.b.store.snapshot(&state.layers, self.b.privileged)?;
+        if let Some(program) = argv.first().filter(|p| p.starts_with('/'))
+            && archway_oci::layer::resolve_in_root(
+                &rootfs,
+                Path::new(program.trim_start_matches('/')),
+                true,
+            )
+            .map(|p| !p.exists())
+            .unwrap_or(true)
+        {
+            let hint = if matches!(command, CommandForm::Shell(_)) {
+                format!(
+                    "a shell-form RUN runs `{}`; set another with SHELL [\"...\"] or use the exec form RUN [\"program\", \"arg\"]",
+                    state.shell.join(" ")
+                )
+            } else {
+                "the exec form runs the program as written; give its full path in the image"
+                    .to_owned()
+            };
+            return Err(BuildError::Step {
+                span: ins.span.clone(),
+                message: format!(
+                    "`{program}` does not exist in the image (on {run_platform}): {hint}"
+                ),
+            });
+        }
         let work = self.b.store.tmp()?;
         let (binds, tmpfs) = self.mounts(mounts, &ins.span, &run_platform)?;
         let runner = self.b.runner.clone().ok_or_else(|| BuildError::Step {

@@ -251,8 +251,10 @@ impl Sandbox {
                         .lock()
                         .map(|s| String::from_utf8_lossy(&s.tail).trim().to_owned())
                         .unwrap_or_default();
-                    let message = if tail.is_empty() {
+                    let message = if tail.is_empty() || message.contains(&tail) {
                         message
+                    } else if tail.contains(&message) {
+                        tail
                     } else {
                         format!("{message}\n{tail}")
                     };

@@ -449,23 +449,25 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         Format::Text => {
             println!("{}", result.descriptor.digest);
             let size: u64 = result.images.iter().map(|(_, d)| d.size).sum();
-            eprintln!(
-                "built {} ({} steps, {} cached, manifests {}){}",
-                result
-                    .images
-                    .iter()
-                    .map(|(p, _)| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                result.steps,
-                result.cached_steps,
-                human_bytes(size),
-                if delivered.is_empty() {
-                    String::new()
-                } else {
-                    format!(" → {}", delivered.join(", "))
-                }
-            );
+            if !a.quiet {
+                eprintln!(
+                    "built {} ({} steps, {} cached, manifests {}){}",
+                    result
+                        .images
+                        .iter()
+                        .map(|(p, _)| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    result.steps,
+                    result.cached_steps,
+                    human_bytes(size),
+                    if delivered.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" → {}", delivered.join(", "))
+                    }
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
