@@ -19,6 +19,7 @@ use archway_diag::{Diagnostic, Span};
 use archway_oci::config::{History, ImageConfig, RuntimeConfig, rfc3339};
 use archway_oci::layer::{
     EntryData, ExtractOptions, LayerEntry, LayerOptions, extract_layer, layer_from_entries,
+    merge_exploded,
 };
 use archway_oci::layout::ImageLayout;
 use archway_oci::{
@@ -219,6 +220,8 @@ pub struct Store {
     inflight: Mutex<HashMap<Digest, Arc<LayerCell>>>,
     /// Steps being run, by cache key, so platforms sharing a step run it once.
     running: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    /// Digests of context files, kept between builds.
+    file_hashes: context::FileHashCache,
 }
 
 /// One layer computation shared by every platform that needs it.
@@ -235,6 +238,7 @@ impl Store {
             layout: ImageLayout::create(root.join("layout"))?,
             inflight: Mutex::default(),
             running: Mutex::default(),
+            file_hashes: context::FileHashCache::load(&root.join("file-hashes.jsonl")),
         };
         store.remove_stale();
         Ok(store)
@@ -270,7 +274,11 @@ impl Store {
 
     /// Removes scratch directories of processes that are gone (killed mid-build).
     fn remove_stale(&self) {
-        let dirs = [self.root.join("tmp"), self.root.join("snapshots")];
+        let dirs = [
+            self.root.join("tmp"),
+            self.root.join("snapshots"),
+            self.root.join("layers"),
+        ];
         for d in dirs {
             let Ok(entries) = std::fs::read_dir(&d) else {
                 continue;
@@ -358,6 +366,48 @@ impl Store {
             })
     }
 
+    /// A layer unpacked on its own, with whiteouts kept as files, and its implicit directories.
+    fn exploded(&self, l: &Layer, privileged: bool) -> Result<(PathBuf, Vec<PathBuf>), BuildError> {
+        let base = self.root.join("layers");
+        let dir = base.join(l.diff_id.hex());
+        let meta = base.join(format!("{}.json", l.diff_id.hex()));
+        let read_meta =
+            || -> Option<Vec<PathBuf>> { serde_json::from_slice(&std::fs::read(&meta).ok()?).ok() };
+        if dir.is_dir()
+            && let Some(implicit) = read_meta()
+        {
+            return Ok((dir, implicit));
+        }
+        let lock = self.step_lock(&l.diff_id);
+        let _unpacking = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if dir.is_dir()
+            && let Some(implicit) = read_meta()
+        {
+            return Ok((dir, implicit));
+        }
+        std::fs::create_dir_all(&base).map_err(io(base.display().to_string()))?;
+        let tmp = base.join(format!(".tmp-{}-{}", l.diff_id.hex(), std::process::id()));
+        remove_tree(&tmp);
+        let mut f = self
+            .layout
+            .open_blob(&l.descriptor.digest, Some(l.descriptor.size))?;
+        let report = extract_layer(
+            &mut f,
+            Path::new(&l.descriptor.digest.to_string()),
+            &tmp,
+            &ExtractOptions {
+                privileged,
+                keep_whiteouts: true,
+            },
+        )?;
+        let json = serde_json::to_vec(&report.implicit_dirs)
+            .map_err(|e| BuildError::Image(e.to_string()))?;
+        archway_oci::atomic_file::write(&meta, &json).map_err(io(meta.display().to_string()))?;
+        remove_tree(&dir);
+        std::fs::rename(&tmp, &dir).map_err(io(dir.display().to_string()))?;
+        Ok((dir, report.implicit_dirs))
+    }
+
     /// The root filesystem of a layer stack, extracted once and kept (read-only by contract).
     fn snapshot(&self, layers: &[Layer], privileged: bool) -> Result<PathBuf, BuildError> {
         let mut d = Digester::new(archway_oci::Algorithm::Sha256);
@@ -405,16 +455,12 @@ impl Store {
         if !start {
             std::fs::create_dir_all(&tmp).map_err(io(tmp.display().to_string()))?;
         }
+        // Each layer is unpacked once ("exploded", whiteouts kept as files) and hard-linked
+        // into every snapshot that needs it: platforms sharing a layer share the unpacking.
         for l in rest {
-            let mut f = self
-                .layout
-                .open_blob(&l.descriptor.digest, Some(l.descriptor.size))?;
-            extract_layer(
-                &mut f,
-                Path::new(&l.descriptor.digest.to_string()),
-                &tmp,
-                &ExtractOptions { privileged },
-            )?;
+            let (exploded, implicit) = self.exploded(l, privileged)?;
+            merge_exploded(&exploded, &tmp, &implicit)
+                .map_err(io(format!("merging layer {}", l.diff_id)))?;
         }
         match std::fs::rename(&tmp, &dir) {
             Ok(()) => {}
@@ -887,6 +933,11 @@ impl Builder {
             used.extend(r.used);
         }
         self.export_cache(&used);
+        if let Err(e) = self.store.file_hashes.save() {
+            self.emit(BuildEvent::Warning(format!(
+                "saving the context hash cache: {e}"
+            )));
+        }
         let descriptor = if images.len() == 1 {
             images[0].1.clone()
         } else {
@@ -1344,7 +1395,8 @@ impl PlatformBuild<'_> {
                 );
             }
         }
-        let content = context::entries_key(&entries).map_err(step_err)?;
+        let content =
+            context::entries_key_cached(&entries, &self.b.store.file_hashes).map_err(step_err)?;
         state.key = hash_parts(&[&state.key.to_string(), "COPY", &content.to_string()]);
         let hit = self.cache_lookup(&state.key);
         let cached = hit.is_some();

@@ -523,6 +523,16 @@ fn unpack_into(
 /// A digest of what a set of entries will put in a layer (paths, modes, owners, contents), so
 /// identical COPYs share one layer whatever the platform.
 pub fn entries_key(entries: &BTreeMap<String, LayerEntry>) -> Result<Digest, ContextError> {
+    entries_key_cached(entries, &FileHashCache::default())
+}
+
+/// [`entries_key`], reusing file digests from `cache` when a file's size, times, inode and
+/// device are unchanged (like BuildKit's content-hash cache), so an unchanged context is not
+/// read again.
+pub fn entries_key_cached(
+    entries: &BTreeMap<String, LayerEntry>,
+    cache: &FileHashCache,
+) -> Result<Digest, ContextError> {
     let mut d = archway_oci::Digester::new(archway_oci::Algorithm::Sha256);
     for (path, e) in entries {
         d.update(path.as_bytes());
@@ -531,18 +541,116 @@ pub fn entries_key(entries: &BTreeMap<String, LayerEntry>) -> Result<Digest, Con
             EntryData::Dir => d.update(b"dir"),
             EntryData::Symlink(t) => d.update(format!("symlink:{}", t.display()).as_bytes()),
             EntryData::Bytes(b) => d.update(Digest::sha256(b).to_string().as_bytes()),
-            EntryData::File(p) => {
-                let mut f = fs::File::open(p).map_err(io(p))?;
-                let h = archway_oci::Digester::new(archway_oci::Algorithm::Sha256)
-                    .read_all(&mut f)
-                    .map_err(io(p))?
-                    .finish();
-                d.update(h.to_string().as_bytes());
-            }
+            EntryData::File(p) => d.update(cache.digest(p)?.to_string().as_bytes()),
         }
         d.update(b"\n");
     }
     Ok(d.finish())
+}
+
+/// What identifies a file's content without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Stamp {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+    dev: u64,
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Stamp {
+        Stamp {
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+            ino: m.ino(),
+            dev: m.dev(),
+        }
+    }
+}
+
+/// File digests by path and [`Stamp`], kept in a file between builds.
+#[derive(Debug, Default)]
+pub struct FileHashCache {
+    map: std::sync::Mutex<std::collections::HashMap<PathBuf, (Stamp, Digest)>>,
+    file: Option<PathBuf>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CacheLine {
+    path: PathBuf,
+    stamp: Stamp,
+    digest: Digest,
+}
+
+impl FileHashCache {
+    /// Load from `file` (missing or unreadable: start empty).
+    pub fn load(file: &Path) -> FileHashCache {
+        let map = fs::read_to_string(file)
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| serde_json::from_str::<CacheLine>(l).ok())
+                    .map(|c| (c.path, (c.stamp, c.digest)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        FileHashCache {
+            map: std::sync::Mutex::new(map),
+            file: Some(file.to_owned()),
+        }
+    }
+
+    /// The sha256 of the file at `p`.
+    pub fn digest(&self, p: &Path) -> Result<Digest, ContextError> {
+        let meta = fs::metadata(p).map_err(io(p))?;
+        let stamp = Stamp::of(&meta);
+        if let Some((s, d)) = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(p)
+            && *s == stamp
+        {
+            return Ok(d.clone());
+        }
+        let mut f = fs::File::open(p).map_err(io(p))?;
+        let digest = archway_oci::Digester::new(archway_oci::Algorithm::Sha256)
+            .read_all(&mut f)
+            .map_err(io(p))?
+            .finish();
+        // A file changed in the last two seconds could change again within the timestamp's
+        // granularity without its stamp changing ("racily clean"): do not remember it.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        if now - stamp.mtime_ns > 2_000_000_000 && now - stamp.ctime_ns > 2_000_000_000 {
+            self.map
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(p.to_owned(), (stamp, digest.clone()));
+        }
+        Ok(digest)
+    }
+
+    /// Write the cache back (atomically); entries for files that are gone are dropped.
+    pub fn save(&self) -> std::io::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut text = String::new();
+        for (path, (stamp, digest)) in map.iter() {
+            if path.exists()
+                && let Ok(line) = serde_json::to_string(&CacheLine {
+                    path: path.clone(),
+                    stamp: *stamp,
+                    digest: digest.clone(),
+                })
+            {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        archway_oci::atomic_file::write(file, text.as_bytes())
+    }
 }
 
 #[cfg(test)]

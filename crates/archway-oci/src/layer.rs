@@ -13,8 +13,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
+use crate::pgzip::ParallelGzEncoder;
 
 use crate::digest::{Algorithm, Digest, HashingWriter};
 
@@ -64,11 +63,11 @@ fn write_layer<W: Write>(
     out: W,
     what: &Path,
     fill: impl FnOnce(
-        &mut tar::Builder<HashingWriter<GzEncoder<HashingWriter<W>>>>,
+        &mut tar::Builder<HashingWriter<ParallelGzEncoder<HashingWriter<W>>>>,
     ) -> Result<(), LayerError>,
 ) -> Result<LayerDigests, LayerError> {
     let compressed = HashingWriter::new(out, Algorithm::Sha256);
-    let gz = flate2::GzBuilder::new().write(compressed, Compression::new(6));
+    let gz = ParallelGzEncoder::new(compressed, 6);
     let uncompressed = HashingWriter::new(gz, Algorithm::Sha256);
     let mut builder = tar::Builder::new(uncompressed);
     builder.mode(tar::HeaderMode::Deterministic);
@@ -343,11 +342,18 @@ pub fn layer_from_entries<W: Write>(
 pub struct ExtractOptions {
     /// Running as (namespaced) root: create device nodes, keep setuid/setgid bits, set owners.
     pub privileged: bool,
+    /// Keep whiteouts as empty `.wh.*` files instead of applying them (an exploded layer, to
+    /// be merged onto a root filesystem later with [`merge_exploded`]).
+    pub keep_whiteouts: bool,
 }
 
 /// What an extraction did besides writing files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExtractReport {
+    /// With `keep_whiteouts`: directories the layer has no entry for (made only to hold what
+    /// is inside them), relative to the root. [`merge_exploded`] resolves these through the
+    /// destination's symlinks, as extraction does, instead of replacing them.
+    pub implicit_dirs: Vec<PathBuf>,
     pub entries: u64,
     pub whiteouts: u64,
     pub skipped_devices: u64,
@@ -444,6 +450,8 @@ pub fn extract_layer<R: Read>(
     };
     fs::create_dir_all(dest).map_err(io_err(dest))?;
     let mut report = ExtractReport::default();
+    let mut ancestors = std::collections::BTreeSet::new();
+    let mut explicit_dirs = std::collections::BTreeSet::new();
     let mut archive = tar::Archive::new(reader);
     let escape = |p: &Path| LayerError::Io {
         path: what.to_owned(),
@@ -478,6 +486,22 @@ pub fn extract_layer<R: Read>(
             return Err(escape(&raw));
         }
         report.entries += 1;
+        if opts.keep_whiteouts {
+            let mut a = rel.parent();
+            while let Some(p) = a.filter(|p| !p.as_os_str().is_empty()) {
+                ancestors.insert(p.to_owned());
+                a = p.parent();
+            }
+            if entry.header().entry_type() == tar::EntryType::Directory {
+                explicit_dirs.insert(rel.clone());
+            }
+        }
+        if opts.keep_whiteouts && name.starts_with(".wh.") {
+            report.whiteouts += 1;
+            fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+            fs::File::create(parent.join(&name)).map_err(io_err(&parent))?;
+            continue;
+        }
         if name == ".wh..wh..opq" {
             report.whiteouts += 1;
             if let Ok(rd) = fs::read_dir(&parent) {
@@ -584,7 +608,94 @@ pub fn extract_layer<R: Read>(
             }
         }
     }
+    report.implicit_dirs = ancestors.difference(&explicit_dirs).cloned().collect();
     Ok(report)
+}
+
+/// Apply an exploded layer (see [`ExtractOptions::keep_whiteouts`]) onto `dest` without
+/// copying data: files, symlinks and special files are hard-linked from the layer, directories
+/// are made (or re-moded) and whiteouts remove what they hide. Both trees are then read-only by
+/// contract; a later writer must replace a file, never write through it.
+pub fn merge_exploded(layer: &Path, dest: &Path, implicit_dirs: &[PathBuf]) -> io::Result<()> {
+    let implicit: std::collections::BTreeSet<&Path> =
+        implicit_dirs.iter().map(PathBuf::as_path).collect();
+    merge_dir(layer, dest, Path::new(""), &implicit)
+}
+
+fn merge_dir(
+    layer_root: &Path,
+    dest_root: &Path,
+    rel: &Path,
+    implicit: &std::collections::BTreeSet<&Path>,
+) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let layer = layer_root.join(rel);
+    // The directory to merge into: an implicit one is found through the destination's
+    // symlinks (confined to the root), an explicit one is what the layer says.
+    let dest = if implicit.contains(rel) {
+        let d = resolve_in_root(dest_root, rel, true)?;
+        fs::create_dir_all(&d)?;
+        d
+    } else {
+        dest_root.join(rel)
+    };
+    let mut names: Vec<std::ffi::OsString> = fs::read_dir(&layer)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    // An opaque directory hides everything below it from lower layers.
+    if names.iter().any(|n| n == ".wh..wh..opq")
+        && let Ok(rd) = fs::read_dir(&dest)
+    {
+        for child in rd.flatten() {
+            remove_any(&child.path())?;
+        }
+    }
+    for name in names {
+        let n = name.to_string_lossy();
+        if n == ".wh..wh..opq" {
+            continue;
+        }
+        if let Some(hidden) = n.strip_prefix(".wh.") {
+            remove_any(&dest.join(hidden))?;
+            continue;
+        }
+        let src = layer.join(&name);
+        let child_rel = rel.join(&name);
+        let meta = fs::symlink_metadata(&src)?;
+        if meta.is_dir() {
+            if !implicit.contains(child_rel.as_path()) {
+                let dst = dest.join(&name);
+                if !fs::symlink_metadata(&dst)
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false)
+                {
+                    remove_any(&dst)?;
+                    fs::create_dir(&dst)?;
+                }
+                fs::set_permissions(
+                    &dst,
+                    fs::Permissions::from_mode(meta.permissions().mode() & 0o7777),
+                )?;
+                let (uid, gid) = (
+                    std::os::unix::fs::MetadataExt::uid(&meta),
+                    std::os::unix::fs::MetadataExt::gid(&meta),
+                );
+                // Owners follow the layer where we may set them (as root); else they stay ours.
+                let _ = rustix::fs::chown(
+                    &dst,
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                );
+            }
+            merge_dir(layer_root, dest_root, &child_rel, implicit)?;
+        } else {
+            let dst = dest.join(&name);
+            remove_any(&dst)?;
+            fs::hard_link(&src, &dst)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -758,6 +869,90 @@ mod tests {
         assert_eq!(r.skipped_devices, 1);
     }
 
+    /// Every path under `root` with its kind and content (for comparing trees).
+    fn snapshot_of(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_owned()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let m = fs::symlink_metadata(&p).unwrap();
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                if m.is_dir() {
+                    out.push(format!("{rel}/"));
+                    stack.push(p);
+                } else if m.is_symlink() {
+                    out.push(format!("{rel} -> {}", fs::read_link(&p).unwrap().display()));
+                } else {
+                    out.push(format!("{rel} = {:?}", fs::read(&p).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn merging_exploded_layers_equals_extracting_them() {
+        let lower = tar_of(&[
+            ("etc/", tar::EntryType::Directory, b"", None),
+            ("etc/keep", tar::EntryType::Regular, b"keep", None),
+            ("etc/drop", tar::EntryType::Regular, b"drop", None),
+            ("opaque/", tar::EntryType::Directory, b"", None),
+            ("opaque/old", tar::EntryType::Regular, b"old", None),
+            ("lib", tar::EntryType::Symlink, b"", Some("/usr/lib")),
+            ("usr/lib/", tar::EntryType::Directory, b"", None),
+        ]);
+        let upper = tar_of(&[
+            ("etc/.wh.drop", tar::EntryType::Regular, b"", None),
+            ("etc/new", tar::EntryType::Regular, b"new", None),
+            ("opaque/.wh..wh..opq", tar::EntryType::Regular, b"", None),
+            ("opaque/new", tar::EntryType::Regular, b"new", None),
+            ("lib/libx.so", tar::EntryType::Regular, b"x", None),
+            ("srv/", tar::EntryType::Directory, b"", None),
+            ("srv/www/index.html", tar::EntryType::Regular, b"<h1>", None),
+        ]);
+        let d = tempfile::tempdir().unwrap();
+        let direct = d.path().join("direct");
+        for (i, t) in [&lower, &upper].iter().enumerate() {
+            extract_layer(
+                &t[..],
+                Path::new(&i.to_string()),
+                &direct,
+                &ExtractOptions::default(),
+            )
+            .unwrap();
+        }
+        let merged = d.path().join("merged");
+        fs::create_dir_all(&merged).unwrap();
+        for (i, t) in [&lower, &upper].iter().enumerate() {
+            let exploded = d.path().join(format!("layer{i}"));
+            let r = extract_layer(
+                &t[..],
+                Path::new("x"),
+                &exploded,
+                &ExtractOptions {
+                    keep_whiteouts: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            if i == 1 {
+                assert_eq!(
+                    r.implicit_dirs,
+                    ["etc", "lib", "opaque", "srv/www"].map(PathBuf::from)
+                );
+                assert!(
+                    exploded.join("etc/.wh.drop").exists(),
+                    "whiteouts kept as files"
+                );
+            }
+            merge_exploded(&exploded, &merged, &r.implicit_dirs).unwrap();
+        }
+        assert_eq!(snapshot_of(&merged), snapshot_of(&direct));
+        assert_eq!(fs::read(merged.join("usr/lib/libx.so")).unwrap(), b"x");
+    }
+
     #[test]
     fn layers_from_entries_are_deterministic() {
         let dir = tempfile::tempdir().unwrap();
@@ -824,7 +1019,7 @@ mod tests {
         let mut out1 = Vec::new();
         let d1 = layer_from_tar(&plain[..], Path::new("x.tar"), &opts, &mut out1).unwrap();
         // The same archive gzip-compressed gives the same layer.
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), Compression::fast());
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&plain).unwrap();
         let gz = gz.finish().unwrap();
         let mut out2 = Vec::new();

@@ -20,6 +20,7 @@ pub mod layer;
 pub mod layout;
 pub mod manifest;
 pub mod media_type;
+pub mod pgzip;
 pub mod platform;
 pub mod reference;
 

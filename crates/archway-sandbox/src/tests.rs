@@ -28,7 +28,7 @@ fn spec<'a>(platform: &'a Platform, root: &'a Path, dir: &'a Path) -> RunSpec<'a
         cwd: "/src".into(),
         user: "app".into(),
         mounts: vec![ExtraMount::Bind {
-            host: "/host/cache".into(),
+            host: std::env::temp_dir(),
             target: "/cache".into(),
             readonly: false,
         }],

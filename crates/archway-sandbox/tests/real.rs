@@ -43,6 +43,7 @@ fn rootfs(platform: &Platform) -> tempfile::TempDir {
             dir.path(),
             &ExtractOptions {
                 privileged: is_root(),
+                ..Default::default()
             },
         )
         .unwrap();

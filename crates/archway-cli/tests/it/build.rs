@@ -111,6 +111,7 @@ fn images(out: &Path, tag: &str) -> BTreeMap<String, Built> {
                 rootfs.path(),
                 &ExtractOptions {
                     privileged: is_root(),
+                    ..Default::default()
                 },
             )
             .unwrap();
