@@ -476,6 +476,17 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
 /// Tars an OCI layout into an archive (sorted entries, fixed times) that `skopeo copy
 /// oci-archive:` and `podman load` read.
 fn write_archive(dir: &Path, file: &Path) -> anyhow::Result<()> {
+    // Written beside the target and renamed: a crash never leaves a half-written archive.
+    let tmp = archway_oci::atomic_file::temp_path_for(file);
+    let result = write_archive_to(dir, &tmp)
+        .and_then(|()| Ok(archway_oci::atomic_file::commit(&tmp, file)?));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_archive_to(dir: &Path, file: &Path) -> anyhow::Result<()> {
     let f = std::fs::File::create(file)?;
     let mut b = tar::Builder::new(std::io::BufWriter::new(f));
     b.mode(tar::HeaderMode::Deterministic);
@@ -499,6 +510,9 @@ fn write_archive(dir: &Path, file: &Path) -> anyhow::Result<()> {
             b.append_path_with_name(&p, rel)?;
         }
     }
-    b.into_inner()?.into_inner().map_err(|e| e.into_error())?;
+    b.into_inner()?
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
     Ok(())
 }
