@@ -1000,6 +1000,15 @@ impl Builder {
                 .name
                 .clone()
                 .unwrap_or_else(|| stage.index.to_string());
+            if let Base::Image { reference, .. } = &stage.base {
+                let from = req
+                    .dockerfile
+                    .stages
+                    .get(stage.index)
+                    .map(|s| s.span.clone())
+                    .unwrap_or_else(|| Span::new(&req.dockerfile.file, 1, 1));
+                pb.run_onbuild_triggers(&mut state, reference, &from, &stage_name)?;
+            }
             for ins in &stage.instructions {
                 pb.execute(&mut state, ins, &stage_name)?;
             }
@@ -1034,6 +1043,55 @@ impl PlatformBuild<'_> {
             .store
             .cache_get(key)
             .or_else(|| self.b.remote_cache_get(key))
+    }
+
+    /// A base image's `ONBUILD` triggers run first, as Docker runs them, and are not inherited.
+    fn run_onbuild_triggers(
+        &mut self,
+        state: &mut State,
+        image: &str,
+        from: &Span,
+        stage: &str,
+    ) -> Result<(), BuildError> {
+        let triggers: Vec<String> = state
+            .config
+            .config
+            .as_mut()
+            .and_then(|c| c.extra.remove("OnBuild"))
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        if triggers.is_empty() {
+            return Ok(());
+        }
+        let text = format!("FROM scratch\n{}\n", triggers.join("\n"));
+        let file = format!("ONBUILD of {image}");
+        let fail = |message: String| BuildError::Step {
+            span: from.clone(),
+            message: format!("{image}'s ONBUILD triggers: {message}"),
+        };
+        let (df, diags) = crate::dockerfile::parse(&file, &text);
+        if let Some(d) = diags.iter().find(|d| d.is_error()) {
+            return Err(fail(d.to_string()));
+        }
+        let df = df.ok_or_else(|| fail("unparseable".into()))?;
+        let host = Platform::host();
+        let (e, diags) = evaluate(
+            &df,
+            &EvalOptions {
+                platform: &self.platform,
+                build_platform: &host,
+                build_args: &self.req.build_args,
+                target: None,
+            },
+        );
+        if let Some(d) = diags.iter().find(|d| d.is_error()) {
+            return Err(fail(d.to_string()));
+        }
+        let e = e.ok_or_else(|| fail("could not be evaluated".into()))?;
+        for ins in e.stages.iter().flat_map(|s| &s.instructions) {
+            self.execute(state, ins, stage)?;
+        }
+        Ok(())
     }
 
     fn epoch(&self) -> String {

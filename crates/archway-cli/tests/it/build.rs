@@ -651,3 +651,52 @@ fn peers_read_the_output() {
         );
     }
 }
+
+#[test]
+fn onbuild_triggers_run_in_the_child_build_and_are_not_inherited() {
+    let fx = Fixture::new();
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::write(parent.path().join("Dockerfile"), "ARG BASE\nFROM $BASE\nONBUILD COPY app.txt /app.txt\nONBUILD RUN echo \"triggered on $(uname -m)\" > /triggered\n").unwrap();
+    let base = format!("{}/onbuild/base:1", fx.reg.host());
+    digest_of(&fx.build(
+        parent.path(),
+        "linux/amd64,linux/arm64",
+        &["-t".into(), base.clone(), "--push".into()],
+        fx.store.path(),
+    ));
+    let child = tempfile::tempdir().unwrap();
+    std::fs::write(
+        child.path().join("Dockerfile"),
+        format!("FROM {base}\nRUN cat /app.txt\n"),
+    )
+    .unwrap();
+    std::fs::write(child.path().join("app.txt"), "from the child's context\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    digest_of(&fx.build(
+        child.path(),
+        "linux/amd64,linux/arm64",
+        &["--output".into(), format!("oci:{}:c", out.path().display())],
+        fx.store.path(),
+    ));
+    let built = images(out.path(), "c");
+    for (platform, b) in &built {
+        let machine = if platform.ends_with("arm64") {
+            "aarch64"
+        } else {
+            "x86_64"
+        };
+        assert_eq!(
+            std::fs::read_to_string(b.rootfs.path().join("triggered")).unwrap(),
+            format!("triggered on {machine}\n")
+        );
+        assert_eq!(
+            std::fs::read_to_string(b.rootfs.path().join("app.txt")).unwrap(),
+            "from the child's context\n"
+        );
+        assert!(
+            b.config["config"].get("OnBuild").is_none_or(Value::is_null),
+            "{}",
+            b.config["config"]
+        );
+    }
+}
