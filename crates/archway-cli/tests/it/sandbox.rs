@@ -212,11 +212,17 @@ fn owned_dir(uid: u32, name: &str, parent: &tempfile::TempDir) -> PathBuf {
     d
 }
 
-/// `archway` as the unprivileged user `nobody` (65534).
+/// `archway` as the unprivileged user `nobody` (65534), run from a copy in `home` (the checkout
+/// may sit under a directory nobody cannot enter).
 fn as_nobody(home: &Path) -> Command {
+    let bin = home.join("archway");
+    if !bin.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_archway"), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let mut c = Command::new("setpriv");
     c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_archway"));
+        .arg(bin);
     c.env("HOME", home)
         .env("XDG_DATA_HOME", home.join("data"))
         .env("DOCKER_CONFIG", home.join("docker"))
@@ -233,11 +239,19 @@ fn rootless_run_and_build_as_nobody() {
     let tmp = tempfile::tempdir().unwrap();
     let home = owned_dir(65534, "home", &tmp);
     let store = home.join("store");
+    // Inputs nobody can read, wherever the checkout is.
+    let fixture = home.join("busybox-oci");
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(busybox_layout())
+        .arg(&fixture));
+    run(Command::new("chmod").arg("-R").arg("a+rX").arg(&fixture));
+    let fixture = format!("oci:{}:1.35", fixture.display());
     let out = run(as_nobody(&home)
         .args(["run", "--platform", "linux/arm64", "--cache-dir"])
         .arg(&store)
         .args([
-            &fixture_ref(),
+            &fixture,
             "sh",
             "-c",
             "uname -m; id -u; echo x > /tmp/f && echo wrote",
@@ -248,7 +262,12 @@ fn rootless_run_and_build_as_nobody() {
     let reg = RegistryProcess::start();
     let env = UserEnv::new();
     push_busybox(&env, reg.host(), "library/busybox", "1.35");
-    let ctx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/build-corpus/seed-print-arch");
+    let ctx = home.join("ctx");
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/build-corpus/seed-print-arch"))
+        .arg(&ctx));
+    run(Command::new("chmod").arg("-R").arg("a+rX").arg(&ctx));
     let args = |c: &mut Command, store: &Path| {
         c.current_dir(&ctx)
             .args([
