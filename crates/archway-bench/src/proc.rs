@@ -110,3 +110,48 @@ impl RssSampler {
         self.peak.load(Ordering::Relaxed)
     }
 }
+
+/// The `archway` binary to benchmark: `given`, else the one next to this program.
+pub fn archway_binary(given: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+    let archway = match given {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("archway"),
+    };
+    if !archway.exists() {
+        bail!(
+            "{} not found; build it with `cargo build --release` or pass --archway",
+            archway.display()
+        );
+    }
+    Ok(archway)
+}
+
+/// `archway registry serve` on a free loopback port with its storage at `root`.
+pub fn start_archway_registry(
+    archway: &std::path::Path,
+    root: &std::path::Path,
+) -> anyhow::Result<Server> {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut cmd = Command::new(archway);
+    cmd.args([
+        "registry",
+        "serve",
+        "--quiet",
+        "--listen",
+        &addr.to_string(),
+        "--root",
+    ])
+    .arg(root);
+    Server::start("archway registry", cmd, addr)
+}
+
+/// The wall time of running `cmd` to completion; an error (with its stderr) if it fails.
+pub fn time_command(mut cmd: Command) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
+    let d = t.elapsed();
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(d)
+}

@@ -40,9 +40,24 @@ impl Samples {
     }
 }
 
+/// The median of some run times (the upper one of an even count); zero for none.
+pub fn median(runs: &[Duration]) -> Duration {
+    let mut v = runs.to_vec();
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_runs() {
+        let ms = Duration::from_millis;
+        assert_eq!(median(&[ms(3), ms(1), ms(2)]), ms(2));
+        assert_eq!(median(&[ms(4), ms(1)]), ms(4));
+        assert_eq!(median(&[]), Duration::ZERO);
+    }
 
     #[test]
     fn nearest_rank_quantiles() {

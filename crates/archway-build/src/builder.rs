@@ -268,10 +268,6 @@ impl Store {
         Ok(WorkDir(dir.keep()))
     }
 
-    fn tmp(&self) -> Result<WorkDir, BuildError> {
-        self.tmp_dir()
-    }
-
     /// Removes scratch directories of processes that are gone (killed mid-build).
     fn remove_stale(&self) {
         let dirs = [
@@ -329,7 +325,7 @@ impl Store {
         entries: &BTreeMap<String, LayerEntry>,
         mtime: u64,
     ) -> Result<Layer, BuildError> {
-        let tmp = self.tmp()?;
+        let tmp = self.tmp_dir()?;
         let path = tmp.path().join("layer.tar.gz");
         let f = std::fs::File::create(&path).map_err(io(path.display().to_string()))?;
         let digests = layer_from_entries(
@@ -1618,7 +1614,7 @@ impl PlatformBuild<'_> {
                 ),
             });
         }
-        let work = self.b.store.tmp()?;
+        let work = self.b.store.tmp_dir()?;
         let (binds, tmpfs) = self.mounts(mounts, &ins.span, &run_platform)?;
         let runner = self.b.runner.clone().ok_or_else(|| BuildError::Step {
             span: ins.span.clone(),

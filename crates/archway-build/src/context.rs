@@ -457,16 +457,10 @@ fn unpack_into(
     opts: &CopyOptions,
 ) -> Result<(), ContextError> {
     let f = fs::File::open(archive).map_err(io(archive))?;
-    let mut buf = std::io::BufReader::new(f);
-    let reader: Box<dyn Read> = {
-        use std::io::BufRead;
-        let head = buf.fill_buf().map_err(io(archive))?;
-        if head.starts_with(&[0x1f, 0x8b]) {
-            Box::new(flate2::read::GzDecoder::new(buf))
-        } else {
-            Box::new(buf)
-        }
-    };
+    let reader = archway_oci::layer::tar_reader(f, archive).map_err(|e| ContextError::Io {
+        path: archive.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+    })?;
     let mut a = tar::Archive::new(reader);
     for entry in a.entries().map_err(io(archive))? {
         let mut entry = entry.map_err(io(archive))?;
@@ -571,11 +565,27 @@ impl Stamp {
 }
 
 /// File digests by path and [`Stamp`], kept in a file between builds.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FileHashCache {
     map: std::sync::Mutex<std::collections::HashMap<PathBuf, (Stamp, Digest)>>,
     file: Option<PathBuf>,
+    /// Files changed more recently than this are not remembered (see [`FileHashCache::digest`]).
+    racy_ns: i128,
 }
+
+impl Default for FileHashCache {
+    /// An empty cache that is never saved.
+    fn default() -> Self {
+        FileHashCache {
+            map: Default::default(),
+            file: None,
+            racy_ns: RACY_NS,
+        }
+    }
+}
+
+/// Two seconds: coarser than any timestamp granularity Archway runs on.
+const RACY_NS: i128 = 2_000_000_000;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CacheLine {
@@ -598,6 +608,7 @@ impl FileHashCache {
         FileHashCache {
             map: std::sync::Mutex::new(map),
             file: Some(file.to_owned()),
+            racy_ns: RACY_NS,
         }
     }
 
@@ -621,7 +632,7 @@ impl FileHashCache {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i128)
             .unwrap_or(0);
-        if now - stamp.mtime_ns > 2_000_000_000 && now - stamp.ctime_ns > 2_000_000_000 {
+        if now - stamp.mtime_ns >= self.racy_ns && now - stamp.ctime_ns >= self.racy_ns {
             self.map
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -714,54 +725,55 @@ mod tests {
         .unwrap();
         assert!(e.contains_key("usr/local/apache2/htdocs/index.html"));
         // A directory's contents.
-        let e = copy_entries(
-            &t,
-            &["src".into()],
-            "app",
-            &CopyOptions {
+        let copy_src = |t: &Tree| {
+            let opts = CopyOptions {
                 chmod: Some(0o600),
                 chown: Some((1000, 1000)),
                 ..Default::default()
-            },
-        )
-        .unwrap();
+            };
+            copy_entries(t, &["src".into()], "app", &opts).unwrap()
+        };
+        let e = copy_src(&t);
         let keys: Vec<&str> = e.keys().map(String::as_str).collect();
         assert_eq!(keys, ["app", "app/a.rs", "app/sub", "app/sub/b.rs"]);
         assert_eq!((e["app/a.rs"].mode, e["app/a.rs"].uid), (0o600, 1000));
         // Identical copies have identical keys; a change changes it.
         let k1 = entries_key(&e).unwrap();
-        let k2 = entries_key(
-            &copy_entries(
-                &t,
-                &["src".into()],
-                "app",
-                &CopyOptions {
-                    chmod: Some(0o600),
-                    chown: Some((1000, 1000)),
-                    ..Default::default()
-                },
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        assert_eq!(k1, k2);
+        assert_eq!(k1, entries_key(&copy_src(&t)).unwrap());
         fs::write(d.path().join("src/a.rs"), "changed").unwrap();
         let t = Tree::context(d.path()).unwrap();
-        let k3 = entries_key(
-            &copy_entries(
-                &t,
-                &["src".into()],
-                "app",
-                &CopyOptions {
-                    chmod: Some(0o600),
-                    chown: Some((1000, 1000)),
-                    ..Default::default()
-                },
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        assert_ne!(k1, k3);
+        assert_ne!(k1, entries_key(&copy_src(&t)).unwrap());
+    }
+
+    #[test]
+    fn file_hash_cache_reuses_unchanged_files_only() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("big.bin");
+        let cache_file = d.path().join("hashes.jsonl");
+        fs::write(&f, "one").unwrap();
+        // A file written just now is hashed but not remembered (its stamp may not change yet).
+        let c = FileHashCache::load(&cache_file);
+        assert_eq!(c.digest(&f).unwrap(), Digest::sha256(b"one"));
+        assert!(c.map.lock().unwrap().is_empty());
+        // Without the racy window it is remembered, saved, and loaded by the next build.
+        let c = FileHashCache {
+            racy_ns: 0,
+            ..FileHashCache::load(&cache_file)
+        };
+        c.digest(&f).unwrap();
+        c.save().unwrap();
+        let c = FileHashCache {
+            racy_ns: 0,
+            ..FileHashCache::load(&cache_file)
+        };
+        assert_eq!(c.map.lock().unwrap()[&f].1, Digest::sha256(b"one"));
+        // An unchanged stamp is trusted (the file is not read again) ...
+        let planted = Digest::sha256(b"planted");
+        c.map.lock().unwrap().get_mut(&f).unwrap().1 = planted.clone();
+        assert_eq!(c.digest(&f).unwrap(), planted);
+        // ... and any change of size or times is seen.
+        fs::write(&f, "two!").unwrap();
+        assert_eq!(c.digest(&f).unwrap(), Digest::sha256(b"two!"));
     }
 
     #[test]

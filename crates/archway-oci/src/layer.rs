@@ -203,13 +203,12 @@ fn append_entry<W: Write>(
     }
 }
 
-/// Re-writes a tar stream (plain or gzip, detected) as a normalised layer.
-pub fn layer_from_tar<R: Read, W: Write>(
+/// The tar inside `input`: gzip (detected by its magic number) is decompressed, plain tar is
+/// read as is, zstd is refused with [`LayerError::Zstd`].
+pub fn tar_reader<'a, R: Read + 'a>(
     input: R,
     what: &Path,
-    opts: &LayerOptions,
-    out: W,
-) -> Result<LayerDigests, LayerError> {
+) -> Result<Box<dyn Read + 'a>, LayerError> {
     let mut input = io::BufReader::new(input);
     let magic = {
         use io::BufRead;
@@ -219,11 +218,21 @@ pub fn layer_from_tar<R: Read, W: Write>(
             .get(..4)
             .map(<[u8]>::to_vec)
     };
-    let reader: Box<dyn Read> = match magic.as_deref() {
+    Ok(match magic.as_deref() {
         Some([0x1f, 0x8b, ..]) => Box::new(flate2::read::GzDecoder::new(input)),
         Some([0x28, 0xb5, 0x2f, 0xfd]) => return Err(LayerError::Zstd(what.to_owned())),
         _ => Box::new(input),
-    };
+    })
+}
+
+/// Re-writes a tar stream (plain or gzip, detected) as a normalised layer.
+pub fn layer_from_tar<R: Read, W: Write>(
+    input: R,
+    what: &Path,
+    opts: &LayerOptions,
+    out: W,
+) -> Result<LayerDigests, LayerError> {
+    let reader = tar_reader(input, what)?;
     let mut archive = tar::Archive::new(reader);
     write_layer(out, what, |builder| {
         for entry in archive.entries().map_err(io_err(what))? {
@@ -434,20 +443,7 @@ pub fn extract_layer<R: Read>(
     opts: &ExtractOptions,
 ) -> Result<ExtractReport, LayerError> {
     use std::os::unix::fs::PermissionsExt;
-    let mut input = io::BufReader::new(input);
-    let magic = {
-        use io::BufRead;
-        input
-            .fill_buf()
-            .map_err(io_err(what))?
-            .get(..4)
-            .map(<[u8]>::to_vec)
-    };
-    let reader: Box<dyn Read> = match magic.as_deref() {
-        Some([0x1f, 0x8b, ..]) => Box::new(flate2::read::GzDecoder::new(input)),
-        Some([0x28, 0xb5, 0x2f, 0xfd]) => return Err(LayerError::Zstd(what.to_owned())),
-        _ => Box::new(input),
-    };
+    let reader = tar_reader(input, what)?;
     fs::create_dir_all(dest).map_err(io_err(dest))?;
     let mut report = ExtractReport::default();
     let mut ancestors = std::collections::BTreeSet::new();

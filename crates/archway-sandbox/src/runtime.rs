@@ -241,10 +241,7 @@ fn kill_group(pid: u32) {
 #[derive(Default)]
 pub struct RecordingRuntime {
     pub launches: Mutex<Vec<RecordedLaunch>>,
-    #[allow(clippy::type_complexity)]
-    pub behaviour: Option<
-        Box<dyn Fn(&Path, &serde_json::Value, &(dyn Fn(&[u8]) + Sync)) -> Exit + Send + Sync>,
-    >,
+    pub behaviour: Option<Behaviour>,
 }
 
 impl std::fmt::Debug for RecordingRuntime {
@@ -254,6 +251,10 @@ impl std::fmt::Debug for RecordingRuntime {
             .finish_non_exhaustive()
     }
 }
+
+/// What the fake does as the container: gets the upper directory, the config and the output.
+pub type Behaviour =
+    Box<dyn Fn(&Path, &serde_json::Value, &(dyn Fn(&[u8]) + Sync)) -> Exit + Send + Sync>;
 
 /// What the fake saw.
 #[derive(Clone, Debug)]

@@ -13,13 +13,13 @@
 //! Run: `cargo build --release && target/release/build-bench` (see `--help`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use archway_bench::proc::{Server, free_port};
+use archway_bench::proc::{archway_binary, start_archway_registry, time_command};
+use archway_bench::stats::median;
 use archway_bench::table;
 use clap::Parser;
 
@@ -45,21 +45,6 @@ struct Args {
     /// Only these scenarios (comma-separated: small-cold, small-cached, copy-cold, big-context).
     #[arg(long)]
     only: Option<String>,
-}
-
-fn time(mut cmd: Command) -> anyhow::Result<Duration> {
-    let t = Instant::now();
-    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
-    let d = t.elapsed();
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(d)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 struct Bench {
@@ -205,16 +190,7 @@ const BIG: &str = "ARG BASE\nFROM $BASE\nCOPY data/ /data/\nRUN ls /data | wc -l
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let archway = match args.archway {
-        Some(p) => p,
-        None => std::env::current_exe()?.with_file_name("archway"),
-    };
-    if !archway.exists() {
-        bail!(
-            "{} not found; build it with `cargo build --release` or pass --archway",
-            archway.display()
-        );
-    }
+    let archway = archway_binary(args.archway)?;
     if Command::new("buildah").arg("--version").output().is_err() {
         bail!("buildah not found; install it with `apt-get install buildah`");
     }
@@ -224,19 +200,8 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::Builder::new()
         .prefix("archway-build-bench")
         .tempdir_in("/var/tmp")?;
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let mut cmd = Command::new(&archway);
-    cmd.args([
-        "registry",
-        "serve",
-        "--quiet",
-        "--listen",
-        &addr.to_string(),
-        "--root",
-    ])
-    .arg(work.path().join("registry"));
-    let _registry = Server::start("archway registry", cmd, addr)?;
-    let base = format!("{addr}/bench/busybox:1.35");
+    let registry = start_archway_registry(&archway, &work.path().join("registry"))?;
+    let base = format!("{}/bench/busybox:1.35", registry.addr);
     let st = Command::new(&archway)
         .env("HOME", work.path())
         .args([
@@ -351,7 +316,7 @@ fn main() -> anyhow::Result<()> {
         for run in 0..args.runs {
             for tool in order(run) {
                 let state = bench.fresh_state(&format!("{key}-{}", tool.name()))?;
-                times[idx(tool)].push(time(bench.command(
+                times[idx(tool)].push(time_command(bench.command(
                     tool,
                     ctx,
                     &state,
@@ -370,11 +335,11 @@ fn main() -> anyhow::Result<()> {
             .map(|t| bench.fresh_state(&format!("cached-{}", t.name())))
             .collect::<Result<_, _>>()?;
         for tool in [Tool::Archway, Tool::Buildah] {
-            time(bench.command(tool, &small, &states[idx(tool)], "cached-prime"))?;
+            time_command(bench.command(tool, &small, &states[idx(tool)], "cached-prime"))?;
         }
         for run in 0..args.runs {
             for tool in order(run) {
-                times[idx(tool)].push(time(bench.command(
+                times[idx(tool)].push(time_command(bench.command(
                     tool,
                     &small,
                     &states[idx(tool)],
@@ -392,13 +357,13 @@ fn main() -> anyhow::Result<()> {
             .map(|t| bench.fresh_state(&format!("big-{}", t.name())))
             .collect::<Result<_, _>>()?;
         for tool in [Tool::Archway, Tool::Buildah] {
-            time(bench.command(tool, &big, &states[idx(tool)], "big-prime"))?;
+            time_command(bench.command(tool, &big, &states[idx(tool)], "big-prime"))?;
         }
         for run in 0..args.runs {
             // One file changes before each run; both tools see the same change.
             std::fs::write(big.join("data/src0000.txt"), text_bytes(1 << 20, &mut seed))?;
             for tool in order(run) {
-                times[idx(tool)].push(time(bench.command(
+                times[idx(tool)].push(time_command(bench.command(
                     tool,
                     &big,
                     &states[idx(tool)],
@@ -424,9 +389,9 @@ fn main() -> anyhow::Result<()> {
     ]];
     let mut json = Vec::new();
     for (scenario, goal, times) in &results {
-        let ratio = median(times[0].clone()).as_secs_f64() / median(times[1].clone()).as_secs_f64();
+        let ratio = median(&times[0]).as_secs_f64() / median(&times[1]).as_secs_f64();
         for (i, tool) in [Tool::Archway, Tool::Buildah].iter().enumerate() {
-            let m = median(times[i].clone());
+            let m = median(&times[i]);
             let min = times[i].iter().min().copied().unwrap_or_default();
             rows.push(vec![
                 scenario.clone(),

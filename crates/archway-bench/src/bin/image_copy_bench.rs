@@ -9,13 +9,13 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use archway_bench::proc::{Server, free_port};
+use archway_bench::proc::{archway_binary, start_archway_registry, time_command};
+use archway_bench::stats::median;
 use archway_bench::table;
 use archway_oci::config::ImageConfig;
 use archway_oci::layout::ImageLayout;
@@ -100,31 +100,6 @@ fn make_image(dir: &Path, layers: usize, layer_mib: usize) -> anyhow::Result<()>
     Ok(())
 }
 
-fn start_registry(archway: &Path, root: &Path) -> anyhow::Result<Server> {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let mut cmd = Command::new(archway);
-    cmd.args([
-        "registry",
-        "serve",
-        "--quiet",
-        "--listen",
-        &addr.to_string(),
-        "--root",
-    ])
-    .arg(root);
-    Server::start("archway registry", cmd, addr)
-}
-
-fn time(mut cmd: Command) -> anyhow::Result<Duration> {
-    let t = Instant::now();
-    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
-    let d = t.elapsed();
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(d)
-}
-
 fn archway_copy(bin: &Path, home: &Path, src: &str, dst: &str) -> Command {
     let mut c = Command::new(bin);
     c.env("HOME", home)
@@ -152,23 +127,9 @@ fn skopeo_copy(home: &Path, src: &str, dst: &str) -> Command {
     c
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let archway = match args.archway {
-        Some(p) => p,
-        None => std::env::current_exe()?.with_file_name("archway"),
-    };
-    if !archway.exists() {
-        bail!(
-            "{} not found; build it with `cargo build --release` or pass --archway",
-            archway.display()
-        );
-    }
+    let archway = archway_binary(args.archway)?;
     if Command::new("skopeo").arg("--version").output().is_err() {
         bail!("skopeo not found; install it with `apt-get install skopeo`");
     }
@@ -180,7 +141,7 @@ fn main() -> anyhow::Result<()> {
     let layout_dir = work.path().join("image");
     make_image(&layout_dir, args.layers, args.layer_mib)?;
     let src_root = work.path().join("src");
-    let src = start_registry(&archway, &src_root)?;
+    let src = start_archway_registry(&archway, &src_root)?;
     let home = work.path().join("home");
     std::fs::create_dir_all(&home)?;
     let src_ref = format!("{}/bench/app:1", src.addr);
@@ -211,14 +172,14 @@ fn main() -> anyhow::Result<()> {
             ["skopeo", "archway"]
         } {
             let root = work.path().join(format!("dst-cold-{run}-{tool}"));
-            let dst = start_registry(&archway, &root)?;
+            let dst = start_archway_registry(&archway, &root)?;
             let dst_ref = format!("{}/bench/app:1", dst.addr);
             let h = work.path().join(format!("home-cold-{run}-{tool}"));
             std::fs::create_dir_all(&h)?;
             let d = if tool == "archway" {
-                time(archway_copy(&archway, &h, &src_ref, &dst_ref))?
+                time_command(archway_copy(&archway, &h, &src_ref, &dst_ref))?
             } else {
-                time(skopeo_copy(&h, &src_ref, &dst_ref))?
+                time_command(skopeo_copy(&h, &src_ref, &dst_ref))?
             };
             if tool == "archway" {
                 cold_a.push(d)
@@ -234,9 +195,9 @@ fn main() -> anyhow::Result<()> {
 
     // Warm: the destination has everything.
     let warm_root = work.path().join("dst-warm");
-    let dst = start_registry(&archway, &warm_root)?;
+    let dst = start_archway_registry(&archway, &warm_root)?;
     let dst_ref = format!("{}/bench/app:1", dst.addr);
-    time(archway_copy(&archway, &home, &src_ref, &dst_ref))?;
+    time_command(archway_copy(&archway, &home, &src_ref, &dst_ref))?;
     let mut warm_a = Vec::new();
     let mut warm_s = Vec::new();
     for run in 0..args.runs {
@@ -248,9 +209,9 @@ fn main() -> anyhow::Result<()> {
             let h = work.path().join(format!("home-warm-{run}-{tool}"));
             std::fs::create_dir_all(&h)?;
             let d = if tool == "archway" {
-                time(archway_copy(&archway, &h, &src_ref, &dst_ref))?
+                time_command(archway_copy(&archway, &h, &src_ref, &dst_ref))?
             } else {
-                time(skopeo_copy(&h, &src_ref, &dst_ref))?
+                time_command(skopeo_copy(&h, &src_ref, &dst_ref))?
             };
             if tool == "archway" {
                 warm_a.push(d)
@@ -274,9 +235,9 @@ fn main() -> anyhow::Result<()> {
     let mut json = Vec::new();
     for pair in results.chunks(2) {
         let (a, s) = (&pair[0], &pair[1]);
-        let ratio = median(a.2.clone()).as_secs_f64() / median(s.2.clone()).as_secs_f64();
+        let ratio = median(&a.2).as_secs_f64() / median(&s.2).as_secs_f64();
         for (i, (scenario, tool, times)) in pair.iter().enumerate() {
-            let m = median(times.clone());
+            let m = median(times);
             let min = *times.iter().min().unwrap_or(&Duration::ZERO);
             rows.push(vec![
                 scenario.clone(),

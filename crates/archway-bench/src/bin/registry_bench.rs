@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use archway_bench::proc::{Server, free_port};
+use archway_bench::proc::{Server, archway_binary, free_port, start_archway_registry};
 use archway_bench::stats::Samples;
 use archway_bench::table;
 use archway_oci::{Algorithm, Descriptor, Digest, Digester, ImageManifest, media_type};
@@ -397,21 +397,6 @@ struct Result1 {
     peak_rss: u64,
 }
 
-fn start_archway(bin: &PathBuf, root: &std::path::Path) -> anyhow::Result<Server> {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "registry",
-        "serve",
-        "--quiet",
-        "--listen",
-        &addr.to_string(),
-        "--root",
-    ])
-    .arg(root);
-    Server::start("archway", cmd, addr)
-}
-
 fn start_distribution(bin: &PathBuf, root: &std::path::Path) -> anyhow::Result<Server> {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let config = root.with_extension("yml");
@@ -454,16 +439,7 @@ fn fmt_ms(d: Duration) -> String {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let archway = match args.archway {
-        Some(p) => p,
-        None => std::env::current_exe()?.with_file_name("archway"),
-    };
-    if !archway.exists() {
-        bail!(
-            "{} not found; build it with `cargo build --release` or pass --archway",
-            archway.display()
-        );
-    }
+    let archway = archway_binary(args.archway)?;
     if !args.distribution.exists() {
         bail!(
             "{} not found; install it with `apt-get install docker-registry`",
@@ -508,7 +484,7 @@ fn main() -> anyhow::Result<()> {
         for name in order {
             let root = work.path().join(format!("{name}-{i}"));
             let server = if name == "archway" {
-                start_archway(&archway, &root)?
+                start_archway_registry(&archway, &root)?
             } else {
                 start_distribution(&args.distribution, &root)?
             };

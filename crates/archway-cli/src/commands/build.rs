@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use archway_build::builder::{BuildEvent, BuildRequest, Builder, Store};
+use archway_build::builder::{BuildEvent, BuildRequest, Builder};
 use archway_client::copy::{CopyOptions, Selection};
 use archway_client::{Location, copy};
 use archway_oci::Platform;
@@ -299,11 +299,7 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
     let client = a
         .registry
         .client(&regs.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let store_dir = a.cache_dir.clone().unwrap_or_else(Store::default_dir);
-    let store = Arc::new(
-        Store::open(&store_dir)
-            .with_context(|| format!("opening the build store at {}", store_dir.display()))?,
-    );
+    let store = super::sandbox::open_store(a.cache_dir.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -103,6 +103,16 @@ pub fn runner(
     Ok(Arc::new(SandboxRunner { sandbox, timeout }))
 }
 
+/// The build store at `--cache-dir`, or the default one.
+pub fn open_store(cache_dir: Option<&std::path::Path>) -> anyhow::Result<Arc<Store>> {
+    let dir = cache_dir
+        .map(ToOwned::to_owned)
+        .unwrap_or_else(Store::default_dir);
+    let store = Store::open(&dir)
+        .with_context(|| format!("opening the build store at {}", dir.display()))?;
+    Ok(Arc::new(store))
+}
+
 /// Whether layers may be unpacked with their owners, devices and setuid bits (root only).
 pub fn privileged() -> bool {
     rustix::process::geteuid().is_root()
@@ -255,11 +265,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let client = a
         .registry
         .client(&regs.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let store_dir = a.cache_dir.clone().unwrap_or_else(Store::default_dir);
-    let store = Arc::new(
-        Store::open(&store_dir)
-            .with_context(|| format!("opening the store at {}", store_dir.display()))?,
-    );
+    let store = open_store(a.cache_dir.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
