@@ -162,6 +162,17 @@ impl Sandbox {
         spec: &RunSpec<'_>,
         on_output: &(dyn Fn(&str) + Sync),
     ) -> Result<Outcome, SandboxError> {
+        self.run_cancellable(spec, on_output, None)
+    }
+
+    /// [`Sandbox::run`], stopped (with [`Exit::Canceled`]) within 100 ms of `cancel` being
+    /// set. Blocking: call it from a blocking thread.
+    pub fn run_cancellable(
+        &self,
+        spec: &RunSpec<'_>,
+        on_output: &(dyn Fn(&str) + Sync),
+        cancel: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<Outcome, SandboxError> {
         self.check_platform(spec.platform)?;
         let identity = users::resolve(spec.rootfs, &spec.user).map_err(SandboxError::User)?;
         let mut env = spec.env.clone();
@@ -241,6 +252,7 @@ impl Sandbox {
                     dir,
                     rootless: self.rootless,
                     timeout: spec.timeout,
+                    cancel,
                 },
                 &emit,
             )

@@ -15,6 +15,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::SandboxError;
@@ -46,6 +47,8 @@ pub struct Launch<'a> {
     /// Run inside a new user namespace mapping the caller to root.
     pub rootless: bool,
     pub timeout: Option<Duration>,
+    /// Set by someone else to stop the run now (a canceled CI job).
+    pub cancel: Option<&'a AtomicBool>,
 }
 
 /// How a run ended.
@@ -53,6 +56,8 @@ pub struct Launch<'a> {
 pub enum Exit {
     Code(i32),
     TimedOut,
+    /// Stopped through [`Launch::cancel`].
+    Canceled,
 }
 
 /// Something that can run a prepared bundle (the real OCI runtimes, or a recording fake).
@@ -181,30 +186,49 @@ impl Runtime for OciRuntime {
             s.spawn(move || {
                 let _ = tx.send(child.wait());
             });
-            match launch.timeout {
-                Some(t) => match rx.recv_timeout(t) {
-                    Ok(r) => r.map(Some),
-                    Err(_) => {
-                        kill_group(pid);
-                        rx.recv()
-                            .map_err(|e| std::io::Error::other(e.to_string()))
-                            .and_then(|r| r)
-                            .map(|_| None)
+            // Wait in short slices so a cancel is seen within 100 ms.
+            let started = std::time::Instant::now();
+            loop {
+                let slice = match launch.timeout {
+                    Some(t) => match t.checked_sub(started.elapsed()) {
+                        Some(left) => left.min(Duration::from_millis(100)),
+                        None => Duration::ZERO,
+                    },
+                    None => Duration::from_millis(100),
+                };
+                match rx.recv_timeout(slice) {
+                    Ok(r) => break r.map(Ended::Exited),
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        break Err(std::io::Error::other("the runtime's waiter vanished"));
                     }
-                },
-                None => rx
-                    .recv()
-                    .map_err(|e| std::io::Error::other(e.to_string()))
-                    .and_then(|r| r)
-                    .map(Some),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                }
+                let canceled = launch.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+                let timed_out = launch.timeout.is_some_and(|t| started.elapsed() >= t);
+                if canceled || timed_out {
+                    kill_group(pid);
+                    break rx
+                        .recv()
+                        .map_err(|e| std::io::Error::other(e.to_string()))
+                        .and_then(|r| r)
+                        .map(|_| {
+                            if canceled {
+                                Ended::Canceled
+                            } else {
+                                Ended::TimedOut
+                            }
+                        });
+                }
             }
         })
         .map_err(|e| SandboxError::Start {
             what: self.name(),
             message: e.to_string(),
         })?;
-        let Some(status) = status else {
-            return Ok(Exit::TimedOut);
+        let status = match status {
+            Ended::Exited(s) => s,
+            Ended::TimedOut => return Ok(Exit::TimedOut),
+            Ended::Canceled => return Ok(Exit::Canceled),
         };
         let code = status.code().unwrap_or_else(|| {
             128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
@@ -228,6 +252,13 @@ impl Runtime for OciRuntime {
         }
         Ok(Exit::Code(code))
     }
+}
+
+/// How waiting for the runtime ended.
+enum Ended {
+    Exited(std::process::ExitStatus),
+    TimedOut,
+    Canceled,
 }
 
 fn kill_group(pid: u32) {
@@ -316,6 +347,7 @@ mod tests {
             dir: Path::new("/w/run1"),
             rootless: true,
             timeout: None,
+            cancel: None,
         });
         let args: Vec<String> = cmd
             .get_args()
@@ -353,6 +385,7 @@ mod tests {
             dir: Path::new("/w"),
             rootless: false,
             timeout: None,
+            cancel: None,
         });
         let args: Vec<String> = cmd
             .get_args()

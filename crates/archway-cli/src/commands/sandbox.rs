@@ -74,6 +74,7 @@ impl StepRunner for SandboxRunner {
             })?;
         let (exit_code, mut output) = match out.exit {
             Exit::Code(c) => (c, out.output_tail),
+            Exit::Canceled => (130, out.output_tail),
             Exit::TimedOut => (
                 124,
                 format!(
@@ -342,6 +343,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     match out.exit {
         Exit::Code(0) => Ok(ExitCode::SUCCESS),
         Exit::Code(c) => Ok(ExitCode::from(u8::try_from(c).unwrap_or(1))),
+        Exit::Canceled => Ok(ExitCode::from(130)),
         Exit::TimedOut => {
             eprintln!(
                 "error: killed after {}",

@@ -1,0 +1,586 @@
+//! The coordinator and runners together, in one process over real HTTP on loopback, with the
+//! recording executor: routing by tags and platform, stage order, leases lost and requeued,
+//! fencing, cancel, manual jobs, allow_failure, retry, drain, masking across chunks.
+//!
+//! Set `ARCHWAY_TEST_DATABASE_URL=postgres://…` to run them against PostgreSQL (the CLI's
+//! integration tests start a throwaway cluster and do so).
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use archway_api::{
+    ApiClient, ApiError, AttemptOutcome, FinishAttempt, JobDefinition, JobStatus, PipelineStatus,
+    PipelineView, PlatformOffer, RegisterRunner, SubmitPipeline, When,
+};
+use archway_runner::agent::{Agent, AgentEvent, AgentOptions};
+use archway_runner::{Act, ExecResult, RecordingExecutor};
+use archway_server::{Server, ServerConfig};
+
+struct Harness {
+    url: String,
+    admin: ApiClient,
+    registration: String,
+    _dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn start(lease: Duration) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(dir.path().to_owned());
+    config.database_url = std::env::var("ARCHWAY_TEST_DATABASE_URL").ok();
+    config.coordinator.lease_ttl = lease;
+    config.poll_wait = Duration::from_secs(2);
+    let (server, boot) = Server::open(config).await.unwrap();
+    let boot = boot.expect("a fresh server creates its tokens");
+    server.spawn_background();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let router = server.router();
+    tokio::spawn(archway_server::serve(listener, router, async {
+        let _ = rx.await;
+    }));
+    Harness {
+        admin: ApiClient::new(&url, Some(boot.admin_token)).unwrap(),
+        url,
+        registration: boot.registration_token,
+        _dir: dir,
+        shutdown: Some(tx),
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+struct RunnerHandle {
+    name: String,
+    exec: Arc<RecordingExecutor>,
+    task: tokio::task::JoinHandle<()>,
+    drain: archway_runner::DrainHandle,
+    events: Arc<Mutex<Vec<AgentEvent>>>,
+}
+
+impl Harness {
+    async fn runner(
+        &self,
+        name: &str,
+        tags: &[&str],
+        platforms: &[(&str, bool)],
+        untagged: bool,
+    ) -> RunnerHandle {
+        let platforms: Vec<PlatformOffer> = platforms
+            .iter()
+            .map(|(p, e)| PlatformOffer {
+                platform: p.to_string(),
+                emulated: *e,
+            })
+            .collect();
+        let reg = ApiClient::new(&self.url, None)
+            .unwrap()
+            .register_runner(&RegisterRunner {
+                registration_token: self.registration.clone(),
+                name: name.into(),
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                platforms: platforms.clone(),
+                concurrency: 2,
+                run_untagged: untagged,
+                version: "test".into(),
+            })
+            .await
+            .unwrap();
+        let exec = RecordingExecutor::new();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let ev = events.clone();
+        let agent = Agent::new(
+            AgentOptions {
+                server: self.url.clone(),
+                token: reg.token,
+                name: name.into(),
+                platforms,
+                concurrency: 2,
+                work_dir: self._dir.path().join(format!("work-{name}")),
+                drain_deadline: Duration::from_secs(90),
+                version: "test".into(),
+            },
+            exec.clone(),
+            Arc::new(move |e| ev.lock().unwrap().push(e)),
+        )
+        .unwrap();
+        let drain = agent.drain_handle();
+        let task = tokio::spawn(async move {
+            let _ = agent.run().await;
+        });
+        RunnerHandle {
+            name: name.into(),
+            exec,
+            task,
+            drain,
+            events,
+        }
+    }
+
+    async fn wait_pipeline(&self, id: i64, timeout: Duration) -> PipelineView {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let p = self.admin.pipeline(id).await.unwrap();
+            if p.status.is_final() {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pipeline still {}: {p:#?}",
+                p.status
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_job(
+        &self,
+        id: i64,
+        status: JobStatus,
+        timeout: Duration,
+    ) -> archway_api::JobView {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let j = self.admin.job(id).await.unwrap();
+            if j.status == status {
+                return j;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} is {} not {status}: {j:#?}",
+                j.status
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn log(&self, job: i64) -> String {
+        use futures_util::StreamExt;
+        let mut s = self.admin.job_log(job, false).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c.unwrap());
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+fn job(name: &str, stage: &str) -> JobDefinition {
+    JobDefinition {
+        name: name.into(),
+        stage: stage.into(),
+        image: None,
+        before_script: vec![],
+        script: vec!["true".into()],
+        after_script: vec![],
+        variables: vec![],
+        tags: vec![],
+        platform: None,
+        needs: None,
+        when: When::OnSuccess,
+        start_in_secs: None,
+        allow_failure: false,
+        allow_failure_exit_codes: vec![],
+        retry_max: 0,
+        retry_when: vec![],
+        timeout_secs: None,
+        interruptible: false,
+        resource_group: None,
+    }
+}
+
+fn pipeline(stages: &[&str], jobs: Vec<JobDefinition>) -> SubmitPipeline {
+    SubmitPipeline {
+        project: "team/app".into(),
+        git_ref: "main".into(),
+        tag: false,
+        sha: "0123456789abcdef".into(),
+        commit_message: "test".into(),
+        source: None,
+        file: ".gitlab-ci.yml".into(),
+        stages: stages.iter().map(|s| s.to_string()).collect(),
+        jobs,
+        variables: vec![],
+        masked: vec![],
+        secrets: Default::default(),
+    }
+}
+
+fn arch_job(name: &str, stage: &str, arch: &str) -> JobDefinition {
+    let mut j = job(name, stage);
+    j.tags = vec![arch.into()];
+    j.platform = Some(format!("linux/{arch}"));
+    j
+}
+
+fn job_id(p: &PipelineView, name: &str) -> i64 {
+    p.jobs.iter().find(|j| j.name == name).unwrap().id
+}
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_land_on_the_runner_of_their_architecture_in_stage_order() {
+    let h = start(Duration::from_secs(5)).await;
+    let amd = h.runner("amd", &[], &[("linux/amd64", false)], true).await;
+    let arm = h
+        .runner("arm-emulated", &[], &[("linux/arm64", true)], false)
+        .await;
+    let mut test = job("test", "test");
+    test.tags = vec!["amd64".into()];
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(
+            &["build", "test", "assemble"],
+            vec![
+                arch_job("build: [amd64]", "build", "amd64"),
+                arch_job("build: [arm64]", "build", "arm64"),
+                test,
+                job("assemble", "assemble"),
+            ],
+        ))
+        .await
+        .unwrap();
+    let done = h.wait_pipeline(p.id, T).await;
+    assert_eq!(done.status, PipelineStatus::Success, "{done:#?}");
+    let amd_runs = amd.exec.names();
+    let arm_runs = arm.exec.names();
+    assert_eq!(arm_runs, ["build: [arm64]"]);
+    assert_eq!(amd_runs.len(), 3, "{amd_runs:?}");
+    assert_eq!(amd_runs[2], "assemble");
+    assert!(amd_runs[..2].contains(&"build: [amd64]".to_string()));
+    // The arm64 job ran emulated, and knew it.
+    let arm_payload = arm.exec.runs.lock().unwrap()[0].clone();
+    assert_eq!(arm_payload.platform, "linux/arm64");
+    assert!(arm_payload.emulated);
+    assert_eq!(arm_payload.var("ARCHWAY_EMULATED"), Some("true"));
+    assert_eq!(arm_payload.var("CI_PROJECT_PATH"), Some("team/app"));
+    // Order: every build finished before test started; test before assemble.
+    let view = |n: &str| done.jobs.iter().find(|j| j.name == n).unwrap().clone();
+    let test_start = view("test").started_at_ms.unwrap();
+    for b in ["build: [amd64]", "build: [arm64]"] {
+        assert!(view(b).finished_at_ms.unwrap() <= test_start);
+    }
+    assert!(view("test").finished_at_ms.unwrap() <= view("assemble").started_at_ms.unwrap());
+    assert_eq!(
+        view("build: [arm64]").attempts[0].runner.name,
+        "arm-emulated"
+    );
+    amd.task.abort();
+    arm.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_without_a_fitting_runner_waits_and_says_why() {
+    let h = start(Duration::from_secs(5)).await;
+    let amd = h
+        .runner("amd", &["docker"], &[("linux/amd64", false)], false)
+        .await;
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(
+            &["build"],
+            vec![arch_job("arm", "build", "arm64")],
+        ))
+        .await
+        .unwrap();
+    let id = job_id(&p, "arm");
+    // Let the runner poll once so it counts as online.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let j = h.admin.job(id).await.unwrap();
+    assert_eq!(j.status, JobStatus::Pending);
+    let note = j.note.unwrap();
+    assert!(
+        note.starts_with(
+            "no runner with tags [arm64] for linux/arm64; connected: amd [docker, amd64, x86_64]"
+        ),
+        "{note}"
+    );
+    amd.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_runners_job_is_requeued_elsewhere_and_its_late_reports_are_refused() {
+    let h = start(Duration::from_secs(2)).await;
+    let a = h.runner("a", &[], &[("linux/amd64", false)], true).await;
+    a.exec.act(
+        "long",
+        Act {
+            output: vec![b"first attempt output\n".to_vec()],
+            duration: Duration::from_secs(3600),
+            result: ExecResult::Success,
+        },
+    );
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(&["build"], vec![job("long", "build")]))
+        .await
+        .unwrap();
+    let id = job_id(&p, "long");
+    h.wait_job(id, JobStatus::Running, T).await;
+    // Wait until its output reached the server, then "kill -9" the runner: it stops polling.
+    let deadline = Instant::now() + T;
+    while !h.log(id).await.contains("first attempt output") {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old = a.exec.runs.lock().unwrap()[0].clone();
+    a.task.abort();
+    let killed = Instant::now();
+    let b = h.runner("b", &[], &[("linux/amd64", false)], true).await;
+    let done = h.wait_pipeline(p.id, T).await;
+    assert_eq!(done.status, PipelineStatus::Success);
+    assert!(killed.elapsed() < Duration::from_secs(15));
+    let j = h.admin.job(id).await.unwrap();
+    assert_eq!(j.attempts.len(), 2, "{j:#?}");
+    assert_eq!(j.attempts[0].state, "lost");
+    assert_eq!(j.attempts[0].runner.name, "a");
+    assert_eq!(j.attempts[1].state, "success");
+    assert_eq!(j.attempts[1].runner.name, "b");
+    assert_eq!(b.exec.names(), ["long"]);
+    let log = h.log(id).await;
+    assert!(log.contains("attempt 1 of job"), "{log}");
+    assert!(log.contains("first attempt output"), "{log}");
+    assert!(log.contains("attempt 1 lost"), "{log}");
+    assert!(log.contains("attempt 2 of job"), "{log}");
+    // The dead runner comes back late: nothing from the old attempt is accepted.
+    let late = ApiClient::new(&h.url, Some(old.token.clone())).unwrap();
+    let e = late
+        .append_log(old.attempt_id, 21, bytes::Bytes::from_static(b"late\n"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::Fenced(_)), "{e:?}");
+    let e = late
+        .finish(
+            old.attempt_id,
+            &FinishAttempt {
+                outcome: AttemptOutcome::Failed,
+                exit_code: Some(1),
+                reason: None,
+                log_bytes: 0,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::Fenced(_)), "{e:?}");
+    assert_eq!(h.admin.job(id).await.unwrap().status, JobStatus::Success);
+    b.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_job_and_the_rest_of_its_pipeline() {
+    let h = start(Duration::from_secs(5)).await;
+    let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
+    r.exec.act(
+        "slow",
+        Act {
+            duration: Duration::from_secs(3600),
+            ..Act::default()
+        },
+    );
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(
+            &["a", "b"],
+            vec![job("slow", "a"), job("after", "b")],
+        ))
+        .await
+        .unwrap();
+    let id = job_id(&p, "slow");
+    h.wait_job(id, JobStatus::Running, T).await;
+    let asked = Instant::now();
+    h.admin.cancel_pipeline(p.id).await.unwrap();
+    h.wait_job(id, JobStatus::Canceled, T).await;
+    // Not a timing assertion of the product's speed: a bound that a broken cancel path
+    // (waiting for a poll timeout or a lease) cannot meet.
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    let done = h.wait_pipeline(p.id, T).await;
+    assert_eq!(done.status, PipelineStatus::Canceled);
+    assert_eq!(
+        done.jobs.iter().find(|j| j.name == "after").unwrap().status,
+        JobStatus::Canceled
+    );
+    assert!(r.events.lock().unwrap().iter().any(|e| matches!(
+        e,
+        AgentEvent::JobFinished {
+            outcome: AttemptOutcome::Canceled,
+            ..
+        }
+    )));
+    r.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_jobs_wait_to_be_played_and_allowed_failures_do_not_fail_the_pipeline() {
+    let h = start(Duration::from_secs(5)).await;
+    let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
+    r.exec.act(
+        "flaky",
+        Act {
+            result: ExecResult::Failed {
+                exit_code: Some(3),
+                reason: archway_api::FailureReason::ScriptFailure,
+            },
+            ..Act::default()
+        },
+    );
+    let mut flaky = job("flaky", "test");
+    flaky.allow_failure = true;
+    flaky.allow_failure_exit_codes = vec![3];
+    let mut deploy = job("deploy", "deploy");
+    deploy.when = When::Manual;
+    deploy.allow_failure = false; // blocking
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(&["test", "deploy"], vec![flaky, deploy]))
+        .await
+        .unwrap();
+    let deploy_id = job_id(&p, "deploy");
+    h.wait_job(deploy_id, JobStatus::Manual, T).await;
+    let flaky_view = h.wait_job(job_id(&p, "flaky"), JobStatus::Failed, T).await;
+    assert!(flaky_view.failure_allowed);
+    assert_eq!(flaky_view.exit_code, Some(3));
+    let mid = h.admin.pipeline(p.id).await.unwrap();
+    assert_eq!(mid.status, PipelineStatus::Manual);
+    assert!(!r.exec.names().contains(&"deploy".to_string()));
+    h.admin.job_action(deploy_id, "play").await.unwrap();
+    let done = h.wait_pipeline(p.id, T).await;
+    assert_eq!(done.status, PipelineStatus::Success, "{done:#?}");
+    assert_eq!(r.exec.names(), ["flaky", "deploy"]);
+    r.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_runs_a_failed_job_again_up_to_its_max() {
+    let h = start(Duration::from_secs(5)).await;
+    let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
+    r.exec.act(
+        "always-fails",
+        Act {
+            result: ExecResult::Failed {
+                exit_code: Some(1),
+                reason: archway_api::FailureReason::ScriptFailure,
+            },
+            ..Act::default()
+        },
+    );
+    let mut j = job("always-fails", "test");
+    j.retry_max = 2;
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(&["test"], vec![j]))
+        .await
+        .unwrap();
+    let done = h.wait_pipeline(p.id, T).await;
+    assert_eq!(done.status, PipelineStatus::Failed);
+    let v = &done.jobs[0];
+    assert_eq!(v.attempts.len(), 3, "{v:#?}");
+    assert!(v.attempts.iter().all(|a| a.state == "failed"));
+    // A person retries the finished job: a fourth attempt.
+    h.admin.job_action(v.id, "retry").await.unwrap();
+    let again = h.wait_pipeline(p.id, T).await;
+    assert_eq!(again.jobs[0].attempts.len(), 6);
+    r.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masked_values_never_reach_the_log_even_split_across_chunks() {
+    let h = start(Duration::from_secs(5)).await;
+    let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
+    let secret = "hunter2-super-secret";
+    r.exec.act(
+        "leaky",
+        Act {
+            output: vec![
+                b"token is hunter2-su".to_vec(),
+                b"per-secret and again ".to_vec(),
+                b"hunter2-super-secret\n".to_vec(),
+            ],
+            ..Act::default()
+        },
+    );
+    let mut p = pipeline(&["test"], vec![job("leaky", "test")]);
+    p.secrets.insert("API_KEY".into(), secret.into());
+    let p = h.admin.submit_pipeline(&p).await.unwrap();
+    h.wait_pipeline(p.id, T).await;
+    let log = h.log(job_id(&p, "leaky")).await;
+    assert!(
+        log.contains("token is [MASKED] and again [MASKED]"),
+        "{log}"
+    );
+    assert!(!log.contains("hunter2"), "{log}");
+    let payload = r.exec.runs.lock().unwrap()[0].clone();
+    assert!(
+        payload
+            .variables
+            .iter()
+            .any(|v| v.name == "API_KEY" && v.masked)
+    );
+    assert!(
+        payload
+            .variables
+            .iter()
+            .any(|v| v.name == "CI_JOB_TOKEN" && v.masked)
+    );
+    r.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_runner_finishes_what_it_can_and_hands_back_the_rest() {
+    let h = start(Duration::from_secs(5)).await;
+    let a = h.runner("a", &[], &[("linux/amd64", false)], true).await;
+    a.exec.act(
+        "quick",
+        Act {
+            duration: Duration::from_millis(300),
+            ..Act::default()
+        },
+    );
+    a.exec.act(
+        "endless",
+        Act {
+            duration: Duration::from_secs(3600),
+            ..Act::default()
+        },
+    );
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(
+            &["x"],
+            vec![job("quick", "x"), job("endless", "x")],
+        ))
+        .await
+        .unwrap();
+    h.wait_job(job_id(&p, "endless"), JobStatus::Running, T)
+        .await;
+    h.wait_job(job_id(&p, "quick"), JobStatus::Running, T).await;
+    a.drain.drain(Duration::from_secs(1));
+    // The runner stops by itself once its jobs are done or handed back.
+    tokio::time::timeout(T, a.task).await.unwrap().unwrap();
+    let quick = h.admin.job(job_id(&p, "quick")).await.unwrap();
+    assert_eq!(quick.status, JobStatus::Success);
+    let endless = h.admin.job(job_id(&p, "endless")).await.unwrap();
+    assert_eq!(endless.status, JobStatus::Pending, "{endless:#?}");
+    assert_eq!(endless.attempts[0].state, "handed_back");
+    // Another runner takes it; the handed-back attempt did not count as a failure.
+    let b = h.runner("b", &[], &[("linux/amd64", false)], true).await;
+    b.exec.act("endless", Act::default());
+    let done = h.wait_pipeline(p.id, T).await;
+    assert_eq!(done.status, PipelineStatus::Success);
+    assert!(a.events.lock().unwrap().contains(&AgentEvent::Stopped));
+    b.task.abort();
+    let _ = a.name;
+}

@@ -1,0 +1,94 @@
+//! The coordinator's error type, and how each kind answers over HTTP.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+
+use archway_api::{ErrorBody, ErrorDetail};
+
+use crate::db::DbError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The attempt is over or no longer its runner's: nothing from it is accepted.
+    #[error("{0}")]
+    Fenced(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<sqlx::Error> for CoordError {
+    fn from(e: sqlx::Error) -> Self {
+        CoordError::Db(DbError::Query(e))
+    }
+}
+
+impl CoordError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            CoordError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            CoordError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            CoordError::Forbidden(_) => StatusCode::FORBIDDEN,
+            CoordError::NotFound(_) => StatusCode::NOT_FOUND,
+            CoordError::Fenced(_) => StatusCode::GONE,
+            CoordError::Conflict(_) => StatusCode::CONFLICT,
+            CoordError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            CoordError::Db(_) | CoordError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            CoordError::BadRequest(_) => "BAD_REQUEST",
+            CoordError::Unauthorized(_) => "UNAUTHORIZED",
+            CoordError::Forbidden(_) => "FORBIDDEN",
+            CoordError::NotFound(_) => "NOT_FOUND",
+            CoordError::Fenced(_) => "ATTEMPT_FENCED",
+            CoordError::Conflict(_) => "CONFLICT",
+            CoordError::TooLarge(_) => "TOO_LARGE",
+            CoordError::Db(_) | CoordError::Io { .. } => "INTERNAL",
+        }
+    }
+}
+
+impl IntoResponse for CoordError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = if status.is_server_error() {
+            // Never show database URLs or file paths to a client: log them with an id instead.
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            tracing::error!(request_error = %self, error_id = %id, "internal error");
+            format!("internal server error (error id {id}; the server's log has the details)")
+        } else {
+            self.to_string()
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code: self.code().to_owned(),
+                    message,
+                },
+            }),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,290 @@
+//! The coordinator behind `archway server`: pipelines and jobs in SQLite or PostgreSQL,
+//! arch-aware dispatch to long-polling runners, leases that requeue the jobs of dead runners,
+//! fenced attempts, logs, and the built-in registry on the same port.
+//!
+//! * [`db`]: the database (one code path for SQLite and PostgreSQL) and its migrations;
+//! * [`schedule`]: GitLab's scheduling rules as pure functions;
+//! * [`coordinator`]: every state change, one transaction each;
+//! * [`dispatch`]: waiting runners and the rounds that hand them jobs;
+//! * [`events`]: wake-ups, within a server and across servers (PostgreSQL `NOTIFY`);
+//! * [`api`]: the HTTP handlers of `/api/v1/…`;
+//! * [`sources`]: source snapshots by digest;
+//! * [`metrics`], [`tokens`], [`error`].
+//!
+//! The library never prints; the CLI shows the bootstrap tokens it returns.
+
+pub mod api;
+pub mod coordinator;
+pub mod db;
+pub mod dispatch;
+pub mod error;
+pub mod events;
+pub mod metrics;
+pub mod schedule;
+pub mod sources;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderMap, header};
+
+use archway_registry::{FsStorage, Registry, RegistryConfig};
+
+pub use coordinator::{Coordinator, CoordinatorConfig, Principal};
+pub use db::{Db, DbError};
+pub use error::CoordError;
+
+/// How to run a server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Holds `coordinator.db` (SQLite), `registry/` and `sources/`.
+    pub data_dir: PathBuf,
+    /// `postgres://…`; SQLite under `data_dir` when `None`.
+    pub database_url: Option<String>,
+    pub coordinator: CoordinatorConfig,
+    /// How long a runner's poll waits for work before answering empty.
+    pub poll_wait: Duration,
+    pub max_source_bytes: u64,
+    /// Serve `/metrics` without a token (when it is on a separate, private listener).
+    pub open_metrics: bool,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: PathBuf) -> ServerConfig {
+        ServerConfig {
+            data_dir,
+            database_url: None,
+            coordinator: CoordinatorConfig::default(),
+            poll_wait: archway_api::client::POLL_WAIT,
+            max_source_bytes: 1024 * 1024 * 1024,
+            open_metrics: false,
+        }
+    }
+}
+
+/// A running coordinator's parts.
+#[derive(Debug)]
+pub struct Server {
+    pub coord: Arc<Coordinator>,
+    pub dispatcher: Arc<dispatch::Dispatcher>,
+    pub sources: sources::SourceStore,
+    pub registry: Arc<Registry>,
+    pub poll_wait: Duration,
+    pub open_metrics: bool,
+}
+
+/// Tokens created on first start (shown once).
+#[derive(Debug)]
+pub struct Bootstrap {
+    pub admin_token: String,
+    pub registration_token: String,
+}
+
+/// Errors opening a server.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Coord(#[from] CoordError),
+    #[error("opening the registry storage under {path}: {message}")]
+    Registry { path: String, message: String },
+    #[error("creating the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Server {
+    /// Opens (or creates) the server's state; on first start also returns the bootstrap
+    /// tokens.
+    pub async fn open(config: ServerConfig) -> Result<(Arc<Server>, Option<Bootstrap>), OpenError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let db = match &config.database_url {
+            Some(url) => Db::open(url).await?,
+            None => Db::open_sqlite(&config.data_dir).await?,
+        };
+        let events = events::Events::new();
+        let metrics = Arc::new(metrics::Metrics::new());
+        let coord = Arc::new(Coordinator::new(
+            db.clone(),
+            config.coordinator.clone(),
+            events.clone(),
+            metrics,
+        ));
+        let bootstrap = coord.bootstrap().await?.map(|(a, r)| Bootstrap {
+            admin_token: a,
+            registration_token: r,
+        });
+        let extended = coord.grant_restart_grace().await?;
+        if extended > 0 {
+            tracing::info!(
+                attempts = extended,
+                "gave running attempts a lease period to reconnect after a restart"
+            );
+        }
+        let reg_root = config.data_dir.join("registry");
+        let storage = FsStorage::open(&reg_root).map_err(|e| OpenError::Registry {
+            path: reg_root.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let registry = Arc::new(Registry::new(
+            Arc::new(storage),
+            None,
+            RegistryConfig::default(),
+        ));
+        let sources = sources::SourceStore::open(&config.data_dir, config.max_source_bytes)?;
+        let server = Arc::new(Server {
+            coord,
+            dispatcher: dispatch::Dispatcher::new(),
+            sources,
+            registry,
+            poll_wait: config.poll_wait,
+            open_metrics: config.open_metrics,
+        });
+        Ok((server, bootstrap))
+    }
+
+    /// Starts the background work: dispatch rounds, the lease reaper, and (PostgreSQL) the
+    /// listener for other servers' events.
+    pub fn spawn_background(self: &Arc<Self>) {
+        tokio::spawn(self.dispatcher.clone().run(self.coord.clone()));
+        let coord = self.coord.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1000));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match coord.reap_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(
+                        attempts = n,
+                        "requeued the jobs of runners that stopped renewing their leases"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "reaping expired leases"),
+                }
+            }
+        });
+        if self.coord.db.url.is_some() {
+            tokio::spawn(self.coord.events.clone().listen(self.coord.db.clone()));
+        }
+    }
+
+    /// The HTTP application: `/api/v1/…`, `/metrics`, and the registry for everything else.
+    pub fn router(self: &Arc<Self>) -> Router {
+        let registry = self.registry.clone().router();
+        api::router(self.clone())
+            .merge(
+                Router::new()
+                    .route("/metrics", get(metrics_handler))
+                    .with_state(self.clone()),
+            )
+            .fallback_service(registry)
+    }
+
+    /// Just `/metrics` (for a separate listener).
+    pub fn metrics_router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics_handler))
+            .with_state(self.clone())
+    }
+}
+
+async fn metrics_handler(State(s): State<Arc<Server>>, headers: HeaderMap) -> Response {
+    if !s.open_metrics {
+        let ok = match headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| h.split_once(' '))
+        {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => matches!(
+                s.coord.authenticate(token.trim()).await,
+                Ok(Principal::Admin { .. })
+            ),
+            _ => false,
+        };
+        if !ok {
+            return CoordError::Unauthorized(
+                "/metrics needs an admin token (or serve it on a private --metrics-listen address)"
+                    .into(),
+            )
+            .into_response();
+        }
+    }
+    match s.coord.gauges().await {
+        Ok(g) => s.coord.metrics.set_gauges(&g),
+        Err(e) => tracing::warn!(error = %e, "reading gauges"),
+    }
+    let mut text = s.coord.metrics.encode();
+    text.push_str(&s.registry.metrics.encode());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves (then lets requests in flight
+/// finish).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.max_buf_size(128 * 1024)
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(ConnectInfo::<SocketAddr>(remote));
+                app.clone().oneshot(req.map(Body::new))
+            });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %remote, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // Long polls and log follows end within their wait; do not hang on them forever.
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    Ok(())
+}
