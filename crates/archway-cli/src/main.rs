@@ -60,6 +60,17 @@ enum Command {
     Run(Box<commands::sandbox::RunArgs>),
     /// Report what this host can run: OCI runtime, user namespaces, overlayfs, qemu binfmt.
     Doctor(commands::sandbox::DoctorArgs),
+    /// The coordinator: API, built-in registry and metrics on one port; its tokens.
+    Server(commands::server::ServerArgs),
+    /// A machine that runs jobs for a server: register it, run it, drain it.
+    #[command(subcommand)]
+    Runner(commands::runner::RunnerCommand),
+    /// Pipelines on a server: run this repository's, list, show, cancel, retry.
+    #[command(subcommand)]
+    Pipeline(commands::remote::PipelineCommand),
+    /// Jobs on a server: follow a log, retry, cancel, play a manual job.
+    #[command(subcommand)]
+    Job(commands::remote::JobCommand),
     /// Log in to a registry (credentials go to Docker's config.json).
     Login(commands::login::LoginArgs),
     /// Log out of a registry.
@@ -77,6 +88,10 @@ fn main() -> ExitCode {
         Command::Build(args) => commands::build::run(*args),
         Command::Run(args) => commands::sandbox::run(*args),
         Command::Doctor(args) => commands::sandbox::doctor(args),
+        Command::Server(args) => commands::server::run(args),
+        Command::Runner(cmd) => commands::runner::run(cmd),
+        Command::Pipeline(cmd) => commands::remote::pipeline(cmd),
+        Command::Job(cmd) => commands::remote::job(cmd),
         Command::Login(args) => commands::login::login(args),
         Command::Logout(args) => commands::login::logout(args),
     };

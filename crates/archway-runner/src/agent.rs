@@ -116,6 +116,8 @@ pub struct Agent {
     events: EventSink,
     drain_rx: tokio::sync::watch::Receiver<Option<Duration>>,
     drain: DrainHandle,
+    /// A job ended: a poll that said "no free slots" is out of date.
+    job_done: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -143,6 +145,7 @@ impl Agent {
             events,
             drain_rx,
             drain: DrainHandle { tx },
+            job_done: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -230,9 +233,13 @@ impl Agent {
             };
             let api = self.api.clone();
             let poll = api.poll(&req);
+            let job_done = self.job_done.clone();
             let result = tokio::select! {
                 r = poll => Some(r),
                 _ = self.drain_rx.changed(), if !draining => None,
+                // Only a poll that offered nothing may be abandoned: one that offered slots
+                // may be carrying jobs back.
+                () = job_done.notified(), if free == 0 && !draining => None,
                 () = tokio::time::sleep(Duration::from_millis(250)), if draining => None,
             };
             let Some(result) = result else { continue };
@@ -311,6 +318,7 @@ impl Agent {
                 .join(format!("attempt-{}", job.attempt_id)),
             runner_name: self.opts.name.clone(),
             version: self.opts.version.clone(),
+            job_done: self.job_done.clone(),
         };
         tokio::spawn(ctx.run(job, cancel, handed_back));
     }
@@ -324,6 +332,7 @@ struct JobContext {
     work_dir: PathBuf,
     runner_name: String,
     version: String,
+    job_done: Arc<tokio::sync::Notify>,
 }
 
 impl JobContext {
@@ -463,6 +472,7 @@ impl JobContext {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&attempt);
+        self.job_done.notify_one();
         if fenced.is_cancelled() {
             (self.events)(AgentEvent::Fenced { attempt });
         } else {

@@ -387,7 +387,11 @@ mod tests {
         );
         // Only the emulating runner free: it takes the job, emulated.
         assert_eq!(
-            pick_runner(std::slice::from_ref(&amd), &tags(&["arm64"]), Some("linux/arm64")),
+            pick_runner(
+                std::slice::from_ref(&amd),
+                &tags(&["arm64"]),
+                Some("linux/arm64")
+            ),
             Some((0, "linux/arm64".into(), true))
         );
         // Every tag: `docker` only on runner 1.

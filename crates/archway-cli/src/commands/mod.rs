@@ -7,4 +7,7 @@ pub mod login;
 pub mod manifest;
 pub mod pipeline;
 pub mod registry;
+pub mod remote;
+pub mod runner;
 pub mod sandbox;
+pub mod server;

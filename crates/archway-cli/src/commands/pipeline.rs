@@ -51,9 +51,10 @@ pub struct ContextArgs {
     /// Pipeline variable (repeatable), KEY=VALUE: overrides the file's variables.
     #[arg(long = "var", value_name = "KEY=VALUE")]
     vars: Vec<String>,
-    /// Branch being built (CI_COMMIT_BRANCH).
-    #[arg(long, default_value = "main")]
-    branch: String,
+    /// Branch being built (CI_COMMIT_BRANCH); default `main` (for `pipeline run`: the
+    /// checked-out branch).
+    #[arg(long, alias = "ref", value_name = "BRANCH")]
+    branch: Option<String>,
     /// Build a tag instead of a branch (CI_COMMIT_TAG).
     #[arg(long)]
     tag: Option<String>,
@@ -83,7 +84,7 @@ impl ContextArgs {
             branch: if self.tag.is_some() {
                 None
             } else {
-                Some(self.branch.clone())
+                Some(self.branch_name())
             },
             tag: self.tag.clone(),
             source: self.source.clone(),
@@ -92,6 +93,24 @@ impl ContextArgs {
             changed_files: (!self.changed.is_empty()).then(|| self.changed.clone()),
             repo_files,
         })
+    }
+}
+
+impl ContextArgs {
+    /// The branch built: `--branch`, else `main`.
+    pub fn branch_name(&self) -> String {
+        self.branch.clone().unwrap_or_else(|| "main".into())
+    }
+
+    pub fn tag_name(&self) -> Option<String> {
+        self.tag.clone()
+    }
+
+    /// Uses `branch` unless `--branch` was given.
+    pub fn default_branch_to(&mut self, branch: Option<String>) {
+        if self.branch.is_none() {
+            self.branch = branch;
+        }
     }
 }
 
@@ -133,7 +152,7 @@ fn repo_root(file: &Path) -> PathBuf {
 }
 
 /// Every file under `root` (relative, `/`-separated), skipping VCS and build directories.
-fn list_files(root: &Path) -> Vec<String> {
+pub fn list_files(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
@@ -165,7 +184,7 @@ fn list_files(root: &Path) -> Vec<String> {
     out
 }
 
-fn discover() -> anyhow::Result<Vec<PathBuf>> {
+pub fn discover() -> anyhow::Result<Vec<PathBuf>> {
     for name in [".archway-ci.yml", ".gitlab-ci.yml"] {
         if Path::new(name).is_file() {
             return Ok(vec![PathBuf::from(name)]);
@@ -188,7 +207,7 @@ fn discover() -> anyhow::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-fn plan_file(
+pub fn plan_file(
     file: &Path,
     ctx: &ContextArgs,
 ) -> anyhow::Result<(Option<Pipeline>, Vec<Diagnostic>)> {
@@ -209,7 +228,7 @@ fn plan_file(
     ))
 }
 
-fn print_diagnostics(diags: &[Diagnostic]) {
+pub fn print_diagnostics(diags: &[Diagnostic]) {
     for d in diags {
         eprintln!("{d}");
     }
