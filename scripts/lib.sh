@@ -46,3 +46,38 @@ ensure_binfmt() {
         fi
     done
 }
+
+# A throwaway PostgreSQL cluster for the tests: initdb in a temporary directory as an
+# unprivileged user (the `postgres` user when we are root), listening on a free loopback port,
+# fsync off. Exports ARCHWAY_TEST_POSTGRES (a URL the tests create their databases through)
+# and stops the cluster when the calling shell exits.
+start_test_postgres() {
+    ensure_packages postgresql
+    local bin user port
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    PG_TMP=$(mktemp -d /tmp/archway-pg.XXXXXX)
+    user=$(id -un)
+    if [ "$(id -u)" -eq 0 ]; then
+        user=postgres
+        chown postgres "$PG_TMP"
+    fi
+    pg_as() { if [ "$(id -un)" = "$user" ]; then "$@"; else runuser -u "$user" -- "$@"; fi; }
+    pg_as "$bin/initdb" -D "$PG_TMP/data" -A trust -U archway -E UTF8 --no-sync >/dev/null
+    port=55432
+    while (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+    pg_as "$bin/pg_ctl" -D "$PG_TMP/data" -l "$PG_TMP/log" -w -o \
+        "-p $port -k $PG_TMP -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=300" \
+        start >/dev/null
+    PG_BIN=$bin PG_USER=$user
+    export ARCHWAY_TEST_POSTGRES="postgres://archway@127.0.0.1:$port/postgres"
+    trap stop_test_postgres EXIT
+    echo "PostgreSQL for the tests at $ARCHWAY_TEST_POSTGRES (data in $PG_TMP)"
+}
+
+stop_test_postgres() {
+    if [ -n "${PG_TMP:-}" ] && [ -d "$PG_TMP/data" ]; then
+        if [ "$(id -un)" = "$PG_USER" ]; then "$PG_BIN/pg_ctl" -D "$PG_TMP/data" -m fast -w stop >/dev/null 2>&1 || true
+        else runuser -u "$PG_USER" -- "$PG_BIN/pg_ctl" -D "$PG_TMP/data" -m fast -w stop >/dev/null 2>&1 || true; fi
+        rm -rf "$PG_TMP"
+    fi
+}

@@ -2,8 +2,8 @@
 //! recording executor: routing by tags and platform, stage order, leases lost and requeued,
 //! fencing, cancel, manual jobs, allow_failure, retry, drain, masking across chunks.
 //!
-//! Set `ARCHWAY_TEST_DATABASE_URL=postgres://…` to run them against PostgreSQL (the CLI's
-//! integration tests start a throwaway cluster and do so).
+//! Each test runs on SQLite and on PostgreSQL (`ARCHWAY_TEST_POSTGRES`, a throwaway cluster
+//! `scripts/test.sh` starts; without it the PostgreSQL runs say they were skipped).
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,24 +16,44 @@ use archway_api::{
 };
 use archway_runner::agent::{Agent, AgentEvent, AgentOptions};
 use archway_runner::{Act, ExecResult, RecordingExecutor};
+use archway_server::testing::{self, Backend};
 use archway_server::{Server, ServerConfig};
 
 struct Harness {
     url: String,
     admin: ApiClient,
+    admin_token: String,
     registration: String,
     _dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-async fn start(lease: Duration) -> Harness {
+async fn start(backend: Backend, lease: Duration) -> Option<Harness> {
+    let url = match backend {
+        Backend::Postgres => Some(testing::postgres_database("coordination").await?),
+        Backend::Sqlite => None,
+    };
+    start_on(url, lease, None).await
+}
+
+/// A server on `database` (SQLite in its own directory when `None`); `tokens` are the admin
+/// and registration tokens when the database already has them (a second server).
+async fn start_on(
+    database: Option<String>,
+    lease: Duration,
+    tokens: Option<(String, String)>,
+) -> Option<Harness> {
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServerConfig::new(dir.path().to_owned());
-    config.database_url = std::env::var("ARCHWAY_TEST_DATABASE_URL").ok();
+    config.database_url = database;
     config.coordinator.lease_ttl = lease;
     config.poll_wait = Duration::from_secs(2);
     let (server, boot) = Server::open(config).await.unwrap();
-    let boot = boot.expect("a fresh server creates its tokens");
+    let (admin_token, registration_token) = match (boot, tokens) {
+        (Some(b), _) => (b.admin_token, b.registration_token),
+        (None, Some(t)) => t,
+        (None, None) => panic!("a fresh database gets tokens"),
+    };
     server.spawn_background();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -42,13 +62,14 @@ async fn start(lease: Duration) -> Harness {
     tokio::spawn(archway_server::serve(listener, router, async {
         let _ = rx.await;
     }));
-    Harness {
-        admin: ApiClient::new(&url, Some(boot.admin_token)).unwrap(),
+    Some(Harness {
+        admin: ApiClient::new(&url, Some(admin_token.clone())).unwrap(),
+        admin_token,
         url,
-        registration: boot.registration_token,
+        registration: registration_token,
         _dir: dir,
         shutdown: Some(tx),
-    }
+    })
 }
 
 impl Drop for Harness {
@@ -135,8 +156,22 @@ impl Harness {
             }
             assert!(
                 Instant::now() < deadline,
-                "pipeline still {}: {p:#?}",
-                p.status
+                "pipeline still {}: {}",
+                p.status,
+                p.jobs
+                    .iter()
+                    .map(|j| format!(
+                        "{} {} attempts [{}]",
+                        j.name,
+                        j.status,
+                        j.attempts
+                            .iter()
+                            .map(|a| format!("{}@{}", a.state, a.runner.name))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -228,9 +263,10 @@ fn job_id(p: &PipelineView, name: &str) -> i64 {
 
 const T: Duration = Duration::from_secs(20);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_land_on_the_runner_of_their_architecture_in_stage_order() {
-    let h = start(Duration::from_secs(5)).await;
+async fn jobs_land_on_the_runner_of_their_architecture_in_stage_order(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
     let amd = h.runner("amd", &[], &[("linux/amd64", false)], true).await;
     let arm = h
         .runner("arm-emulated", &[], &[("linux/arm64", true)], false)
@@ -279,9 +315,10 @@ async fn jobs_land_on_the_runner_of_their_architecture_in_stage_order() {
     arm.task.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_without_a_fitting_runner_waits_and_says_why() {
-    let h = start(Duration::from_secs(5)).await;
+async fn a_job_without_a_fitting_runner_waits_and_says_why(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
     let amd = h
         .runner("amd", &["docker"], &[("linux/amd64", false)], false)
         .await;
@@ -308,9 +345,10 @@ async fn a_job_without_a_fitting_runner_waits_and_says_why() {
     amd.task.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_runners_job_is_requeued_elsewhere_and_its_late_reports_are_refused() {
-    let h = start(Duration::from_secs(2)).await;
+async fn a_dead_runners_job_is_requeued_elsewhere_and_its_late_reports_are_refused(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(2)).await else {
+        return;
+    };
     let a = h.runner("a", &[], &[("linux/amd64", false)], true).await;
     a.exec.act(
         "long",
@@ -376,9 +414,10 @@ async fn a_dead_runners_job_is_requeued_elsewhere_and_its_late_reports_are_refus
     b.task.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_stops_a_running_job_and_the_rest_of_its_pipeline() {
-    let h = start(Duration::from_secs(5)).await;
+async fn cancel_stops_a_running_job_and_the_rest_of_its_pipeline(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
     let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
     r.exec.act(
         "slow",
@@ -423,9 +462,10 @@ async fn cancel_stops_a_running_job_and_the_rest_of_its_pipeline() {
     r.task.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn manual_jobs_wait_to_be_played_and_allowed_failures_do_not_fail_the_pipeline() {
-    let h = start(Duration::from_secs(5)).await;
+async fn manual_jobs_wait_to_be_played_and_allowed_failures_do_not_fail_the_pipeline(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
     let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
     r.exec.act(
         "flaky",
@@ -463,9 +503,10 @@ async fn manual_jobs_wait_to_be_played_and_allowed_failures_do_not_fail_the_pipe
     r.task.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_runs_a_failed_job_again_up_to_its_max() {
-    let h = start(Duration::from_secs(5)).await;
+async fn retry_runs_a_failed_job_again_up_to_its_max(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
     let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
     r.exec.act(
         "always-fails",
@@ -496,9 +537,10 @@ async fn retry_runs_a_failed_job_again_up_to_its_max() {
     r.task.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn masked_values_never_reach_the_log_even_split_across_chunks() {
-    let h = start(Duration::from_secs(5)).await;
+async fn masked_values_never_reach_the_log_even_split_across_chunks(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
     let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
     let secret = "hunter2-super-secret";
     r.exec.act(
@@ -538,9 +580,10 @@ async fn masked_values_never_reach_the_log_even_split_across_chunks() {
     r.task.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_draining_runner_finishes_what_it_can_and_hands_back_the_rest() {
-    let h = start(Duration::from_secs(5)).await;
+async fn a_draining_runner_finishes_what_it_can_and_hands_back_the_rest(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
     let a = h.runner("a", &[], &[("linux/amd64", false)], true).await;
     a.exec.act(
         "quick",
@@ -584,3 +627,99 @@ async fn a_draining_runner_finishes_what_it_can_and_hands_back_the_rest() {
     b.task.abort();
     let _ = a.name;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_postgres_share_the_queue_and_hand_out_each_job_once() {
+    let Some(db) = testing::postgres_database("two servers").await else {
+        return;
+    };
+    let a = start_on(Some(db.clone()), Duration::from_secs(5), None)
+        .await
+        .unwrap();
+    let b = start_on(
+        Some(db),
+        Duration::from_secs(5),
+        Some((a.admin_token.clone(), a.registration.clone())),
+    )
+    .await
+    .unwrap();
+    // Runners on both servers; the pipeline goes in through server A only.
+    let mut runners = Vec::new();
+    for (i, h) in [&a, &b, &a, &b].iter().enumerate() {
+        runners.push(
+            h.runner(&format!("r{i}"), &[], &[("linux/amd64", false)], true)
+                .await,
+        );
+    }
+    let jobs: Vec<JobDefinition> = (0..40)
+        .map(|i| {
+            let mut j = job(&format!("j{i}"), if i < 20 { "one" } else { "two" });
+            j.script = vec![format!("echo {i}")];
+            j
+        })
+        .collect();
+    for r in &runners {
+        for j in &jobs {
+            r.exec.act(
+                &j.name,
+                Act {
+                    duration: Duration::from_millis(20),
+                    ..Act::default()
+                },
+            );
+        }
+    }
+    let p = a
+        .admin
+        .submit_pipeline(&pipeline(&["one", "two"], jobs))
+        .await
+        .unwrap();
+    let done = b.wait_pipeline(p.id, Duration::from_secs(60)).await;
+    assert_eq!(done.status, PipelineStatus::Success);
+    // Every job ran exactly once, in all.
+    let mut ran: Vec<String> = runners.iter().flat_map(|r| r.exec.names()).collect();
+    ran.sort();
+    let mut want: Vec<String> = (0..40).map(|i| format!("j{i}")).collect();
+    want.sort();
+    assert_eq!(ran, want);
+    assert!(done.jobs.iter().all(|j| j.attempts.len() == 1));
+    // Runners of server B took work submitted to server A.
+    let on_b: usize = [1, 3].iter().map(|&i| runners[i].exec.names().len()).sum();
+    assert!(on_b > 0, "server B's runners ran nothing");
+    for r in runners {
+        r.task.abort();
+    }
+}
+
+/// Each scenario as a test on both databases.
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_databases!(
+    jobs_land_on_the_runner_of_their_architecture_in_stage_order,
+    a_job_without_a_fitting_runner_waits_and_says_why,
+    a_dead_runners_job_is_requeued_elsewhere_and_its_late_reports_are_refused,
+    cancel_stops_a_running_job_and_the_rest_of_its_pipeline,
+    manual_jobs_wait_to_be_played_and_allowed_failures_do_not_fail_the_pipeline,
+    retry_runs_a_failed_job_again_up_to_its_max,
+    masked_values_never_reach_the_log_even_split_across_chunks,
+    a_draining_runner_finishes_what_it_can_and_hands_back_the_rest
+);

@@ -597,11 +597,32 @@ impl Coordinator {
 
     /// Decides the created jobs of a pipeline and recomputes its status; true if a job
     /// became pending.
+    /// Takes the pipeline's row lock (PostgreSQL): every transaction that changes jobs of a
+    /// pipeline takes it before touching them, so they queue up instead of deadlocking.
+    async fn lock_pipeline(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        pipeline_id: i64,
+    ) -> Result<(), CoordError> {
+        if self.db.dialect == crate::db::Dialect::Postgres {
+            sqlx::query("SELECT id FROM pipelines WHERE id = $1 FOR UPDATE")
+                .bind(pipeline_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn advance_tx(
         &self,
         tx: &mut Transaction<'static, Any>,
         pipeline_id: i64,
     ) -> Result<bool, CoordError> {
+        // Two attempts of one pipeline ending at once must not both decide on a snapshot
+        // that lacks the other's result (write skew): the pipeline row serialises them. The
+        // later one reads after the earlier one committed, so it sees both. (SQLite has one
+        // writer at a time already.)
+        self.lock_pipeline(tx, pipeline_id).await?;
         let states = load_states(tx, pipeline_id).await?;
         let changes = schedule::advance(&states);
         let now = now_ms();
@@ -766,15 +787,17 @@ impl Coordinator {
             let payload = self.payload(&row, c, attempt_id, number, token, &runner_tags)?;
             out.push((c.runner_id, payload));
         }
+        tx.commit().await?;
+        // Outside the claim's transaction, so a claim never holds a pipeline row while
+        // holding job rows (the order every other change takes the other way round).
         for p in pipelines {
             sqlx::query(
                 "UPDATE pipelines SET status = 'running' WHERE id = $1 AND status IN ('created','pending')",
             )
             .bind(p)
-            .execute(&mut *tx)
+            .execute(&self.db.write)
             .await?;
         }
-        tx.commit().await?;
         if !out.is_empty() {
             self.events.state_changed();
         }
@@ -1025,6 +1048,7 @@ impl Coordinator {
         }
         let job_id: i64 = row.try_get("job_id")?;
         let pipeline_id: i64 = row.try_get("pipeline_id")?;
+        self.lock_pipeline(&mut tx, pipeline_id).await?;
         let cancel_requested = row.try_get::<i64, _>("cancel_requested")? != 0;
         let def: JobDefinition = parse_json(&row.try_get::<String, _>("spec")?, "job spec")?;
         let user_retries = row.try_get::<i64, _>("user_retries")? as u32;
@@ -1169,6 +1193,16 @@ impl Coordinator {
     pub async fn lose_attempt(&self, attempt_id: i64, why: &str) -> Result<(), CoordError> {
         let mut tx = self.begin().await?;
         let now = now_ms();
+        let pipeline: Option<i64> = sqlx::query_scalar(
+            "SELECT j.pipeline_id FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = $1",
+        )
+        .bind(attempt_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(pipeline) = pipeline else {
+            return Ok(());
+        };
+        self.lock_pipeline(&mut tx, pipeline).await?;
         let n = sqlx::query(
             "UPDATE attempts SET state = 'lost', finished_ms = $1, reason = 'runner_system_failure' \
              WHERE id = $2 AND state = 'running'",
@@ -1325,6 +1359,7 @@ impl Coordinator {
 
     pub async fn cancel_pipeline(&self, pipeline_id: i64) -> Result<PipelineView, CoordError> {
         let mut tx = self.begin().await?;
+        self.lock_pipeline(&mut tx, pipeline_id).await?;
         let status = pipeline_status_tx(&mut tx, pipeline_id).await?;
         if status.is_final() {
             return Err(CoordError::Conflict(format!(
@@ -1340,6 +1375,7 @@ impl Coordinator {
     pub async fn cancel_job(&self, job_id: i64) -> Result<JobView, CoordError> {
         let mut tx = self.begin().await?;
         let (pipeline_id, status) = job_status_tx(&mut tx, job_id).await?;
+        self.lock_pipeline(&mut tx, pipeline_id).await?;
         let now = now_ms();
         let mut runners = Vec::new();
         match status {
@@ -1377,6 +1413,7 @@ impl Coordinator {
     pub async fn play_job(&self, job_id: i64) -> Result<JobView, CoordError> {
         let mut tx = self.begin().await?;
         let (pipeline_id, status) = job_status_tx(&mut tx, job_id).await?;
+        self.lock_pipeline(&mut tx, pipeline_id).await?;
         if status != JobStatus::Manual && status != JobStatus::Scheduled {
             return Err(CoordError::Conflict(format!(
                 "job {job_id} is {status}; only manual (or delayed) jobs can be played"
@@ -1394,6 +1431,7 @@ impl Coordinator {
     pub async fn retry_job(&self, job_id: i64) -> Result<JobView, CoordError> {
         let mut tx = self.begin().await?;
         let (pipeline_id, status) = job_status_tx(&mut tx, job_id).await?;
+        self.lock_pipeline(&mut tx, pipeline_id).await?;
         if !status.is_final() || status == JobStatus::Skipped {
             return Err(CoordError::Conflict(format!(
                 "job {job_id} is {status}; only finished jobs can be retried"
@@ -1407,6 +1445,7 @@ impl Coordinator {
 
     pub async fn retry_pipeline(&self, pipeline_id: i64) -> Result<PipelineView, CoordError> {
         let mut tx = self.begin().await?;
+        self.lock_pipeline(&mut tx, pipeline_id).await?;
         let status = pipeline_status_tx(&mut tx, pipeline_id).await?;
         if !status.is_final() {
             return Err(CoordError::Conflict(format!(

@@ -22,6 +22,8 @@ pub mod events;
 pub mod metrics;
 pub mod schedule;
 pub mod sources;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tokens;
 
 use std::net::SocketAddr;
