@@ -16,6 +16,8 @@ require_rust
 ensure_packages skopeo podman buildah umoci docker.io docker-registry crun runc uidmap apache2-utils util-linux
 # arm64 RUN steps and `archway run --platform linux/arm64` go through qemu-user.
 ensure_binfmt
+# The coordinator's tests run on SQLite and on PostgreSQL: a throwaway cluster for them.
+start_test_postgres
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -691,6 +691,130 @@ async fn two_servers_on_one_postgres_share_the_queue_and_hand_out_each_job_once(
     }
 }
 
+async fn a_resource_group_runs_one_job_at_a_time(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
+    let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
+    let r2 = h.runner("r2", &[], &[("linux/amd64", false)], true).await;
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        let mut j = job(&format!("deploy{i}"), "deploy");
+        j.resource_group = Some("production".into());
+        jobs.push(j);
+    }
+    for x in [&r, &r2] {
+        for i in 0..3 {
+            x.exec.act(
+                &format!("deploy{i}"),
+                Act {
+                    duration: Duration::from_millis(300),
+                    ..Act::default()
+                },
+            );
+        }
+    }
+    let p = h.admin.submit_pipeline(&pipeline(&["deploy"], jobs)).await.unwrap();
+    let done = h.wait_pipeline(p.id, T).await;
+    assert_eq!(done.status, PipelineStatus::Success);
+    // No two deploys overlapped.
+    let mut spans: Vec<(i64, i64)> = done
+        .jobs
+        .iter()
+        .map(|j| (j.started_at_ms.unwrap(), j.finished_at_ms.unwrap()))
+        .collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "overlap: {spans:?}");
+    }
+    r.task.abort();
+    r2.task.abort();
+}
+
+async fn a_newer_pipeline_cancels_an_older_interruptible_one(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
+    let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
+    r.exec.act(
+        "lint",
+        Act {
+            duration: Duration::from_secs(3600),
+            ..Act::default()
+        },
+    );
+    let mut lint = job("lint", "test");
+    lint.interruptible = true;
+    let older = h
+        .admin
+        .submit_pipeline(&pipeline(&["test", "deploy"], vec![lint.clone(), job("deploy", "deploy")]))
+        .await
+        .unwrap();
+    h.wait_job(job_id(&older, "lint"), JobStatus::Running, T).await;
+    // A newer commit on the same branch: the older pipeline only ran interruptible jobs.
+    let mut fast = lint.clone();
+    fast.name = "lint".into();
+    r.exec.act("lint", Act::default());
+    let newer = h
+        .admin
+        .submit_pipeline(&pipeline(&["test", "deploy"], vec![fast, job("deploy", "deploy")]))
+        .await
+        .unwrap();
+    let old_done = h.wait_pipeline(older.id, T).await;
+    assert_eq!(old_done.status, PipelineStatus::Canceled);
+    let new_done = h.wait_pipeline(newer.id, T).await;
+    assert_eq!(new_done.status, PipelineStatus::Success);
+    // A pipeline that has started a non-interruptible job is left alone.
+    r.exec.act(
+        "build",
+        Act {
+            duration: Duration::from_secs(1),
+            ..Act::default()
+        },
+    );
+    let guarded = h
+        .admin
+        .submit_pipeline(&pipeline(&["build"], vec![job("build", "build")]))
+        .await
+        .unwrap();
+    h.wait_job(job_id(&guarded, "build"), JobStatus::Running, T).await;
+    let later = h
+        .admin
+        .submit_pipeline(&pipeline(&["test", "deploy"], vec![lint, job("deploy", "deploy")]))
+        .await
+        .unwrap();
+    assert_eq!(h.wait_pipeline(guarded.id, T).await.status, PipelineStatus::Success);
+    assert_eq!(h.wait_pipeline(later.id, T).await.status, PipelineStatus::Success);
+    r.task.abort();
+}
+
+async fn delayed_jobs_start_after_their_delay_or_when_played(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
+    let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
+    let mut soon = job("soon", "x");
+    soon.when = When::Delayed;
+    soon.start_in_secs = Some(2);
+    let mut later = job("later", "x");
+    later.when = When::Delayed;
+    later.start_in_secs = Some(3600);
+    let submitted = Instant::now();
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(&["x"], vec![soon, later]))
+        .await
+        .unwrap();
+    let v = h.wait_job(job_id(&p, "later"), JobStatus::Scheduled, T).await;
+    assert!(v.run_after_ms.is_some());
+    h.wait_job(job_id(&p, "soon"), JobStatus::Success, T).await;
+    assert!(submitted.elapsed() >= Duration::from_secs(2));
+    h.admin.job_action(job_id(&p, "later"), "play").await.unwrap();
+    let done = h.wait_pipeline(p.id, T).await;
+    assert_eq!(done.status, PipelineStatus::Success);
+    r.task.abort();
+}
+
 /// Each scenario as a test on both databases.
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
@@ -721,5 +845,8 @@ on_both_databases!(
     manual_jobs_wait_to_be_played_and_allowed_failures_do_not_fail_the_pipeline,
     retry_runs_a_failed_job_again_up_to_its_max,
     masked_values_never_reach_the_log_even_split_across_chunks,
-    a_draining_runner_finishes_what_it_can_and_hands_back_the_rest
+    a_draining_runner_finishes_what_it_can_and_hands_back_the_rest,
+    a_resource_group_runs_one_job_at_a_time,
+    a_newer_pipeline_cancels_an_older_interruptible_one,
+    delayed_jobs_start_after_their_delay_or_when_played
 );

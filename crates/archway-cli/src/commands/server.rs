@@ -35,6 +35,14 @@ pub struct ServerArgs {
 
 #[derive(Debug, Subcommand)]
 enum ServerCommand {
+    /// Create the server's database and its first tokens without serving (for provisioning
+    /// scripts: `--format json` prints the tokens as JSON).
+    Init {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Manage admin and runner registration tokens (works on the server's database directly).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -164,6 +172,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         None => rt.block_on(serve(args.serve)),
         Some(ServerCommand::Token(t)) => rt.block_on(token(t)),
+        Some(ServerCommand::Init { db, format }) => rt.block_on(init(db, format)),
         Some(ServerCommand::Login(l)) => login(l),
     }
 }
@@ -188,6 +197,35 @@ async fn open_coordinator(db: &DbArgs) -> anyhow::Result<Coordinator> {
         archway_server::events::Events::new(),
         std::sync::Arc::new(archway_server::metrics::Metrics::new()),
     ))
+}
+
+async fn init(db: DbArgs, format: Format) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&db.data)
+        .with_context(|| format!("creating {}", db.data.display()))?;
+    let database = match &db.database {
+        Some(url) => Db::open(url).await?,
+        None => Db::open_sqlite(&db.data).await?,
+    };
+    let c = Coordinator::new(
+        database,
+        CoordinatorConfig::default(),
+        archway_server::events::Events::new(),
+        std::sync::Arc::new(archway_server::metrics::Metrics::new()),
+    );
+    let Some((admin, registration)) = c.bootstrap().await? else {
+        bail!(
+            "this server is already initialised (its tokens were shown then); make new ones with \
+             `archway server token create admin|registration`"
+        );
+    };
+    match format {
+        Format::Json => print_json(&serde_json::json!({
+            "admin_token": admin,
+            "registration_token": registration,
+        }))?,
+        Format::Text => println!("admin token:               {admin}\nrunner registration token: {registration}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {

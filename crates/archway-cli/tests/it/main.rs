@@ -3,6 +3,7 @@
 
 mod auth;
 mod build;
+mod coordinator;
 mod crash;
 mod gc;
 mod image;
