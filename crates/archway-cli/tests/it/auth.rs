@@ -214,12 +214,19 @@ fn scopes_are_limited_by_the_access_list() {
     assert_eq!(raw.get("/v2/public/x/tags/list").status().as_u16(), 404); // allowed, just empty
     assert_eq!(raw.get("/v2/team/app/tags/list").status().as_u16(), 401);
 
-    // The catalog needs registry:catalog:* which nobody here may have.
+    // The catalog lists what the caller may pull: alice sees team/*, not the rest.
     raw.auth = Some(bearer(token(
         &raw,
         Some(("alice", "pw")),
         &["registry:catalog:*"],
     )));
+    let v: serde_json::Value = raw.get("/v2/_catalog").json().unwrap();
+    assert_eq!(
+        v["repositories"],
+        serde_json::json!(["team/app", "team/other"])
+    );
+    // Without the catalog scope in the token, no catalog.
+    raw.auth = Some(bearer(token(&raw, Some(("alice", "pw")), &[])));
     assert_eq!(raw.get("/v2/_catalog").status().as_u16(), 401);
 }
 

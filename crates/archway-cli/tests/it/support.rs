@@ -24,6 +24,7 @@ pub struct RegistryProcess {
     pub root: PathBuf,
     pub log: PathBuf,
     extra: Vec<String>,
+    soft_nofile: Option<u64>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -34,18 +35,32 @@ impl RegistryProcess {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_limited(extra, None)
+    }
+
+    /// Started (through `sh`) with the soft open-file limit set to `soft_nofile`.
+    pub fn start_limited(extra: &[&str], soft_nofile: Option<u64>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("root");
-        let mut r = Self::spawn(&root, extra, "127.0.0.1:0");
+        let mut r = Self::spawn(&root, extra, "127.0.0.1:0", soft_nofile);
         r._dir = Some(dir);
         r
     }
 
-    fn spawn(root: &Path, extra: &[&str], listen: &str) -> Self {
+    fn spawn(root: &Path, extra: &[&str], listen: &str, soft_nofile: Option<u64>) -> Self {
         let log = root.with_extension(format!("log-{}", rand::random::<u32>()));
         fs::create_dir_all(root.parent().unwrap()).unwrap();
         let stderr = fs::File::create(&log).expect("log file");
-        let child = archway()
+        let mut cmd = match soft_nofile {
+            None => archway(),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -Sn {n} && exec \"$0\" \"$@\"")])
+                    .arg(env!("CARGO_BIN_EXE_archway"));
+                c
+            }
+        };
+        let child = cmd
             .args(["registry", "serve", "--listen", listen, "--root"])
             .arg(root)
             .args(extra)
@@ -59,6 +74,7 @@ impl RegistryProcess {
             root: root.to_owned(),
             log,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            soft_nofile,
             _dir: None,
         };
         r.addr = r.wait_for_address();
@@ -109,9 +125,14 @@ impl RegistryProcess {
     pub fn restart(&mut self) {
         self.kill9();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let mut fresh = Self::spawn(&self.root, &extra, &self.addr);
+        let mut fresh = Self::spawn(&self.root, &extra, &self.addr, self.soft_nofile);
         self.child = fresh.child.take();
         self.log = std::mem::take(&mut fresh.log);
+    }
+
+    /// The server's process id (`sh` execs into it when a limit was set).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn log_text(&self) -> String {
