@@ -11,8 +11,9 @@
 //! ```
 //!
 //! Crash safety: every file that is ever replaced (tags, links with content, referrers) is
-//! written with [`atomic_file::write`]; blobs are written to their upload file, fsynced,
-//! verified and renamed into place, so a blob path only ever holds verified content.
+//! written with [`atomic_file::write`]; blobs are written to their upload file (manifests to a
+//! temporary file beside the uploads), fsynced, verified and renamed into place, so a blob path
+//! only ever holds verified content and `blobs/` never holds a temporary file.
 //! Operations that create several files order them so that whatever survives a `kill -9` is
 //! consistent: blob before link, manifest before revision link, revision before tag.
 //!
@@ -561,12 +562,24 @@ impl Storage for FsStorage {
             });
         }
         let path = self.blob_path(digest);
+        // Staged among the uploads, not beside the blob: a crash mid-write leaves nothing
+        // under blobs/ (the leftover is swept like any temporary file).
+        let staged = atomic_file::temp_path_for(&self.root.join("uploads").join(digest.hex()));
         blocking(move || {
             if path.exists() {
                 touch(&path);
                 return Ok(());
             }
-            atomic_file::write(&path, &bytes).map_err(ctx(&path))
+            let written = (|| {
+                let mut f = File::create(&staged)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+                atomic_file::commit(&staged, &path)
+            })();
+            if written.is_err() {
+                let _ = fs::remove_file(&staged);
+            }
+            written.map_err(ctx(&path))
         })
         .await
     }
@@ -1084,6 +1097,16 @@ mod tests {
         RepoName::parse(s).unwrap()
     }
 
+    /// A fresh store with one upload session in `a` holding `data`.
+    async fn one_upload(data: &'static [u8]) -> (tempfile::TempDir, FsStorage, RepoName, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path()).unwrap();
+        let r = repo("a");
+        let id = s.create_upload(&r).await.unwrap();
+        s.append_upload(&r, &id, None, body(&[data])).await.unwrap();
+        (dir, s, r, id)
+    }
+
     #[tokio::test]
     async fn upload_commit_and_resume_after_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -1135,13 +1158,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_removed_behind_the_server_is_unknown() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = FsStorage::open(dir.path()).unwrap();
-        let r = repo("a");
-        let id = s.create_upload(&r).await.unwrap();
-        s.append_upload(&r, &id, None, body(&[b"abc"]))
-            .await
-            .unwrap();
+        let (dir, s, r, id) = one_upload(b"abc").await;
         // `registry gc` in another process removes it.
         fs::remove_dir_all(dir.path().join("uploads").join(&id)).unwrap();
         assert!(matches!(
@@ -1196,13 +1213,7 @@ mod tests {
 
     #[tokio::test]
     async fn digest_mismatch_leaves_nothing_visible() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = FsStorage::open(dir.path()).unwrap();
-        let r = repo("a");
-        let id = s.create_upload(&r).await.unwrap();
-        s.append_upload(&r, &id, None, body(&[b"abc"]))
-            .await
-            .unwrap();
+        let (_dir, s, r, id) = one_upload(b"abc").await;
         let wrong = Digest::sha256(b"abd");
         assert!(matches!(
             s.commit_upload(&r, &id, &wrong).await,
@@ -1215,13 +1226,7 @@ mod tests {
 
     #[tokio::test]
     async fn sha512_uploads_are_verified_with_sha512() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = FsStorage::open(dir.path()).unwrap();
-        let r = repo("a");
-        let id = s.create_upload(&r).await.unwrap();
-        s.append_upload(&r, &id, None, body(&[b"data"]))
-            .await
-            .unwrap();
+        let (_dir, s, r, id) = one_upload(b"data").await;
         let d = Digest::of(Algorithm::Sha512, b"data");
         s.commit_upload(&r, &id, &d).await.unwrap();
         match s.read_blob(&d, None).await.unwrap() {
