@@ -272,12 +272,20 @@ fn peer(req: &Request) -> Option<SocketAddr> {
 
 /// `/metrics` on the registry's listener: with `--htpasswd`, only for authenticated users.
 async fn metrics_handler(State(reg): State<Arc<Registry>>, req: Request) -> Response {
-    if reg.config.metrics_access == MetricsAccess::Authenticated
-        && let Err(e) = reg
+    if reg.config.metrics_access == MetricsAccess::Authenticated {
+        let grant = reg
             .authorize(req.headers(), peer(&req), &Route::Base, req.method())
-            .await
-    {
-        return e.into_response();
+            .await;
+        match grant {
+            Ok(Some(g)) if g.user().is_some() => {}
+            // An anonymous token opens /v2/ but not the metrics.
+            Ok(_) => {
+                return ApiError::unauthorized("/metrics needs a user's credentials")
+                    .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"archway metrics\"")
+                    .into_response();
+            }
+            Err(e) => return e.into_response(),
+        }
     }
     metrics_text(State(reg)).await
 }
