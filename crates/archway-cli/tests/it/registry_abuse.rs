@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use archway_oci::{Descriptor, Digest, ImageManifest, media_type};
 use reqwest::Method;
 
-use crate::support::{Raw, RegistryProcess, body, config_json, error_code, header, run};
+use crate::support::{
+    Raw, RegistryProcess, bearer, body, config_json, error_code, header, htpasswd, run, token,
+};
 
 /// Generous: today's server answers in milliseconds; a starved one never does.
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,26 +65,6 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-fn users_file(dir: &std::path::Path, cost: u32) -> std::path::PathBuf {
-    let hash = bcrypt::hash("pw", cost).unwrap();
-    let path = dir.join("users");
-    std::fs::write(&path, format!("alice:{hash}\nbob:{hash}\nadmin:{hash}\n")).unwrap();
-    path
-}
-
-fn token(raw: &Raw, user: Option<(&str, &str)>, scopes: &[&str]) -> String {
-    let mut q: Vec<(&str, &str)> = vec![("service", "archway-registry")];
-    q.extend(scopes.iter().map(|s| ("scope", *s)));
-    let mut b = raw.http.get(format!("{}/token", raw.base)).query(&q);
-    if let Some((u, p)) = user {
-        b = b.basic_auth(u, Some(p));
-    }
-    let r = b.send().unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let v: serde_json::Value = r.json().unwrap();
-    format!("Bearer {}", v["token"].as_str().unwrap())
-}
-
 /// Item 1: invented method names must not become metric labels.
 #[test]
 fn invented_methods_do_not_grow_metrics() {
@@ -122,11 +104,7 @@ fn slow_clients_do_not_starve_storage() {
         stalled.push(s);
     }
     for _ in 0..80 {
-        let r = raw
-            .req(Method::POST, "/v2/slow/up/blobs/uploads/")
-            .send()
-            .unwrap();
-        let location = header(r.headers(), "location");
+        let location = raw.start_upload("slow/up");
         let mut s = TcpStream::connect(reg.host()).unwrap();
         write!(
             s,
@@ -175,11 +153,7 @@ fn abandoned_uploads_hold_no_descriptors_and_expire() {
     let baseline = open_fds(reg.pid());
     let mut sessions = Vec::new();
     for i in 0..300 {
-        let r = raw
-            .req(Method::POST, "/v2/abandon/blobs/uploads/")
-            .send()
-            .unwrap();
-        let location = header(r.headers(), "location");
+        let location = raw.start_upload("abandon");
         let r = raw
             .req(Method::PATCH, &location)
             .body(format!("chunk {i}"))
@@ -197,11 +171,7 @@ fn abandoned_uploads_hold_no_descriptors_and_expire() {
     assert_eq!(raw.get("/v2/").status().as_u16(), 200);
 
     // `registry gc` (another process) purges a session: the server no longer accepts it.
-    let r = raw
-        .req(Method::POST, "/v2/abandon/blobs/uploads/")
-        .send()
-        .unwrap();
-    let victim = &header(r.headers(), "location");
+    let victim = &raw.start_upload("abandon");
     assert_eq!(
         raw.req(Method::PATCH, victim)
             .body("data")
@@ -239,11 +209,7 @@ fn abandoned_uploads_hold_no_descriptors_and_expire() {
     }
 
     // The server expires idle sessions itself.
-    let r = raw
-        .req(Method::POST, "/v2/abandon/blobs/uploads/")
-        .send()
-        .unwrap();
-    let location = header(r.headers(), "location");
+    let location = raw.start_upload("abandon");
     raw.req(Method::PATCH, &location).body("x").send().unwrap();
     eventually("expired sessions removed", || {
         std::fs::read_dir(reg.root.join("uploads")).unwrap().count() == 0
@@ -264,9 +230,7 @@ fn abandoned_uploads_hold_no_descriptors_and_expire() {
 /// on several connections does not keep others from being served.
 #[test]
 fn password_guessing_is_limited_and_unknown_users_cost_the_same() {
-    let dir = tempfile::tempdir().unwrap();
-    let users = users_file(dir.path(), 8);
-    let reg = RegistryProcess::start_with(&["--htpasswd", users.to_str().unwrap()]);
+    let reg = RegistryProcess::start_with_users(8, None, &[]);
     let raw = patient(&reg);
     let checks = || {
         let text = raw
@@ -309,7 +273,7 @@ fn password_guessing_is_limited_and_unknown_users_cost_the_same() {
 
     // Guessing from several connections at once, over many names, while a token holder
     // keeps being served.
-    let tok = token(&raw, Some(("admin", "pw")), &["repository:x:pull"]);
+    let tok = bearer(token(&raw, Some(("admin", "pw")), &["repository:x:pull"]));
     let guessers: Vec<_> = (0..4)
         .map(|t| {
             let base_url = raw.base.clone();
@@ -349,27 +313,15 @@ fn password_guessing_is_limited_and_unknown_users_cost_the_same() {
 /// Item 6: the catalog lists only repositories the caller may pull, paginated after filtering.
 #[test]
 fn catalog_lists_only_what_the_caller_may_pull() {
-    let dir = tempfile::tempdir().unwrap();
-    let users = users_file(dir.path(), 5);
-    let acl = dir.path().join("access");
-    std::fs::write(
-        &acl,
-        "admin * *\nalice team/* pull,push\n* public/* pull\nanonymous public/* pull\n",
-    )
-    .unwrap();
-    let reg = RegistryProcess::start_with(&[
-        "--htpasswd",
-        users.to_str().unwrap(),
-        "--access",
-        acl.to_str().unwrap(),
-    ]);
+    let rules = "admin * *\nalice team/* pull,push\n* public/* pull\nanonymous public/* pull\n";
+    let reg = RegistryProcess::start_with_users(5, Some(rules), &[]);
     let mut raw = patient(&reg);
     for repo in ["team/a", "team/b", "team/c", "secret/x", "public/p"] {
-        raw.auth = Some(token(
+        raw.auth = Some(bearer(token(
             &raw,
             Some(("admin", "pw")),
             &[&format!("repository:{repo}:push,pull")],
-        ));
+        )));
         raw.push_blob(repo, repo.as_bytes());
     }
     let list = |raw: &Raw, q: &str| -> (Vec<String>, String) {
@@ -385,7 +337,11 @@ fn catalog_lists_only_what_the_caller_may_pull() {
             .collect();
         (names, link)
     };
-    raw.auth = Some(token(&raw, Some(("alice", "pw")), &["registry:catalog:*"]));
+    raw.auth = Some(bearer(token(
+        &raw,
+        Some(("alice", "pw")),
+        &["registry:catalog:*"],
+    )));
     assert_eq!(list(&raw, "").0, ["public/p", "team/a", "team/b", "team/c"]);
     let (page, link) = list(&raw, "?n=2");
     assert_eq!(page, ["public/p", "team/a"]);
@@ -409,9 +365,7 @@ fn catalog_lists_only_what_the_caller_may_pull() {
 /// listener.
 #[test]
 fn metrics_need_credentials_or_their_own_listener() {
-    let dir = tempfile::tempdir().unwrap();
-    let users = users_file(dir.path(), 5);
-    let reg = RegistryProcess::start_with(&["--htpasswd", users.to_str().unwrap()]);
+    let reg = RegistryProcess::start_with_users(5, None, &[]);
     let raw = patient(&reg);
     let r = raw.get("/metrics");
     assert_eq!(r.status().as_u16(), 401);
@@ -422,13 +376,16 @@ fn metrics_need_credentials_or_their_own_listener() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    // An anonymous token (which opens /v2/) does not open the metrics.
+    let anonymous = bearer(token(&raw, None, &[]));
+    let r = raw
+        .req(Method::GET, "/metrics")
+        .header("authorization", &anonymous)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
 
-    let reg = RegistryProcess::start_with(&[
-        "--htpasswd",
-        users.to_str().unwrap(),
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ]);
+    let reg = RegistryProcess::start_with_users(5, None, &["--metrics-listen", "127.0.0.1:0"]);
     let raw = patient(&reg);
     let (status, _) = error_code(
         raw.req(Method::GET, "/metrics")
@@ -596,17 +553,18 @@ fn foreign_layers_need_an_allowed_url() {
 /// Item 11: the challenge's realm uses no unvalidated request value and quotes what it says.
 #[test]
 fn challenge_realm_ignores_untrusted_forwarded_headers() {
-    let dir = tempfile::tempdir().unwrap();
-    let users = users_file(dir.path(), 5);
-    let reg = RegistryProcess::start_with(&["--htpasswd", users.to_str().unwrap()]);
-    let raw = patient(&reg);
-    let r = raw
-        .req(Method::GET, "/v2/")
-        .header("x-forwarded-proto", "https")
-        .send()
-        .unwrap();
+    // The challenge a client gets when it claims (in vain, or through a proxy) to use https.
+    let challenge_via_https = |reg: &RegistryProcess| {
+        let r = patient(reg)
+            .req(Method::GET, "/v2/")
+            .header("x-forwarded-proto", "https")
+            .send()
+            .unwrap();
+        header(r.headers(), "www-authenticate")
+    };
+    let reg = RegistryProcess::start_with_users(5, None, &[]);
     assert_eq!(
-        header(r.headers(), "www-authenticate"),
+        challenge_via_https(&reg),
         format!(
             "Bearer realm=\"http://{}/token\",service=\"archway-registry\"",
             reg.host()
@@ -625,23 +583,11 @@ fn challenge_realm_ignores_untrusted_forwarded_headers() {
     assert!(!challenge.contains("error=\"y"), "{resp}");
 
     // From a trusted proxy, X-Forwarded-Proto is believed.
-    let reg = RegistryProcess::start_with(&[
-        "--htpasswd",
-        users.to_str().unwrap(),
-        "--trusted-proxy",
-        "127.0.0.1",
-    ]);
-    let raw = patient(&reg);
-    let r = raw
-        .req(Method::GET, "/v2/")
-        .header("x-forwarded-proto", "https")
-        .send()
-        .unwrap();
+    let reg = RegistryProcess::start_with_users(5, None, &["--trusted-proxy", "127.0.0.1"]);
+    let challenge = challenge_via_https(&reg);
     assert!(
-        header(r.headers(), "www-authenticate")
-            .starts_with(&format!("Bearer realm=\"https://{}/token\"", reg.host())),
-        "{:?}",
-        r.headers()
+        challenge.starts_with(&format!("Bearer realm=\"https://{}/token\"", reg.host())),
+        "{challenge}"
     );
 }
 
@@ -665,11 +611,7 @@ fn protocol_edge_cases() {
     assert_eq!((status, code.as_str()), (400, "MANIFEST_INVALID"));
 
     // A chunked PATCH body longer than its Content-Range.
-    let r = raw
-        .req(Method::POST, "/v2/edge/app/blobs/uploads/")
-        .send()
-        .unwrap();
-    let location = header(r.headers(), "location");
+    let location = raw.start_upload("edge/app");
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(vec![1u8; 60]), Ok(vec![2u8; 60])];
     let chunked = reqwest::blocking::Body::new(ChunkedReader(chunks.into_iter(), Vec::new()));
     let r = raw
@@ -688,11 +630,7 @@ fn protocol_edge_cases() {
     );
 
     // `end - start + 1` overflowing.
-    let r = raw
-        .req(Method::POST, "/v2/edge/app/blobs/uploads/")
-        .send()
-        .unwrap();
-    let location = header(r.headers(), "location");
+    let location = raw.start_upload("edge/app");
     let (status, _) = error_code(
         raw.req(Method::PATCH, &location)
             .header("content-range", "0-18446744073709551615")
@@ -750,10 +688,7 @@ fn protocol_edge_cases() {
 /// 401 even where anonymous clients may pull.
 #[test]
 fn auth_schemes_and_invalid_tokens() {
-    let dir = tempfile::tempdir().unwrap();
-    let users = users_file(dir.path(), 5);
-    let reg =
-        RegistryProcess::start_with(&["--htpasswd", users.to_str().unwrap(), "--anonymous-pull"]);
+    let reg = RegistryProcess::start_with_users(5, None, &["--anonymous-pull"]);
     let raw = patient(&reg);
     let basic = base64_encode("alice:pw");
     for scheme in ["Basic", "BASIC", "basic"] {
@@ -764,7 +699,7 @@ fn auth_schemes_and_invalid_tokens() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 200, "{scheme}");
     }
-    let tok = token(&raw, Some(("alice", "pw")), &["repository:x:pull"]);
+    let tok = bearer(token(&raw, Some(("alice", "pw")), &["repository:x:pull"]));
     let bare = tok.trim_start_matches("Bearer ");
     for scheme in ["Bearer", "BEARER", "bearer"] {
         let r = raw
