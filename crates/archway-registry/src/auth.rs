@@ -595,8 +595,9 @@ impl Auth {
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
-                .filter_map(|a| a.trim().parse().ok())
-                .last()
+                // The entry the trusted proxy appended: the last one.
+                .next_back()
+                .and_then(|a| a.trim().parse().ok())
         {
             return Some(forwarded);
         }

@@ -29,7 +29,7 @@ pub enum RegistryCommand {
     /// `podman push --tls-verify=false`, `docker push 127.0.0.1:5000/x:tag` (docker treats
     /// loopback registries as plain HTTP).
     #[command(verbatim_doc_comment)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Delete blobs and manifests that no tag reaches.
     ///
     /// Marks from every tag (an index keeps its per-platform manifests; a manifest keeps its
@@ -149,7 +149,7 @@ pub fn run(cmd: RegistryCommand) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     match cmd {
-        RegistryCommand::Serve(args) => rt.block_on(serve(args)),
+        RegistryCommand::Serve(args) => rt.block_on(serve(*args)),
         RegistryCommand::Gc(args) => rt.block_on(run_gc(args)),
     }
 }

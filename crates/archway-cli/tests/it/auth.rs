@@ -2,7 +2,7 @@
 
 use reqwest::Method;
 
-use crate::support::{Raw, RegistryProcess, bearer, error_code, header, htpasswd, token};
+use crate::support::{Raw, RegistryProcess, bearer, error_code, header, token};
 
 #[test]
 fn token_flow_with_several_scopes() {

@@ -12,7 +12,7 @@ use archway_oci::{Descriptor, Digest, ImageManifest, media_type};
 use reqwest::Method;
 
 use crate::support::{
-    Raw, RegistryProcess, bearer, body, config_json, error_code, header, htpasswd, run, token,
+    Raw, RegistryProcess, bearer, body, config_json, error_code, header, run, token,
 };
 
 /// Generous: today's server answers in milliseconds; a starved one never does.
