@@ -79,6 +79,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Servers hold a descriptor per connection and open file, builds many files at once.
+    if let Err(e) = archway_http::raise_nofile_limit() {
+        eprintln!("warning: could not raise the open-file limit: {e}");
+    }
     let result = match cli.command {
         Command::Registry(cmd) => commands::registry::run(cmd),
         Command::Image(cmd) => commands::image::run(cmd),

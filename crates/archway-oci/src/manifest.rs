@@ -130,7 +130,11 @@ pub enum ManifestKind {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("manifest is not valid JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
+    #[error("manifest has an invalid field: {0}")]
+    Field(serde_json::Error),
+    #[error("manifest JSON is nested more than {MAX_JSON_DEPTH} levels deep")]
+    TooDeep,
     #[error(
         "Docker schema 1 manifests are not supported; push the image again with a current client (it will use schema 2 or OCI)"
     )]
@@ -151,6 +155,38 @@ pub enum ManifestError {
         media_type: String,
         field: &'static str,
     },
+}
+
+/// Deepest JSON nesting accepted in a manifest. Real manifests nest about five levels (index →
+/// manifests → descriptor → platform → features); the bound keeps parsers of every client that
+/// later reads the stored bytes far from their recursion limits.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// The deepest nesting of arrays and objects in `bytes` (strings skipped), without parsing.
+fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 #[derive(Deserialize)]
@@ -191,7 +227,15 @@ impl ParsedManifest {
     /// Parses manifest bytes. `content_type` is the media type the sender declared (an HTTP
     /// `Content-Type`, or a descriptor's `mediaType`), if any.
     pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Self, ManifestError> {
-        let raw: RawManifest = serde_json::from_slice(bytes)?;
+        if json_depth(bytes) > MAX_JSON_DEPTH {
+            return Err(ManifestError::TooDeep);
+        }
+        let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+            // Well-formed JSON with a value of the wrong shape (a malformed digest, a size
+            // that is not a number): say which.
+            serde_json::error::Category::Data => ManifestError::Field(e),
+            _ => ManifestError::Json(e),
+        })?;
         let content_type = content_type
             .map(|c| c.split(';').next().unwrap_or(c).trim())
             .filter(|c| !c.is_empty() && !is_generic_content_type(c));
@@ -290,6 +334,39 @@ fn is_generic_content_type(c: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_malformed_digest_is_named_and_deep_nesting_is_refused() {
+        let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"x","digest":"sha256:nothex","size":2},"layers":[]}"#;
+        let e = ParsedManifest::parse(body, None).unwrap_err();
+        assert!(matches!(e, ManifestError::Field(_)), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("digest `sha256:nothex`"), "{text}");
+        assert!(!text.contains("not valid JSON"), "{text}");
+        assert!(matches!(
+            ParsedManifest::parse(b"{not json", None),
+            Err(ManifestError::Json(_))
+        ));
+
+        let deep = |n: usize| {
+            format!(
+                r#"{{"schemaVersion":2,"x":{}1{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert!(matches!(
+            ParsedManifest::parse(deep(MAX_JSON_DEPTH).as_bytes(), None),
+            Err(ManifestError::TooDeep)
+        ));
+        assert_eq!(
+            json_depth(deep(MAX_JSON_DEPTH - 1).as_bytes()),
+            MAX_JSON_DEPTH
+        );
+        // Brackets inside strings do not count.
+        assert_eq!(json_depth(br#"{"a":"[[[[{{{\"]]"}"#), 1);
+    }
+
     use super::*;
 
     fn d(n: u8) -> String {

@@ -1,11 +1,12 @@
 //! The HTTP handlers of the distribution API: one function per endpoint, dispatched from
 //! [`dispatch`] after the path was parsed into a [`Route`] and access was checked.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use archway_oci::{Descriptor, Digest, ManifestKind, ParsedManifest, media_type};
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
@@ -43,11 +44,15 @@ pub async fn dispatch(State(reg): State<Arc<Registry>>, req: Request) -> Respons
 async fn handle(reg: Arc<Registry>, req: Request) -> ApiResult {
     let route = Route::parse(req.uri().path())?.ok_or_else(ApiError::not_found)?;
     let method = req.method().clone();
-    let identity = reg.authorize(req.headers(), &route, &method)?;
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let identity = reg.authorize(req.headers(), peer, &route, &method).await?;
     let query = Query::parse(req.uri().query());
     match (&method, route) {
         (&Method::GET | &Method::HEAD, Route::Base) => Ok(json_response(StatusCode::OK, json!({}))),
-        (&Method::GET, Route::Catalog) => catalog(&reg, &query).await,
+        (&Method::GET, Route::Catalog) => catalog(&reg, identity.as_ref(), &query).await,
         (&Method::GET, Route::Tags(name)) => tags(&reg, &name, &query).await,
         (&Method::GET | &Method::HEAD, Route::Manifest(name, reference)) => {
             get_manifest(&reg, &name, &reference, method == Method::HEAD).await
@@ -211,12 +216,19 @@ fn paginate(
     Ok((page, link))
 }
 
-async fn catalog(reg: &Registry, query: &Query) -> ApiResult {
+/// The repositories the caller may pull (all of them without authentication), paginated
+/// after filtering so that pages are full and `last` works.
+async fn catalog(reg: &Registry, grant: Option<&crate::auth::Grant>, query: &Query) -> ApiResult {
     let names: Vec<String> = reg
         .storage
         .list_repositories()
         .await?
         .into_iter()
+        .filter(|r| match (&reg.auth, grant) {
+            (Some(auth), Some(g)) => auth.catalog_shows(g, r),
+            (Some(_), None) => false,
+            (None, _) => true,
+        })
         .map(|r| r.to_string())
         .collect();
     let (page, link) = paginate(names, query, "/v2/_catalog")?;
@@ -322,6 +334,9 @@ async fn put_manifest(
 
     let size = bytes.len() as u64;
     reg.storage.put_blob_bytes(&digest, bytes).await?;
+    // Link and tag under the repository's lock, so that a concurrent DELETE of this digest
+    // ends either before (both stay) or after (both go), never between.
+    let _locked = reg.repo_locks.lock(name).await;
     reg.storage
         .link_manifest(name, &digest, &parsed.media_type)
         .await?;
@@ -356,9 +371,8 @@ async fn verify_references(
     match parsed.kind {
         ManifestKind::Image => {
             for blob in parsed.blobs() {
-                let external = blob.urls.as_ref().is_some_and(|u| !u.is_empty());
-                if external {
-                    continue; // non-distributable layers live elsewhere
+                if foreign_layer(reg, blob)? {
+                    continue; // a non-distributable layer that lives at an allowed URL
                 }
                 if reg.storage.blob_linked(name, &blob.digest).await? {
                     reg.storage.link_blob(name, &blob.digest).await?; // re-stamp for GC
@@ -372,6 +386,7 @@ async fn verify_references(
                 if !reg.storage.touch_blob(&blob.digest).await? {
                     return Err(ApiError::manifest_blob_unknown(&blob.digest));
                 }
+                check_size(reg, blob).await?;
             }
         }
         ManifestKind::Index => {
@@ -383,13 +398,83 @@ async fn verify_references(
                 if !reg.storage.touch_blob(&child.digest).await? {
                     return Err(ApiError::manifest_blob_unknown(&child.digest));
                 }
+                check_size(reg, child).await?;
             }
         }
     }
     Ok(())
 }
 
+/// A descriptor's size must be the stored content's.
+async fn check_size(reg: &Registry, d: &Descriptor) -> Result<(), ApiError> {
+    match reg.storage.blob_size(&d.digest).await? {
+        Some(size) if size == d.size => Ok(()),
+        Some(size) => Err(ApiError::manifest_invalid(format!(
+            "descriptor of {} says {} bytes but the registry holds {size}",
+            d.digest, d.size
+        ))
+        .with_detail(
+            json!({ "digest": d.digest.to_string(), "declared": d.size, "stored": size }),
+        )),
+        None => Err(ApiError::manifest_blob_unknown(&d.digest)),
+    }
+}
+
+/// Media types of layers that may be stored elsewhere (OCI non-distributable, Docker foreign).
+const FOREIGN_LAYER_TYPES: [&str; 4] = [
+    media_type::OCI_LAYER_NONDIST_TAR,
+    media_type::OCI_LAYER_NONDIST_GZIP,
+    media_type::OCI_LAYER_NONDIST_ZSTD,
+    media_type::DOCKER_LAYER_FOREIGN_GZIP,
+];
+
+/// Distribution's rule for layers with `urls`: only non-distributable layer types may have
+/// them, every URL must be http(s) without a fragment and match a configured pattern, and
+/// then the blob need not be pushed. `Ok(false)`: an ordinary layer, which must be present.
+fn foreign_layer(reg: &Registry, layer: &Descriptor) -> Result<bool, ApiError> {
+    let urls = layer.urls.as_deref().unwrap_or_default();
+    if urls.is_empty() {
+        return Ok(false);
+    }
+    let invalid = |why: String| {
+        Err(ApiError::manifest_invalid(why)
+            .with_detail(json!({ "digest": layer.digest.to_string(), "urls": urls })))
+    };
+    if !FOREIGN_LAYER_TYPES.contains(&layer.media_type.as_str()) {
+        return invalid(format!(
+            "layer {} has `urls` but media type {}; only non-distributable layers may point elsewhere",
+            layer.digest, layer.media_type
+        ));
+    }
+    for url in urls {
+        let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+        let allowed = reg
+            .config
+            .foreign_layer_urls
+            .iter()
+            .any(|r| r.is_match(url));
+        if !scheme_ok || url.contains('#') || !allowed {
+            return invalid(format!(
+                "layer {} points at {url}, which this registry does not allow (allowed: {}); push the layer instead",
+                layer.digest,
+                if reg.config.foreign_layer_urls.is_empty() {
+                    "none".to_owned()
+                } else {
+                    reg.config
+                        .foreign_layer_urls
+                        .iter()
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ));
+        }
+    }
+    Ok(true)
+}
+
 async fn delete_manifest(reg: &Registry, name: &RepoName, reference: &Reference) -> ApiResult {
+    let _locked = reg.repo_locks.lock(name).await;
     match reference {
         Reference::Tag(tag) => {
             if !reg.storage.delete_tag(name, tag).await? {
@@ -426,7 +511,9 @@ async fn delete_manifest(reg: &Registry, name: &RepoName, reference: &Reference)
 }
 
 /// Parses a single `Range: bytes=…` against a blob of `size` bytes. `Ok(None)` means "serve
-/// the whole blob" (no header, or a form we do not serve such as several ranges).
+/// the whole blob": no header, a form we do not serve (several ranges), or an invalid one
+/// such as `bytes=2-1` or `bytes=x-1`, which RFC 9110 §14.2 says to ignore. Only a valid range
+/// that misses the blob is 416.
 fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
     let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         return Ok(None);
@@ -444,24 +531,36 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, Api
         )
         .with_header(header::CONTENT_RANGE, &format!("bytes */{size}"))
     };
-    let (a, b) = spec.split_once('-').ok_or_else(unsatisfiable)?;
+    let digits = |t: &str| -> Option<u64> {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse().ok())
+            .flatten()
+    };
+    let Some((a, b)) = spec.split_once('-') else {
+        return Ok(None);
+    };
     let (start, end) = match (a.trim(), b.trim()) {
         ("", suffix) => {
-            let n: u64 = suffix.parse().map_err(|_| unsatisfiable())?;
+            let Some(n) = digits(suffix) else {
+                return Ok(None);
+            };
             if n == 0 || size == 0 {
                 return Err(unsatisfiable());
             }
             (size.saturating_sub(n), size - 1)
         }
-        (s, "") => (
-            s.parse().map_err(|_| unsatisfiable())?,
-            size.saturating_sub(1),
-        ),
+        (s, "") => {
+            let Some(s) = digits(s) else {
+                return Ok(None);
+            };
+            (s, size.saturating_sub(1))
+        }
         (s, e) => {
-            let s: u64 = s.parse().map_err(|_| unsatisfiable())?;
-            let e: u64 = e.parse().map_err(|_| unsatisfiable())?;
+            let (Some(s), Some(e)) = (digits(s), digits(e)) else {
+                return Ok(None);
+            };
             if e < s {
-                return Err(unsatisfiable());
+                return Ok(None);
             }
             (s, e.min(size.saturating_sub(1)))
         }
@@ -656,18 +755,62 @@ fn parse_content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, ApiErr
     Ok(Some((start, end)))
 }
 
+/// The length `Content-Range: start-end` announces, `None` when it cannot be represented.
+fn range_len(start: u64, end: u64) -> Option<u64> {
+    end.checked_sub(start)?.checked_add(1)
+}
+
+/// Ends `body` with an error as soon as it carries more than `limit` bytes (the chunk that
+/// crosses the limit is not passed on).
+fn limit_body(body: ByteStream, limit: u64) -> ByteStream {
+    Box::pin(futures_util::stream::unfold(
+        (body, 0u64, false),
+        move |(mut body, seen, done)| async move {
+            if done {
+                return None;
+            }
+            match body.next().await? {
+                Ok(c) if seen + c.len() as u64 <= limit => {
+                    let seen = seen + c.len() as u64;
+                    Some((Ok(c), (body, seen, false)))
+                }
+                Ok(_) => Some((
+                    Err(std::io::Error::other(format!(
+                        "the body is longer than the {limit} bytes its Content-Range announces"
+                    ))),
+                    (body, seen, true),
+                )),
+                Err(e) => Some((Err(e), (body, seen, true))),
+            }
+        },
+    ))
+}
+
 async fn patch_upload(reg: &Registry, name: &RepoName, id: &str, req: Request) -> ApiResult {
     let range = parse_content_range(req.headers())?;
-    if let (Some((start, end)), Some(len)) = (range, content_length(req.headers()))
-        && end - start + 1 != len
+    let declared = match range {
+        Some((start, end)) => Some(range_len(start, end).ok_or_else(|| {
+            ApiError::range_not_satisfiable(
+                "BLOB_UPLOAD_INVALID",
+                format!("Content-Range {start}-{end} is too large"),
+            )
+        })?),
+        None => None,
+    };
+    if let (Some(n), Some(len)) = (declared, content_length(req.headers()))
+        && n != len
     {
+        let (start, end) = range.unwrap_or_default();
         return Err(ApiError::range_not_satisfiable(
             "BLOB_UPLOAD_INVALID",
             format!("Content-Range {start}-{end} does not match Content-Length {len}"),
         ));
     }
     let start = range.map(|(s, _)| s);
-    let body = body_stream(req.into_body());
+    let mut body = body_stream(req.into_body());
+    if let Some(n) = declared {
+        body = limit_body(body, n);
+    }
     let size = match reg.storage.append_upload(name, id, start, body).await {
         Ok(size) => size,
         Err(crate::storage::StorageError::UploadOffset { expected, size }) => {
@@ -683,6 +826,15 @@ async fn patch_upload(reg: &Registry, name: &RepoName, id: &str, req: Request) -
         }
         Err(e) => return Err(e.into()),
     };
+    if let (Some(start), Some(n)) = (start, declared)
+        && size != start + n
+    {
+        return Err(ApiError::blob_upload_invalid(format!(
+            "the body carried {} bytes but Content-Range announced {n}; resume from byte {size}",
+            size - start
+        ))
+        .with_header(header::RANGE, &range_header(size)));
+    }
     Ok(upload_accepted(name, id, size, StatusCode::ACCEPTED))
 }
 
@@ -699,9 +851,16 @@ async fn finish_upload(
     let digest = parse_digest_param(digest)?;
     let has_body = content_length(req.headers()).is_none_or(|n| n > 0);
     if has_body {
-        let start = parse_content_range(req.headers())?.map(|(s, _)| s);
-        let body = body_stream(req.into_body());
-        reg.storage.append_upload(name, id, start, body).await?;
+        let range = parse_content_range(req.headers())?;
+        let mut body = body_stream(req.into_body());
+        if let Some((start, end)) = range
+            && let Some(n) = range_len(start, end)
+        {
+            body = limit_body(body, n);
+        }
+        reg.storage
+            .append_upload(name, id, range.map(|(s, _)| s), body)
+            .await?;
     }
     reg.storage.commit_upload(name, id, &digest).await?;
     Ok(blob_created(name, &digest))
@@ -754,7 +913,19 @@ mod tests {
         assert_eq!(r("bytes=50-500").unwrap(), Some((50, 99)));
         assert_eq!(r("bytes=0-1,5-6").unwrap(), None);
         assert_eq!(r("items=0-1").unwrap(), None);
-        for bad in ["bytes=100-", "bytes=9-2", "bytes=x-1", "bytes=-0"] {
+        // Invalid ranges are ignored (RFC 9110 §14.2): the whole blob is served.
+        for invalid in [
+            "bytes=9-2",
+            "bytes=x-1",
+            "bytes=1-y",
+            "bytes=-",
+            "bytes=5",
+            "bytes=+1-2",
+        ] {
+            assert_eq!(r(invalid).unwrap(), None, "{invalid}");
+        }
+        // Valid but unsatisfiable ranges are 416.
+        for bad in ["bytes=100-", "bytes=100-200", "bytes=-0"] {
             assert_eq!(
                 r(bad).unwrap_err().status,
                 StatusCode::RANGE_NOT_SATISFIABLE,
@@ -770,6 +941,36 @@ mod tests {
         assert_eq!(r("bytes 100-199/*").unwrap(), Some((100, 199)));
         assert!(r("9-1").is_err());
         assert!(r("nonsense").is_err());
+        assert_eq!(range_len(0, 99), Some(100));
+        assert_eq!(range_len(0, u64::MAX), None);
+        assert_eq!(range_len(5, 4), None);
+    }
+
+    #[tokio::test]
+    async fn bodies_longer_than_their_range_stop_at_the_limit() {
+        let collect = |limit| async move {
+            let chunks: Vec<std::io::Result<Bytes>> = vec![
+                Ok(Bytes::from_static(b"12345")),
+                Ok(Bytes::from_static(b"678")),
+                Ok(Bytes::from_static(b"9")),
+            ];
+            let body: ByteStream = Box::pin(futures_util::stream::iter(chunks));
+            let mut out = Vec::new();
+            let mut failed = false;
+            let mut s = limit_body(body, limit);
+            while let Some(c) = s.next().await {
+                match c {
+                    Ok(c) => out.extend_from_slice(&c),
+                    Err(_) => failed = true,
+                }
+            }
+            (out, failed)
+        };
+        assert_eq!(collect(9).await, (b"123456789".to_vec(), false));
+        assert_eq!(collect(100).await, (b"123456789".to_vec(), false));
+        assert_eq!(collect(8).await, (b"12345678".to_vec(), true));
+        assert_eq!(collect(6).await, (b"12345".to_vec(), true));
+        assert_eq!(collect(0).await, (Vec::new(), true));
     }
 
     #[test]

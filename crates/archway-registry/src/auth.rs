@@ -8,31 +8,65 @@
 //! * `GET /token?service=…&scope=…&scope=…` (HTTP Basic credentials, or none for anonymous)
 //!   returns a short-lived HS256 JWT whose `access` claim lists, per repository, the requested
 //!   actions the policy allows; `POST /token` accepts the OAuth2 password grant the same way;
-//! * requests carry `Authorization: Bearer <token>`, or Basic credentials directly.
+//! * requests carry `Authorization: Bearer <token>`, or Basic credentials directly (the
+//!   scheme name is case-insensitive, RFC 7235); an invalid or expired token is answered 401,
+//!   never treated as anonymous.
+//!
+//! Password checks (bcrypt) run on a small bounded pool, never on the async threads. Only
+//! successes are cached. An unknown user costs the same bcrypt comparison as a known one (a
+//! dummy hash at the users' cost), so timing does not tell which names exist. Failures are
+//! counted per user and per client address; past [`MAX_FAILURES_PER_USER`] or
+//! [`MAX_FAILURES_PER_ADDRESS`] within [`FAILURE_WINDOW`] further checks are refused with 429
+//! (a user whose success is cached still gets in).
+//!
+//! The challenge's realm is `--token-realm` when configured; otherwise it is built from the
+//! request's `Host` (only if it is a plain `host[:port]`), over `https` only when a trusted
+//! proxy says so with `X-Forwarded-Proto`. Every quoted value is escaped.
 //!
 //! The access list (`--access FILE`) has one rule per line: `<who> <repository-glob> <actions>`,
 //! where `who` is a user name, `*` (any authenticated user) or `anonymous`, the glob may use `*`
 //! (any characters, `/` included), and actions are a comma list of `pull`, `push`, `delete`
 //! or `*`. The first rule whose `who` and glob match decides. Without an access list every
-//! authenticated user may do everything and anonymous users nothing.
+//! authenticated user may do everything and anonymous users nothing. The catalog lists only
+//! the repositories the caller may pull.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use archway_http::{BlockingPool, PoolError};
 use base64::Engine as _;
-use http::{HeaderMap, Method, header};
+use http::{HeaderMap, Method, StatusCode, header};
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use crate::error::ApiError;
+use crate::jwt::Hs256Key;
 use crate::names::RepoName;
 use crate::route::Route;
 
 /// How long issued tokens stay valid.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 const ISSUER: &str = "archway";
+/// Failed password checks are counted over this window.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Failed checks for one user name within [`FAILURE_WINDOW`] before further checks are refused.
+pub const MAX_FAILURES_PER_USER: u32 = 10;
+/// Failed checks from one client address within [`FAILURE_WINDOW`] before further checks are
+/// refused.
+pub const MAX_FAILURES_PER_ADDRESS: u32 = 30;
+/// A cached successful password check is trusted this long.
+const SUCCESS_TTL: Duration = Duration::from_secs(600);
+/// Entries kept in the success cache and the failure counters (each is pruned, then cleared,
+/// past this).
+const MAX_ENTRIES: usize = 10_000;
+/// bcrypt checks running at once, and callers allowed to wait for one.
+const PASSWORD_WORKERS: usize = 2;
+const PASSWORD_QUEUE: usize = 64;
 
 /// One action on a repository.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -144,10 +178,18 @@ impl Htpasswd {
         Ok(Htpasswd { users })
     }
 
-    fn verify(&self, user: &str, password: &str) -> bool {
+    fn hash(&self, user: &str) -> Option<&str> {
+        self.users.get(user).map(String::as_str)
+    }
+
+    /// The highest bcrypt cost among the users (`$2y$<cost>$…`), for the dummy comparison.
+    fn cost(&self) -> u32 {
         self.users
-            .get(user)
-            .is_some_and(|h| bcrypt::verify(password, h).unwrap_or(false))
+            .values()
+            .filter_map(|h| h.get(4..6)?.parse::<u32>().ok())
+            .max()
+            .unwrap_or(4) // no users: every name is unknown alike
+            .clamp(4, 31)
     }
 }
 
@@ -271,13 +313,21 @@ impl AccessPolicy {
         BTreeSet::new()
     }
 
-    /// Whether `user` may list the catalog (any authenticated user, without an access list;
-    /// with one, a user who may pull every repository: a rule for `*`).
-    fn catalog_allowed(&self, user: Option<&str>) -> bool {
+    /// Whether anonymous clients may pull anything at all (then they may list the catalog,
+    /// which shows them only what they may pull).
+    fn anonymous_pulls(&self) -> bool {
         match &self.rules {
-            None => user.is_some(),
-            Some(_) => self.allowed(user, "*").contains(&Action::Pull),
+            None => self.anonymous_pull,
+            Some(rules) => rules
+                .iter()
+                .any(|r| r.who == Who::Anonymous && r.actions.contains(&Action::Pull)),
         }
+    }
+
+    /// Whether the catalog may be listed by `user` (any authenticated user; anonymous clients
+    /// if they may pull something).
+    fn catalog_allowed(&self, user: Option<&str>) -> bool {
+        user.is_some() || self.anonymous_pulls()
     }
 }
 
@@ -315,7 +365,8 @@ pub enum Grant {
 }
 
 impl Grant {
-    fn user(&self) -> Option<&str> {
+    /// The authenticated user, `None` for anonymous requests.
+    pub fn user(&self) -> Option<&str> {
         match self {
             Grant::Principal { user } => user.as_deref(),
             Grant::Token { user, .. } => (!user.is_empty()).then_some(user.as_str()),
@@ -354,9 +405,17 @@ pub struct Auth {
     policy: AccessPolicy,
     service: String,
     realm: Option<String>,
-    encoding: jsonwebtoken::EncodingKey,
-    decoding: jsonwebtoken::DecodingKey,
-    verified: Mutex<HashMap<(String, String), bool>>,
+    trusted_proxies: Vec<IpAddr>,
+    key: Hs256Key,
+    /// Salt of the success cache's keys.
+    cache_salt: [u8; 32],
+    /// Successful checks: key → when.
+    verified: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Compared against when the user is unknown, so both paths cost one bcrypt check.
+    dummy_hash: String,
+    failures: FailureCounter,
+    pool: BlockingPool,
+    password_checks: Counter,
 }
 
 impl fmt::Debug for Auth {
@@ -385,6 +444,105 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
+/// Failed password checks per key (`user:<name>`, `addr:<ip>`) in fixed windows.
+#[derive(Debug, Default)]
+struct FailureCounter {
+    counts: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+impl FailureCounter {
+    /// How long until `key` may try again, if it used up its failures.
+    fn blocked(&self, key: &str, max: u32, now: Instant) -> Option<Duration> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let (n, start) = counts.get(key)?;
+        let elapsed = now.saturating_duration_since(*start);
+        (*n >= max && elapsed < FAILURE_WINDOW).then(|| FAILURE_WINDOW - elapsed)
+    }
+
+    fn record(&self, key: String, now: Instant) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.len() >= MAX_ENTRIES && !counts.contains_key(&key) {
+            counts.retain(|_, (_, start)| now.saturating_duration_since(*start) < FAILURE_WINDOW);
+            if counts.len() >= MAX_ENTRIES {
+                counts.clear();
+            }
+        }
+        let entry = counts.entry(key).or_insert((0, now));
+        if now.saturating_duration_since(entry.1) >= FAILURE_WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 = entry.0.saturating_add(1);
+    }
+}
+
+/// What the `Authorization` header holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    None,
+    Basic {
+        user: String,
+        password: String,
+    },
+    Bearer(String),
+    /// A header we cannot use: undecodable Basic credentials or an unknown scheme.
+    Invalid,
+}
+
+/// Parses `Authorization`; the scheme is case-insensitive (RFC 7235).
+fn credentials(headers: &HeaderMap) -> Credentials {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Credentials::None;
+    };
+    let Ok(value) = value.to_str() else {
+        return Credentials::Invalid;
+    };
+    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+        return Credentials::Bearer(rest.to_owned());
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Credentials::Invalid;
+    }
+    let Some(text) = base64::engine::general_purpose::STANDARD
+        .decode(rest)
+        .ok()
+        .and_then(|d| String::from_utf8(d).ok())
+    else {
+        return Credentials::Invalid;
+    };
+    match text.split_once(':') {
+        Some((user, password)) => Credentials::Basic {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        },
+        None => Credentials::Invalid,
+    }
+}
+
+/// A quoted-string (RFC 9110 §5.6.4): `"` and `\\` escaped, control characters dropped.
+fn quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// A `Host` value fit to build a URL from: `host[:port]` or `[v6][:port]`, nothing else.
+fn plain_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 262
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
 impl Auth {
     /// `realm` overrides the token URL announced in challenges (default: the request's own
     /// origin + `/token`).
@@ -395,127 +553,214 @@ impl Auth {
         realm: Option<String>,
     ) -> Self {
         let secret: [u8; 32] = rand::random();
+        let dummy_password: [u8; 16] = rand::random();
+        let dummy_hash = bcrypt::hash(dummy_password, htpasswd.cost())
+            .unwrap_or_else(|e| unreachable!("bcrypt hashes at costs 4-31: {e}"));
         Auth {
             htpasswd,
             policy,
             service: service.into(),
             realm,
-            encoding: jsonwebtoken::EncodingKey::from_secret(&secret),
-            decoding: jsonwebtoken::DecodingKey::from_secret(&secret),
+            trusted_proxies: Vec::new(),
+            key: Hs256Key::new(&secret),
+            cache_salt: rand::random(),
             verified: Mutex::new(HashMap::new()),
+            dummy_hash,
+            failures: FailureCounter::default(),
+            pool: BlockingPool::new("password check", PASSWORD_WORKERS, PASSWORD_QUEUE),
+            password_checks: Counter::default(),
         }
     }
 
-    /// Checks a user's password, caching the (slow, bcrypt) result.
-    fn check_password(&self, user: &str, password: &str) -> bool {
-        let key = (
-            user.to_owned(),
-            archway_oci::Digest::sha256(password.as_bytes()).to_string(),
-        );
-        if let Some(ok) = self
-            .verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
+    /// Proxies whose `X-Forwarded-Proto` and `X-Forwarded-For` are believed.
+    pub fn with_trusted_proxies(mut self, proxies: Vec<IpAddr>) -> Self {
+        self.trusted_proxies = proxies;
+        self
+    }
+
+    /// Counts every bcrypt comparison (dummy ones included); shared with the metrics.
+    pub fn password_checks(&self) -> Counter {
+        self.password_checks.clone()
+    }
+
+    fn trusted(&self, peer: Option<IpAddr>) -> bool {
+        peer.is_some_and(|p| self.trusted_proxies.contains(&p))
+    }
+
+    /// The client's address: the peer, or what a trusted proxy appended to `X-Forwarded-For`.
+    fn client_address(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+        if self.trusted(peer)
+            && let Some(forwarded) = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                // The entry the trusted proxy appended: the last one.
+                .next_back()
+                .and_then(|a| a.trim().parse().ok())
         {
-            return *ok;
+            return Some(forwarded);
         }
-        let ok = self.htpasswd.verify(user, password);
-        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
-        cache.insert(key, ok);
-        ok
+        peer
     }
 
-    /// Basic credentials from a request: `Ok(None)` when none were sent, `Err` when they are
-    /// wrong.
-    fn basic_user(&self, headers: &HeaderMap) -> Result<Option<String>, ()> {
-        let Some(v) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return Ok(None);
+    fn cache_key(&self, user: &str, password: &str) -> [u8; 32] {
+        let mut h = sha2::Sha256::new();
+        h.update(self.cache_salt);
+        h.update((user.len() as u64).to_le_bytes());
+        h.update(user.as_bytes());
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    /// Checks a user's password: from the success cache, else (unless this user or address
+    /// failed too often) with bcrypt on the password pool.
+    async fn check_password(
+        &self,
+        user: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<bool, ApiError> {
+        let now = Instant::now();
+        let key = self.cache_key(user, password);
+        {
+            let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if cache
+                .get(&key)
+                .is_some_and(|t| now.saturating_duration_since(*t) < SUCCESS_TTL)
+            {
+                return Ok(true);
+            }
+        }
+        let user_key = format!("user:{user}");
+        let addr_key = client.map(|a| format!("addr:{a}"));
+        let wait = self
+            .failures
+            .blocked(&user_key, MAX_FAILURES_PER_USER, now)
+            .or_else(|| {
+                addr_key
+                    .as_deref()
+                    .and_then(|k| self.failures.blocked(k, MAX_FAILURES_PER_ADDRESS, now))
+            });
+        if let Some(wait) = wait {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                "too many failed password checks for this user or from this address; wait and try again",
+            )
+            .with_header(header::RETRY_AFTER, &wait.as_secs().max(1).to_string()));
+        }
+        let (hash, known) = match self.htpasswd.hash(user) {
+            Some(h) => (h.to_owned(), true),
+            None => (self.dummy_hash.clone(), false),
         };
-        let Some(b64) = v
-            .strip_prefix("Basic ")
-            .or_else(|| v.strip_prefix("basic "))
-        else {
-            return Ok(None);
-        };
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .map_err(|_| ())?;
-        let text = String::from_utf8(decoded).map_err(|_| ())?;
-        let (user, password) = text.split_once(':').ok_or(())?;
-        if self.check_password(user, password) {
-            Ok(Some(user.to_owned()))
+        let password_owned = password.to_owned();
+        let matched = self
+            .pool
+            .run(move || bcrypt::verify(password_owned, &hash).unwrap_or(false))
+            .await
+            .map_err(|e| match e {
+                PoolError::Busy { .. } => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    "too many password checks in progress; try again shortly",
+                )
+                .with_header(header::RETRY_AFTER, "1"),
+                PoolError::Failed { .. } => ApiError::internal(&e),
+            })?;
+        self.password_checks.inc();
+        let ok = matched && known;
+        if ok {
+            let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= MAX_ENTRIES {
+                cache.retain(|_, t| now.saturating_duration_since(*t) < SUCCESS_TTL);
+                if cache.len() >= MAX_ENTRIES {
+                    cache.clear();
+                }
+            }
+            cache.insert(key, now);
         } else {
-            Err(())
+            self.failures.record(user_key, now);
+            if let Some(k) = addr_key {
+                self.failures.record(k, now);
+            }
         }
+        Ok(ok)
     }
 
-    fn challenge(&self, headers: &HeaderMap, scope: Option<String>, error: Option<&str>) -> String {
+    fn challenge(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+        scope: Option<String>,
+        error: Option<&str>,
+    ) -> String {
         let realm = self.realm.clone().unwrap_or_else(|| {
             let host = headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
+                .filter(|h| plain_host(h))
                 .unwrap_or("localhost");
             let proto = headers
                 .get("x-forwarded-proto")
                 .and_then(|h| h.to_str().ok())
-                .unwrap_or("http");
+                .filter(|_| self.trusted(peer))
+                .map(str::trim)
+                .filter(|p| p.eq_ignore_ascii_case("https"))
+                .map_or("http", |_| "https");
             format!("{proto}://{host}/token")
         });
-        let mut c = format!("Bearer realm=\"{realm}\",service=\"{}\"", self.service);
+        let mut c = format!(
+            "Bearer realm={},service={}",
+            quote(&realm),
+            quote(&self.service)
+        );
         if let Some(s) = scope {
-            c.push_str(&format!(",scope=\"{s}\""));
+            c.push_str(&format!(",scope={}", quote(&s)));
         }
         if let Some(e) = error {
-            c.push_str(&format!(",error=\"{e}\""));
+            c.push_str(&format!(",error={}", quote(e)));
         }
         c
     }
 
-    /// Decides whether a request may proceed.
-    pub fn authorize(
+    /// Decides whether a request may proceed. `peer` is the TCP peer's address.
+    pub async fn authorize(
         &self,
         headers: &HeaderMap,
+        peer: Option<IpAddr>,
         route: &Route,
         method: &Method,
     ) -> Result<Grant, ApiError> {
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            });
-        let mut invalid_token = false;
-        let grant = if let Some(token) = bearer {
-            match self.verify_token(token.trim()) {
+        let (need, scope) = required(route, method);
+        let refuse = |error: Option<&str>, message: &str| {
+            self.unauthorized(headers, peer, scope.clone(), error, message)
+        };
+        let grant = match credentials(headers) {
+            Credentials::None => None,
+            Credentials::Bearer(token) => match self.verify_token(&token) {
                 Some(g) => Some(g),
                 None => {
-                    invalid_token = true;
-                    None
-                }
-            }
-        } else {
-            match self.basic_user(headers) {
-                Ok(Some(user)) => Some(Grant::Principal { user: Some(user) }),
-                Ok(None) => None,
-                Err(()) => {
-                    return Err(self.unauthorized(
-                        headers,
-                        None,
+                    return Err(refuse(
                         Some("invalid_token"),
-                        "wrong user name or password",
+                        "the bearer token is invalid or expired; request a new one from the token endpoint",
                     ));
                 }
+            },
+            Credentials::Basic { user, password } => {
+                let client = self.client_address(headers, peer);
+                if !self.check_password(&user, &password, client).await? {
+                    return Err(refuse(Some("invalid_token"), "wrong user name or password"));
+                }
+                Some(Grant::Principal { user: Some(user) })
+            }
+            Credentials::Invalid => {
+                return Err(refuse(
+                    Some("invalid_request"),
+                    "the Authorization header is neither Basic credentials nor a Bearer token",
+                ));
             }
         };
-        let (need, scope) = required(route, method);
         let allowed = match (&grant, &need) {
             (Some(_), Need::Authenticated) => true,
             (None, Need::Authenticated) => false,
@@ -528,37 +773,30 @@ impl Auth {
                     .iter()
                     .any(|e| e.kind == "registry" && e.name == "catalog"),
                 Some(Grant::Principal { user }) => self.policy.catalog_allowed(user.as_deref()),
-                None => false,
+                None => self.policy.catalog_allowed(None),
             },
         };
         if allowed {
             return Ok(grant.unwrap_or(Grant::Principal { user: None }));
         }
-        let error = if invalid_token {
-            Some("invalid_token")
-        } else if grant.is_some() {
-            Some("insufficient_scope")
-        } else {
-            None
-        };
-        let message = if invalid_token {
-            "the bearer token is invalid or expired; request a new one from the token endpoint"
-        } else if grant.is_some() {
-            "access to the requested resource is not authorized"
-        } else {
-            "authentication required"
-        };
-        Err(self.unauthorized(headers, scope, error, message))
+        Err(match grant {
+            Some(_) => refuse(
+                Some("insufficient_scope"),
+                "access to the requested resource is not authorized",
+            ),
+            None => refuse(None, "authentication required"),
+        })
     }
 
     fn unauthorized(
         &self,
         headers: &HeaderMap,
+        peer: Option<IpAddr>,
         scope: Option<String>,
         error: Option<&str>,
         message: &str,
     ) -> ApiError {
-        let challenge = self.challenge(headers, scope, error);
+        let challenge = self.challenge(headers, peer, scope, error);
         ApiError::unauthorized(message).with_header(header::WWW_AUTHENTICATE, &challenge)
     }
 
@@ -577,23 +815,31 @@ impl Auth {
         }
     }
 
+    /// Whether the catalog shows `repo` to the holder of `grant`: the access rules for its
+    /// user (a token's subject) allow pulling it.
+    pub fn catalog_shows(&self, grant: &Grant, repo: &RepoName) -> bool {
+        self.policy
+            .allowed(grant.user(), repo.as_str())
+            .contains(&Action::Pull)
+    }
+
     fn verify_token(&self, token: &str) -> Option<Grant> {
-        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-        v.set_audience(&[&self.service]);
-        v.set_issuer(&[ISSUER]);
-        v.leeway = 5;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &v).ok()?;
+        let claims: Claims = self.key.verify(token, now_secs()).ok()?;
+        if claims.iss != ISSUER || claims.aud != self.service {
+            return None;
+        }
         Some(Grant::Token {
-            user: data.claims.sub,
-            access: data.claims.access,
+            user: claims.sub,
+            access: claims.access,
         })
     }
 
-    /// Serves the token endpoint: `authorization` is the request's headers (Basic credentials),
-    /// or `password` gives the OAuth2 password-grant credentials.
-    pub fn issue_token(
+    /// Serves the token endpoint: Basic credentials from `headers`, or `password` with the
+    /// OAuth2 password-grant credentials; `peer` is the TCP peer's address.
+    pub async fn issue_token(
         &self,
         headers: &HeaderMap,
+        peer: Option<IpAddr>,
         password: Option<(&str, &str)>,
         scopes: &[Scope],
     ) -> Result<TokenResponse, ApiError> {
@@ -601,10 +847,20 @@ impl Auth {
             ApiError::unauthorized("wrong user name or password")
                 .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"archway\"")
         };
-        let user = match password {
-            Some((u, p)) if self.check_password(u, p) => Some(u.to_owned()),
+        let client = self.client_address(headers, peer);
+        let presented = match password {
+            Some((u, p)) => Some((u.to_owned(), p.to_owned())),
+            None => match credentials(headers) {
+                Credentials::Basic { user, password } => Some((user, password)),
+                Credentials::Invalid => return Err(bad_credentials()),
+                // Anonymous (a bearer token is no credential for getting another one).
+                Credentials::None | Credentials::Bearer(_) => None,
+            },
+        };
+        let user = match presented {
+            Some((u, p)) if self.check_password(&u, &p, client).await? => Some(u),
             Some(_) => return Err(bad_credentials()),
-            None => self.basic_user(headers).map_err(|()| bad_credentials())?,
+            None => None,
         };
         let principal = Grant::Principal { user: user.clone() };
         let mut access = Vec::new();
@@ -650,12 +906,7 @@ impl Auth {
             jti: uuid::Uuid::new_v4().to_string(),
             access,
         };
-        let token = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &claims,
-            &self.encoding,
-        )
-        .map_err(|e| ApiError::internal(format!("signing token: {e}")))?;
+        let token = self.key.sign(&claims);
         Ok(TokenResponse {
             access_token: token.clone(),
             token,
@@ -756,78 +1007,249 @@ mod tests {
         assert!(glob_match("a/*/c", "a/b/x/c") && !glob_match("a/*", "b/a"));
     }
 
-    #[test]
-    fn challenges_anonymous_and_accepts_basic_credentials() {
+    #[tokio::test]
+    async fn challenges_anonymous_and_accepts_basic_credentials() {
         let a = auth(AccessPolicy::open_to_users(false));
         let mut anon = HeaderMap::new();
         anon.insert(header::HOST, HeaderValue::from_static("reg:5000"));
         let err = a
-            .authorize(&anon, &manifest_route("x"), &Method::PUT)
+            .authorize(&anon, None, &manifest_route("x"), &Method::PUT)
+            .await
             .unwrap_err();
         assert_eq!(err.status, http::StatusCode::UNAUTHORIZED);
-        let challenge = err
-            .headers
+        assert_eq!(
+            challenge_of(&err),
+            r#"Bearer realm="http://reg:5000/token",service="test",scope="repository:x:pull,push""#
+        );
+        let ok = a
+            .authorize(
+                &basic("alice", "secret"),
+                None,
+                &manifest_route("x"),
+                &Method::PUT,
+            )
+            .await;
+        assert!(ok.is_ok());
+        let wrong = a
+            .authorize(
+                &basic("alice", "wrong"),
+                None,
+                &manifest_route("x"),
+                &Method::GET,
+            )
+            .await;
+        assert!(wrong.is_err());
+    }
+
+    fn challenge_of(err: &ApiError) -> String {
+        err.headers
             .iter()
             .find(|(k, _)| k == header::WWW_AUTHENTICATE)
             .unwrap()
             .1
             .to_str()
             .unwrap()
-            .to_owned();
-        assert_eq!(
-            challenge,
-            r#"Bearer realm="http://reg:5000/token",service="test",scope="repository:x:pull,push""#
-        );
-        assert!(
-            a.authorize(
-                &basic("alice", "secret"),
-                &manifest_route("x"),
-                &Method::PUT
-            )
-            .is_ok()
-        );
-        assert!(
-            a.authorize(&basic("alice", "wrong"), &manifest_route("x"), &Method::GET)
-                .is_err()
-        );
+            .to_owned()
     }
 
-    #[test]
-    fn tokens_carry_only_allowed_scopes() {
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        h
+    }
+
+    #[tokio::test]
+    async fn tokens_carry_only_allowed_scopes() {
         let p = AccessPolicy::parse("alice a pull,push\nalice b pull\n", Path::new("acl")).unwrap();
         let a = auth(p);
         let scopes = Scope::parse_all("repository:a:pull,push repository:b:pull,push");
         let t = a
-            .issue_token(&basic("alice", "secret"), None, &scopes)
+            .issue_token(&basic("alice", "secret"), None, None, &scopes)
+            .await
             .unwrap();
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {}", t.token)).unwrap(),
-        );
-        assert!(a.authorize(&h, &manifest_route("a"), &Method::PUT).is_ok());
-        assert!(a.authorize(&h, &manifest_route("b"), &Method::GET).is_ok());
-        let e = a
-            .authorize(&h, &manifest_route("b"), &Method::PUT)
-            .unwrap_err();
+        let h = bearer(&t.token);
         assert!(
-            e.headers
-                .iter()
-                .any(|(_, v)| v.to_str().unwrap().contains("insufficient_scope"))
+            a.authorize(&h, None, &manifest_route("a"), &Method::PUT)
+                .await
+                .is_ok()
         );
+        assert!(
+            a.authorize(&h, None, &manifest_route("b"), &Method::GET)
+                .await
+                .is_ok()
+        );
+        let e = a
+            .authorize(&h, None, &manifest_route("b"), &Method::PUT)
+            .await
+            .unwrap_err();
+        assert!(challenge_of(&e).contains("insufficient_scope"));
         // Wrong password at the token endpoint is refused; a forged token is rejected.
         assert!(
-            a.issue_token(&basic("alice", "nope"), None, &scopes)
+            a.issue_token(&basic("alice", "nope"), None, None, &scopes)
+                .await
                 .is_err()
         );
-        let mut forged = HeaderMap::new();
-        forged.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer eyJhbGciOiJIUzI1NiJ9.e30.x"),
-        );
+        let forged = bearer("eyJhbGciOiJIUzI1NiJ9.e30.x");
         assert!(
-            a.authorize(&forged, &manifest_route("a"), &Method::GET)
+            a.authorize(&forged, None, &manifest_route("a"), &Method::GET)
+                .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_token_is_refused_even_where_anonymous_may_pull() {
+        let a = auth(AccessPolicy::open_to_users(true));
+        let anon = HeaderMap::new();
+        assert!(
+            a.authorize(&anon, None, &manifest_route("x"), &Method::GET)
+                .await
+                .is_ok()
+        );
+        let other = Auth::new(
+            Htpasswd::parse("", Path::new("h")).unwrap(),
+            AccessPolicy::open_to_users(true),
+            "test",
+            None,
+        );
+        let foreign = other.issue_token(&anon, None, None, &[]).await.unwrap();
+        for token in ["garbage", foreign.token.as_str()] {
+            let e = a
+                .authorize(&bearer(token), None, &manifest_route("x"), &Method::GET)
+                .await
+                .unwrap_err();
+            assert_eq!(e.status, http::StatusCode::UNAUTHORIZED);
+            assert!(challenge_of(&e).contains(r#"error="invalid_token""#));
+        }
+    }
+
+    #[test]
+    fn schemes_are_case_insensitive() {
+        let v = base64::engine::general_purpose::STANDARD.encode("alice:pw");
+        for scheme in ["Basic", "basic", "BASIC", "bAsIc"] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("{scheme} {v}")).unwrap(),
+            );
+            assert_eq!(
+                credentials(&h),
+                Credentials::Basic {
+                    user: "alice".into(),
+                    password: "pw".into()
+                },
+                "{scheme}"
+            );
+        }
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("{scheme}  tok")).unwrap(),
+            );
+            assert_eq!(
+                credentials(&h),
+                Credentials::Bearer("tok".into()),
+                "{scheme}"
+            );
+        }
+        for bad in ["Negotiate abc", "Basic !!!", "Basic YWxpY2U=", "Bearer"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(bad).unwrap());
+            assert_eq!(credentials(&h), Credentials::Invalid, "{bad}");
+        }
+        assert_eq!(credentials(&HeaderMap::new()), Credentials::None);
+    }
+
+    #[test]
+    fn realm_is_quoted_and_built_only_from_plain_hosts() {
+        assert_eq!(quote(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(quote("x\r\ny"), r#""xy""#);
+        let a = auth(AccessPolicy::open_to_users(false));
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("evil\",x=\"y"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        // A bad Host is not used; X-Forwarded-Proto from an untrusted peer is ignored.
+        let c = a.challenge(&h, Some([10, 0, 0, 1].into()), None, None);
+        assert_eq!(c, r#"Bearer realm="http://localhost/token",service="test""#);
+        let a = a.with_trusted_proxies(vec![[10, 0, 0, 1].into()]);
+        h.insert(header::HOST, HeaderValue::from_static("reg.example:443"));
+        let c = a.challenge(&h, Some([10, 0, 0, 1].into()), None, None);
+        assert_eq!(
+            c,
+            r#"Bearer realm="https://reg.example:443/token",service="test""#
+        );
+        let c = a.challenge(&h, Some([10, 0, 0, 2].into()), None, None);
+        assert!(
+            c.starts_with(r#"Bearer realm="http://reg.example:443/token""#),
+            "{c}"
+        );
+        // A configured realm wins, and is quoted too.
+        let a = Auth::new(
+            Htpasswd::parse("", Path::new("h")).unwrap(),
+            AccessPolicy::default(),
+            "svc\"",
+            Some("https://auth.example/token".into()),
+        );
+        assert_eq!(
+            a.challenge(
+                &h,
+                None,
+                Some("repository:x:pull".into()),
+                Some("invalid_token")
+            ),
+            r#"Bearer realm="https://auth.example/token",service="svc\"",scope="repository:x:pull",error="invalid_token""#
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_are_limited_per_user_and_successes_are_cached() {
+        let a = auth(AccessPolicy::open_to_users(false));
+        let peer = Some(IpAddr::from([192, 0, 2, 1]));
+        let route = manifest_route("x");
+        assert!(
+            a.authorize(&basic("bob", "secret"), peer, &route, &Method::GET)
+                .await
+                .is_ok()
+        );
+        for _ in 0..MAX_FAILURES_PER_USER {
+            let e = a
+                .authorize(&basic("bob", "wrong"), peer, &route, &Method::GET)
+                .await
+                .unwrap_err();
+            assert_eq!(e.status, http::StatusCode::UNAUTHORIZED);
+        }
+        let checks = a.password_checks().get();
+        let e = a
+            .authorize(&basic("bob", "wrong"), peer, &route, &Method::GET)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, http::StatusCode::TOO_MANY_REQUESTS);
+        // Refused without running bcrypt; the cached success still gets in.
+        assert!(
+            a.authorize(&basic("bob", "secret"), peer, &route, &Method::GET)
+                .await
+                .is_ok()
+        );
+        assert_eq!(a.password_checks().get(), checks);
+        // Another user from the same address is not locked out yet.
+        assert!(
+            a.authorize(&basic("alice", "secret"), peer, &route, &Method::GET)
+                .await
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_dummy_hash_has_the_users_cost() {
+        let h5 = bcrypt::hash("x", 5).unwrap();
+        let h6 = bcrypt::hash("x", 6).unwrap();
+        let ht = Htpasswd::parse(&format!("a:{h5}\nb:{h6}\n"), Path::new("h")).unwrap();
+        assert_eq!(ht.cost(), 6);
+        let a = Auth::new(ht, AccessPolicy::default(), "s", None);
+        assert!(a.dummy_hash.starts_with("$2b$06$"), "{}", a.dummy_hash);
     }
 }

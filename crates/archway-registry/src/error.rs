@@ -2,7 +2,8 @@
 //! `{"errors":[{"code":"BLOB_UNKNOWN","message":"…","detail":…}]}`.
 //!
 //! Every client mistake maps to a 4xx with one of the spec's codes; only storage failures
-//! (disk full, I/O errors) become 500s.
+//! (disk full, I/O errors) become 500s, and those say only "internal server error" with the
+//! request id: the real error, which names server paths, goes to the log.
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -130,8 +131,16 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
     }
 
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", message)
+    /// A failure the client cannot act on: logged in full with the request id, answered
+    /// with a generic message carrying that id.
+    pub fn internal(error: &dyn std::fmt::Display) -> Self {
+        let answer = archway_http::internal_error(error);
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "UNKNOWN",
+            answer.to_string(),
+        )
+        .with_detail(json!({ "request_id": answer.request_id.to_string() }))
     }
 
     /// 416 for a chunk that does not start where the upload ends; the `Range` header tells the
@@ -159,8 +168,7 @@ impl From<StorageError> for ApiError {
             }
             StorageError::BlobUnknown(d) => ApiError::blob_unknown(d),
             StorageError::Io { .. } | StorageError::Corrupt(..) => {
-                tracing::error!(error = %e, "storage failure");
-                ApiError::internal(format!("storage failure: {e}"))
+                ApiError::internal(&format_args!("storage failure: {e}"))
             }
         }
     }

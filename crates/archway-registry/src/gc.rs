@@ -10,7 +10,8 @@
 //! and that are unused for longer than the grace period, are deleted. Every removal re-checks
 //! the last-use stamp at the moment it happens, and the registry re-stamps content a client
 //! relies on (HEAD, mount, a manifest referencing it), so a push racing the collector is not
-//! broken. Abandoned uploads and crash leftovers are removed too.
+//! broken. Abandoned uploads and crash leftovers are removed too; the server also expires
+//! abandoned uploads itself ([`expire_uploads`]).
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -150,21 +151,41 @@ pub async fn collect(storage: &dyn Storage, opts: &GcOptions) -> Result<GcReport
         }
     }
 
-    let upload_cutoff = now
-        .checked_sub(opts.upload_max_age)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    for upload in storage.list_uploads().await? {
-        if upload.modified < upload_cutoff {
-            if !opts.dry_run {
-                storage.purge_upload(&upload.id).await?;
-            }
-            report.uploads_removed += 1;
-        }
-    }
+    report.uploads_removed =
+        remove_stale_uploads(storage, opts.upload_max_age, opts.dry_run).await?;
     if !opts.dry_run {
         report.temporary_files_removed = storage.sweep_temporary(cutoff).await?;
     }
     Ok(report)
+}
+
+/// Removes upload sessions idle for longer than `max_age` (the server runs this itself, see
+/// `Registry::expire_uploads`); returns how many.
+pub async fn expire_uploads(
+    storage: &dyn Storage,
+    max_age: Duration,
+) -> Result<usize, StorageError> {
+    remove_stale_uploads(storage, max_age, false).await
+}
+
+async fn remove_stale_uploads(
+    storage: &dyn Storage,
+    max_age: Duration,
+    dry_run: bool,
+) -> Result<usize, StorageError> {
+    let cutoff = SystemTime::now()
+        .checked_sub(max_age)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut removed = 0;
+    for upload in storage.list_uploads().await? {
+        if upload.modified < cutoff {
+            if !dry_run {
+                storage.purge_upload(&upload.id).await?;
+            }
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 struct Marked {

@@ -1,6 +1,6 @@
 //! `archway registry serve` and `archway registry gc`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use archway_registry::gc::{self, GcOptions};
-use archway_registry::{AccessPolicy, Auth, FsStorage, Htpasswd, Registry, RegistryConfig};
+use archway_registry::{
+    AccessPolicy, Auth, FsStorage, Htpasswd, MetricsAccess, Registry, RegistryConfig,
+};
 use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Debug, Subcommand)]
@@ -27,7 +29,7 @@ pub enum RegistryCommand {
     /// `podman push --tls-verify=false`, `docker push 127.0.0.1:5000/x:tag` (docker treats
     /// loopback registries as plain HTTP).
     #[command(verbatim_doc_comment)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Delete blobs and manifests that no tag reaches.
     ///
     /// Marks from every tag (an index keeps its per-platform manifests; a manifest keeps its
@@ -74,15 +76,44 @@ pub struct ServeArgs {
     /// Serve without authentication on a non-loopback address (refused by default).
     #[arg(long, conflicts_with = "htpasswd")]
     allow_unauthenticated: bool,
-    /// Token realm announced to clients (default: the request's own origin + /token).
+    /// Token realm announced to clients (default: http://<the request's Host>/token, https
+    /// when a --trusted-proxy says so).
     #[arg(long, value_name = "URL")]
     token_realm: Option<String>,
+    /// A reverse proxy whose X-Forwarded-Proto and X-Forwarded-For are believed (repeatable).
+    #[arg(long, value_name = "IP")]
+    trusted_proxy: Vec<IpAddr>,
     /// Service name carried in tokens.
     #[arg(long, default_value = "archway-registry")]
     service: String,
     /// Largest manifest accepted, in bytes (larger → 413 MANIFEST_INVALID).
     #[arg(long, default_value_t = archway_registry::DEFAULT_MAX_MANIFEST_SIZE)]
     max_manifest_size: usize,
+    /// Serve /metrics on this separate address, without credentials (and not on --listen).
+    /// Without it, /metrics is on --listen and, with --htpasswd, needs a user's credentials.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Remove upload sessions idle for longer than this (files are never held open between
+    /// requests, whatever this is).
+    #[arg(long, default_value = "168h", value_parser = humantime::parse_duration)]
+    upload_expiry: Duration,
+    /// A non-distributable layer may point at URLs matching this regular expression instead
+    /// of being pushed (repeatable; default: no foreign layers).
+    #[arg(long, value_name = "REGEX")]
+    foreign_layer_url: Vec<regex::Regex>,
+    /// Drop a client that sends no request body data for this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    read_timeout: Duration,
+    /// Drop a client that reads nothing of a response for this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    write_timeout: Duration,
+    /// A client must send its request headers within this time; idle keep-alive connections
+    /// close after it too.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// Connections served at once (more wait to be accepted).
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
     /// Access log format (one line per request on stderr).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -118,7 +149,7 @@ pub fn run(cmd: RegistryCommand) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     match cmd {
-        RegistryCommand::Serve(args) => rt.block_on(serve(args)),
+        RegistryCommand::Serve(args) => rt.block_on(serve(*args)),
         RegistryCommand::Gc(args) => rt.block_on(run_gc(args)),
     }
 }
@@ -157,21 +188,39 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 Some(p) => AccessPolicy::load(p)?,
                 None => AccessPolicy::open_to_users(args.anonymous_pull),
             };
-            Some(Auth::new(
-                users,
-                policy,
-                args.service.clone(),
-                args.token_realm.clone(),
-            ))
+            Some(
+                Auth::new(
+                    users,
+                    policy,
+                    args.service.clone(),
+                    args.token_realm.clone(),
+                )
+                .with_trusted_proxies(args.trusted_proxy.clone()),
+            )
         }
+    };
+    let metrics_access = match (&args.metrics_listen, &args.htpasswd) {
+        (Some(_), _) => MetricsAccess::Elsewhere,
+        (None, Some(_)) => MetricsAccess::Authenticated,
+        (None, None) => MetricsAccess::Open,
     };
     let registry = Arc::new(Registry::new(
         Arc::new(storage),
         auth,
         RegistryConfig {
             max_manifest_size: args.max_manifest_size,
+            upload_expiry: args.upload_expiry,
+            foreign_layer_urls: args.foreign_layer_url.clone(),
+            metrics_access,
         },
     ));
+    let serve_config = archway_http::ServeConfig {
+        header_read_timeout: args.header_timeout,
+        body_read_timeout: args.read_timeout,
+        write_timeout: args.write_timeout,
+        max_connections: args.max_connections,
+        ..archway_http::ServeConfig::default()
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -190,7 +239,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "off"
         }
     );
-    archway_registry::serve(listener, registry, shutdown_signal()).await?;
+    if let Some(metrics_addr) = args.metrics_listen {
+        let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .with_context(|| format!("cannot listen on {metrics_addr} for metrics"))?;
+        eprintln!(
+            "archway registry metrics on http://{}/metrics",
+            metrics_listener.local_addr()?
+        );
+        let router = registry.clone().metrics_router();
+        let config = serve_config.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                archway_http::serve(metrics_listener, router, config, std::future::pending()).await
+            {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+    let expiry = tokio::spawn(registry.clone().expire_uploads());
+    archway_http::serve(
+        listener,
+        registry.clone().router(),
+        serve_config,
+        shutdown_signal(),
+    )
+    .await?;
+    expiry.abort();
     eprintln!("archway registry stopped");
     Ok(ExitCode::SUCCESS)
 }

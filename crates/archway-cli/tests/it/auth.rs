@@ -2,39 +2,11 @@
 
 use reqwest::Method;
 
-use crate::support::{Raw, RegistryProcess, error_code, header};
-
-fn write_users(dir: &std::path::Path) -> std::path::PathBuf {
-    let hash = bcrypt::hash("pw", 5).unwrap();
-    let path = dir.join("users");
-    std::fs::write(&path, format!("alice:{hash}\nbob:{hash}\n")).unwrap();
-    path
-}
-
-fn token(raw: &Raw, user: Option<(&str, &str)>, scopes: &[&str]) -> reqwest::blocking::Response {
-    let mut q: Vec<(&str, &str)> = vec![("service", "archway-registry")];
-    q.extend(scopes.iter().map(|s| ("scope", *s)));
-    let mut b = raw.http.get(format!("{}/token", raw.base)).query(&q);
-    if let Some((u, p)) = user {
-        b = b.basic_auth(u, Some(p));
-    }
-    b.send().unwrap()
-}
-
-fn bearer(resp: reqwest::blocking::Response) -> String {
-    assert_eq!(resp.status().as_u16(), 200);
-    let v: serde_json::Value = resp.json().unwrap();
-    assert_eq!(v["token"], v["access_token"]);
-    assert_eq!(v["expires_in"], 300);
-    assert!(v["issued_at"].as_str().unwrap().ends_with('Z'));
-    format!("Bearer {}", v["token"].as_str().unwrap())
-}
+use crate::support::{Raw, RegistryProcess, bearer, error_code, header, token};
 
 #[test]
 fn token_flow_with_several_scopes() {
-    let dir = tempfile::tempdir().unwrap();
-    let users = write_users(dir.path());
-    let reg = RegistryProcess::start_with(&["--htpasswd", users.to_str().unwrap()]);
+    let reg = RegistryProcess::start_with_users(5, None, &[]);
     let mut raw = Raw::new(&reg);
 
     // Challenge on the base endpoint and on a repository endpoint.
@@ -107,20 +79,13 @@ fn token_flow_with_several_scopes() {
 
 #[test]
 fn scopes_are_limited_by_the_access_list() {
-    let dir = tempfile::tempdir().unwrap();
-    let users = write_users(dir.path());
-    let acl = dir.path().join("access");
-    std::fs::write(
-        &acl,
-        "alice team/* pull,push\nalice shared pull\nbob team/* pull\nanonymous public/* pull\n* registry-catalog-never-used pull\n",
-    )
-    .unwrap();
-    let reg = RegistryProcess::start_with(&[
-        "--htpasswd",
-        users.to_str().unwrap(),
-        "--access",
-        acl.to_str().unwrap(),
-    ]);
+    let reg = RegistryProcess::start_with_users(
+        5,
+        Some(
+            "alice team/* pull,push\nalice shared pull\nbob team/* pull\nanonymous public/* pull\n* registry-catalog-never-used pull\n",
+        ),
+        &[],
+    );
     let mut raw = Raw::new(&reg);
 
     // alice: push to team/app, pull only from shared.
@@ -214,20 +179,25 @@ fn scopes_are_limited_by_the_access_list() {
     assert_eq!(raw.get("/v2/public/x/tags/list").status().as_u16(), 404); // allowed, just empty
     assert_eq!(raw.get("/v2/team/app/tags/list").status().as_u16(), 401);
 
-    // The catalog needs registry:catalog:* which nobody here may have.
+    // The catalog lists what the caller may pull: alice sees team/*, not the rest.
     raw.auth = Some(bearer(token(
         &raw,
         Some(("alice", "pw")),
         &["registry:catalog:*"],
     )));
+    let v: serde_json::Value = raw.get("/v2/_catalog").json().unwrap();
+    assert_eq!(
+        v["repositories"],
+        serde_json::json!(["team/app", "team/other"])
+    );
+    // Without the catalog scope in the token, no catalog.
+    raw.auth = Some(bearer(token(&raw, Some(("alice", "pw")), &[])));
     assert_eq!(raw.get("/v2/_catalog").status().as_u16(), 401);
 }
 
 #[test]
 fn oauth2_password_grant_and_catalog_scope() {
-    let dir = tempfile::tempdir().unwrap();
-    let users = write_users(dir.path());
-    let reg = RegistryProcess::start_with(&["--htpasswd", users.to_str().unwrap()]);
+    let reg = RegistryProcess::start_with_users(5, None, &[]);
     let mut raw = Raw::new(&reg);
     let r = raw
         .http
@@ -257,10 +227,7 @@ fn oauth2_password_grant_and_catalog_scope() {
 
 #[test]
 fn anonymous_pull_option() {
-    let dir = tempfile::tempdir().unwrap();
-    let users = write_users(dir.path());
-    let reg =
-        RegistryProcess::start_with(&["--htpasswd", users.to_str().unwrap(), "--anonymous-pull"]);
+    let reg = RegistryProcess::start_with_users(5, None, &["--anonymous-pull"]);
     let mut raw = Raw::new(&reg);
     raw.auth = Some(bearer(token(
         &raw,

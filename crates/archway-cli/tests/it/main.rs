@@ -10,6 +10,7 @@ mod image;
 mod interop;
 mod manifest;
 mod pipeline;
+mod registry_abuse;
 mod sandbox;
 mod spec;
 mod support;

@@ -24,7 +24,9 @@ pub struct RegistryProcess {
     pub root: PathBuf,
     pub log: PathBuf,
     extra: Vec<String>,
+    soft_nofile: Option<u64>,
     _dir: Option<tempfile::TempDir>,
+    _config: Option<tempfile::TempDir>,
 }
 
 impl RegistryProcess {
@@ -34,18 +36,50 @@ impl RegistryProcess {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_limited(extra, None)
+    }
+
+    /// With `--htpasswd` (the users of [`htpasswd`] at bcrypt `cost`), `--access` with
+    /// `access` rules if given, and `extra` flags.
+    pub fn start_with_users(cost: u32, access: Option<&str>, extra: &[&str]) -> Self {
+        let config = tempfile::tempdir().expect("tempdir");
+        let users = htpasswd(config.path(), cost);
+        let mut args = vec!["--htpasswd".to_owned(), users.display().to_string()];
+        if let Some(rules) = access {
+            let path = config.path().join("access");
+            fs::write(&path, rules).unwrap();
+            args.extend(["--access".to_owned(), path.display().to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut r = Self::start_with(&args);
+        r._config = Some(config);
+        r
+    }
+
+    /// Started (through `sh`) with the soft open-file limit set to `soft_nofile`.
+    pub fn start_limited(extra: &[&str], soft_nofile: Option<u64>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("root");
-        let mut r = Self::spawn(&root, extra, "127.0.0.1:0");
+        let mut r = Self::spawn(&root, extra, "127.0.0.1:0", soft_nofile);
         r._dir = Some(dir);
         r
     }
 
-    fn spawn(root: &Path, extra: &[&str], listen: &str) -> Self {
+    fn spawn(root: &Path, extra: &[&str], listen: &str, soft_nofile: Option<u64>) -> Self {
         let log = root.with_extension(format!("log-{}", rand::random::<u32>()));
         fs::create_dir_all(root.parent().unwrap()).unwrap();
         let stderr = fs::File::create(&log).expect("log file");
-        let child = archway()
+        let mut cmd = match soft_nofile {
+            None => archway(),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -Sn {n} && exec \"$0\" \"$@\"")])
+                    .arg(env!("CARGO_BIN_EXE_archway"));
+                c
+            }
+        };
+        let child = cmd
             .args(["registry", "serve", "--listen", listen, "--root"])
             .arg(root)
             .args(extra)
@@ -59,7 +93,9 @@ impl RegistryProcess {
             root: root.to_owned(),
             log,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            soft_nofile,
             _dir: None,
+            _config: None,
         };
         r.addr = r.wait_for_address();
         r
@@ -109,9 +145,14 @@ impl RegistryProcess {
     pub fn restart(&mut self) {
         self.kill9();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let mut fresh = Self::spawn(&self.root, &extra, &self.addr);
+        let mut fresh = Self::spawn(&self.root, &extra, &self.addr, self.soft_nofile);
         self.child = fresh.child.take();
         self.log = std::mem::take(&mut fresh.log);
+    }
+
+    /// The server's process id (`sh` execs into it when a limit was set).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn log_text(&self) -> String {
@@ -201,6 +242,16 @@ impl Raw {
         .body(body.to_vec())
         .send()
         .unwrap()
+    }
+
+    /// `POST /v2/<repo>/blobs/uploads/`: a new session's location.
+    pub fn start_upload(&self, repo: &str) -> String {
+        let r = self
+            .req(reqwest::Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202, "start upload: {:?}", r.text());
+        header(r.headers(), "location")
     }
 
     pub fn get(&self, path: &str) -> Response {
@@ -475,4 +526,33 @@ pub fn busybox_digests() -> (String, Vec<(String, String)>) {
         })
         .collect();
     (top.digest.to_string(), children)
+}
+
+/// An htpasswd file with users alice, bob and admin, password `pw`, at bcrypt `cost`.
+pub fn htpasswd(dir: &Path, cost: u32) -> PathBuf {
+    let hash = bcrypt::hash("pw", cost).unwrap();
+    let path = dir.join("users");
+    fs::write(&path, format!("alice:{hash}\nbob:{hash}\nadmin:{hash}\n")).unwrap();
+    path
+}
+
+/// `GET /token` for `scopes`, with Basic credentials or anonymously.
+pub fn token(raw: &Raw, user: Option<(&str, &str)>, scopes: &[&str]) -> Response {
+    let mut q: Vec<(&str, &str)> = vec![("service", "archway-registry")];
+    q.extend(scopes.iter().map(|s| ("scope", *s)));
+    let mut b = raw.http.get(format!("{}/token", raw.base)).query(&q);
+    if let Some((u, p)) = user {
+        b = b.basic_auth(u, Some(p));
+    }
+    b.send().unwrap()
+}
+
+/// The `Authorization` value for a token response (checked for Docker's fields).
+pub fn bearer(resp: Response) -> String {
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: serde_json::Value = resp.json().unwrap();
+    assert_eq!(v["token"], v["access_token"]);
+    assert_eq!(v["expires_in"], 300);
+    assert!(v["issued_at"].as_str().unwrap().ends_with('Z'));
+    format!("Bearer {}", v["token"].as_str().unwrap())
 }

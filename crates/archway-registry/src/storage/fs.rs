@@ -11,61 +11,79 @@
 //! ```
 //!
 //! Crash safety: every file that is ever replaced (tags, links with content, referrers) is
-//! written with [`atomic_file::write`]; blobs are written to their upload file, fsynced,
-//! verified and renamed into place, so a blob path only ever holds verified content.
+//! written with [`atomic_file::write`]; blobs are written to their upload file (manifests to a
+//! temporary file beside the uploads), fsynced, verified and renamed into place, so a blob path
+//! only ever holds verified content and `blobs/` never holds a temporary file.
 //! Operations that create several files order them so that whatever survives a `kill -9` is
 //! consistent: blob before link, manifest before revision link, revision before tag.
 //!
-//! Upload hashing state lives in memory; after a restart it is rebuilt by hashing the data file
-//! once, so uploads resume across restarts.
+//! Upload hashing state lives in memory; after a restart (or once forgotten for idleness) it
+//! is rebuilt by hashing the data file once, so uploads resume across restarts. Upload files
+//! are opened per request and closed at its end: an abandoned session holds no descriptor.
+//! A session whose files are gone (expired, or removed by `registry gc` in another process)
+//! is unknown on its next use.
+//!
+//! Slow clients never pin a blocking thread: blob reads are `pread`s of one chunk at a time
+//! (the next one read ahead), upload writes one batch at a time, each a short blocking task,
+//! so a client that stops reading or sending holds memory for two chunks and no thread.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime};
 
 use archway_oci::atomic_file::{self, TEMP_PREFIX};
 use archway_oci::{Algorithm, Descriptor, Digest, Digester};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::{
     Aged, BlobContent, ByteStream, Result, Storage, StorageError, TOUCH_INTERVAL, UploadInfo,
 };
 use crate::names::RepoName;
 
-/// Blobs up to this size are read whole; larger ones are streamed.
-const WHOLE_READ_LIMIT: u64 = 4 * 1024 * 1024;
-/// Chunk size for streaming reads.
-const READ_CHUNK: usize = 1024 * 1024;
-/// Received bytes handed to the upload writer at a time (small: it is per connection).
-const WRITE_BATCH: usize = 64 * 1024;
+/// Chunk size for streaming reads; blobs up to this size are read whole.
+const READ_CHUNK: u64 = 1024 * 1024;
+/// Received bytes written at a time (per connection, so small).
+const WRITE_BATCH: usize = 256 * 1024;
 /// The upload writer flushes data to disk every this many bytes, so that the fsync at commit
 /// has little left to do and disk writes overlap with receiving.
 const SYNC_EVERY: u64 = 16 * 1024 * 1024;
 /// Most buffers in one `writev` (Linux's IOV_MAX is 1024).
 const MAX_IOVECS: usize = 1024;
 
+/// The hashing state of an upload session's data, kept between requests.
 #[derive(Debug)]
 struct LoadedUpload {
-    file: File,
     digester: Digester,
     size: u64,
 }
 
+/// What became of a session's in-memory slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    Open,
+    /// Committed, cancelled or purged: the session is gone.
+    Closed,
+    /// Dropped from memory for idleness: look the session up again.
+    Forgotten,
+}
+
 /// In-memory state of an upload session. `loaded` is `None` until first used after
 /// (re)start, and again after a failed write so that the next use re-derives it from disk.
-/// `closed` is set, under the slot's lock, when the session is committed or cancelled, so a
-/// request that raced for the slot sees the session as gone.
+/// `state` changes under the slot's lock, so a request that raced for the slot sees it.
 #[derive(Debug)]
 struct UploadSlot {
     owner: String,
     loaded: Option<LoadedUpload>,
-    closed: bool,
+    state: SlotState,
+    last_used: Instant,
 }
 
 type SlotRef = Arc<tokio::sync::Mutex<UploadSlot>>;
@@ -207,7 +225,7 @@ impl FsStorage {
     }
 
     /// The in-memory slot of an upload owned by `repo`, locked. The first use after a
-    /// (re)start checks the session's owner on disk; later uses are answered from memory.
+    /// (re)start checks the session's owner on disk; later uses check that it is still there.
     async fn lock_upload(
         &self,
         repo: &RepoName,
@@ -217,32 +235,50 @@ impl FsStorage {
         if !valid_upload_id(id) {
             return Err(unknown());
         }
-        let known = self.uploads_map().get(id).cloned();
-        let slot = match known {
-            Some(slot) => slot,
-            None => {
-                let info = self.upload_dir(id).join("info");
-                let owner = blocking(move || read_optional(&info))
-                    .await?
-                    .ok_or_else(unknown)?;
-                let owner = String::from_utf8_lossy(&owner).into_owned();
-                self.uploads_map()
-                    .entry(id.to_owned())
-                    .or_insert_with(|| {
-                        Arc::new(tokio::sync::Mutex::new(UploadSlot {
-                            owner,
-                            loaded: None,
-                            closed: false,
-                        }))
-                    })
-                    .clone()
+        let info = self.upload_dir(id).join("info");
+        loop {
+            let known = self.uploads_map().get(id).cloned();
+            let slot = match known.clone() {
+                Some(slot) => slot,
+                None => {
+                    let info = info.clone();
+                    let owner = blocking(move || read_optional(&info))
+                        .await?
+                        .ok_or_else(unknown)?;
+                    let owner = String::from_utf8_lossy(&owner).into_owned();
+                    self.uploads_map()
+                        .entry(id.to_owned())
+                        .or_insert_with(|| {
+                            Arc::new(tokio::sync::Mutex::new(UploadSlot {
+                                owner,
+                                loaded: None,
+                                state: SlotState::Open,
+                                last_used: Instant::now(),
+                            }))
+                        })
+                        .clone()
+                }
+            };
+            let mut guard = slot.lock_owned().await;
+            match guard.state {
+                SlotState::Closed => return Err(unknown()),
+                SlotState::Forgotten => continue,
+                SlotState::Open => {}
             }
-        };
-        let guard = slot.lock_owned().await;
-        if guard.closed || guard.owner != repo.as_str() {
-            return Err(unknown());
+            if guard.owner != repo.as_str() {
+                return Err(unknown());
+            }
+            if known.is_some() {
+                // Still on disk? Expiry, or `registry gc` in another process, may have removed it.
+                let info = info.clone();
+                if !blocking(move || Ok(info.exists())).await? {
+                    self.close_upload(id, &mut guard);
+                    return Err(unknown());
+                }
+            }
+            guard.last_used = Instant::now();
+            return Ok(guard);
         }
-        Ok(guard)
     }
 
     fn uploads_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, SlotRef>> {
@@ -251,73 +287,76 @@ impl FsStorage {
 
     /// Ends a session in memory (its files are already gone).
     fn close_upload(&self, id: &str, slot: &mut UploadSlot) {
-        slot.closed = true;
+        slot.state = SlotState::Closed;
         slot.loaded = None;
         self.uploads_map().remove(id);
     }
 
-    /// Loads (or rebuilds after a restart) the hashing state of an upload.
-    async fn ensure_loaded(&self, id: &str, slot: &mut UploadSlot) -> Result<()> {
-        if slot.loaded.is_some() {
-            return Ok(());
-        }
+    /// Opens a session's data file for this request, with its hashing state: the one kept in
+    /// memory if it matches the file, else rebuilt by hashing the file (after a restart, after
+    /// being forgotten, or after a failed write).
+    async fn open_data(&self, id: &str, slot: &mut UploadSlot) -> Result<(File, LoadedUpload)> {
         let data = self.upload_dir(id).join("data");
-        let loaded = blocking(move || {
-            let mut file = OpenOptions::new()
+        let kept = slot.loaded.take();
+        let unknown = StorageError::UploadUnknown(id.to_owned());
+        let opened = blocking(move || {
+            let mut file = match OpenOptions::new()
                 .read(true)
                 .append(true)
                 .create(true)
                 .open(&data)
-                .map_err(ctx(&data))?;
-            // A fresh session hashes nothing; one resumed after a restart hashes what it has.
-            file.seek(SeekFrom::Start(0)).map_err(ctx(&data))?;
-            let digester = Digester::new(Algorithm::Sha256)
-                .read_all(&mut file)
-                .map_err(ctx(&data))?;
-            let size = digester.len();
-            Ok(LoadedUpload {
-                file,
-                digester,
-                size,
-            })
+            {
+                Ok(f) => f,
+                // The session directory is gone.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(unknown),
+                Err(e) => return Err(ctx(&data)(e)),
+            };
+            let len = file.metadata().map_err(ctx(&data))?.len();
+            let loaded = match kept {
+                Some(l) if l.size == len => l,
+                _ => {
+                    file.seek(SeekFrom::Start(0)).map_err(ctx(&data))?;
+                    let digester = Digester::new(Algorithm::Sha256)
+                        .read_all(&mut file)
+                        .map_err(ctx(&data))?;
+                    LoadedUpload {
+                        size: digester.len(),
+                        digester,
+                    }
+                }
+            };
+            Ok((file, loaded))
         })
-        .await?;
-        slot.loaded = Some(loaded);
-        Ok(())
+        .await;
+        if let Err(StorageError::UploadUnknown(_)) = &opened {
+            self.close_upload(id, slot);
+        }
+        opened
     }
 
-    /// Writes a request body into a loaded upload. Chunks are hashed as they arrive while a
-    /// blocking writer writes the previous batch (vectored, without copying), so hashing and
-    /// the copy into the page cache run on two cores.
+    /// Writes a request body into an upload. Chunks are hashed as they arrive while the
+    /// previous batch is written by a short blocking task (vectored, without copying), so
+    /// hashing and the copy into the page cache run on two cores, and a client that stops
+    /// sending holds no thread.
     async fn write_body(
         &self,
+        file: File,
         mut loaded: LoadedUpload,
         mut body: ByteStream,
     ) -> (Option<LoadedUpload>, Result<()>) {
+        let file = Arc::new(file);
         let mut digester =
             std::mem::replace(&mut loaded.digester, Digester::new(Algorithm::Sha256));
-        let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(1);
-        let writer = tokio::task::spawn_blocking(move || {
-            let mut unsynced = 0u64;
-            while let Some(batch) = rx.blocking_recv() {
-                if let Err(e) = write_all_vectored(&mut loaded.file, &batch) {
-                    return (None, Err(e));
-                }
-                let n = batch.iter().map(|b| b.len() as u64).sum::<u64>();
-                loaded.size += n;
-                unsynced += n;
-                if unsynced >= SYNC_EVERY {
-                    if let Err(e) = loaded.file.sync_data() {
-                        return (None, Err(e));
-                    }
-                    unsynced = 0;
-                }
-            }
-            (Some(loaded), Ok(()))
-        });
+        let mut writer = BatchWriter {
+            file,
+            in_flight: None,
+            written: loaded.size,
+            unsynced: 0,
+        };
         let mut batch: Vec<Bytes> = Vec::new();
         let mut batched = 0usize;
         let mut body_result = Ok(());
+        let mut write_result = Ok(());
         while let Some(chunk) = body.next().await {
             match chunk {
                 Ok(c) => {
@@ -326,8 +365,9 @@ impl FsStorage {
                     batch.push(c);
                     if batched >= WRITE_BATCH || batch.len() >= MAX_IOVECS {
                         batched = 0;
-                        if tx.send(std::mem::take(&mut batch)).await.is_err() {
-                            break; // the writer failed; its error is reported below
+                        write_result = writer.submit(std::mem::take(&mut batch)).await;
+                        if write_result.is_err() {
+                            break;
                         }
                     }
                 }
@@ -338,35 +378,70 @@ impl FsStorage {
             }
         }
         // Everything hashed is written: the hash and the file never disagree.
-        if !batch.is_empty() {
-            let _ = tx.send(batch).await;
+        if write_result.is_ok() && !batch.is_empty() {
+            write_result = writer.submit(batch).await;
         }
-        drop(tx);
-        match writer.await {
-            Ok((Some(mut loaded), Ok(()))) => {
+        if write_result.is_ok() {
+            write_result = writer.finish().await;
+        }
+        match write_result {
+            Ok(()) => {
                 loaded.digester = digester;
+                loaded.size = writer.written;
                 (Some(loaded), body_result)
             }
-            Ok((_, Err(e))) => (
+            Err(e) => (
                 None,
                 Err(StorageError::Io {
                     context: "writing upload".into(),
                     source: e,
                 }),
             ),
-            Ok((None, Ok(()))) | Err(_) => (
-                None,
-                Err(StorageError::Io {
-                    context: "upload writer".into(),
-                    source: io::Error::other("upload writer stopped"),
-                }),
-            ),
         }
     }
 }
 
+/// Writes batches of an upload body one at a time, each in a short blocking task.
+struct BatchWriter {
+    file: Arc<File>,
+    in_flight: Option<JoinHandle<io::Result<u64>>>,
+    written: u64,
+    unsynced: u64,
+}
+
+impl BatchWriter {
+    /// Waits for the previous batch, then starts writing `batch`.
+    async fn submit(&mut self, batch: Vec<Bytes>) -> io::Result<()> {
+        self.finish().await?;
+        let n = batch.iter().map(|b| b.len() as u64).sum::<u64>();
+        self.unsynced += n;
+        // Flush to disk every so often, so the fsync at commit has little left to do.
+        let sync = self.unsynced >= SYNC_EVERY;
+        if sync {
+            self.unsynced = 0;
+        }
+        let file = self.file.clone();
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            write_all_vectored(&*file, &batch)?;
+            if sync {
+                file.sync_data()?;
+            }
+            Ok(n)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the batch being written, if any.
+    async fn finish(&mut self) -> io::Result<()> {
+        if let Some(h) = self.in_flight.take() {
+            self.written += h.await.map_err(|e| io::Error::other(e.to_string()))??;
+        }
+        Ok(())
+    }
+}
+
 /// Writes every chunk, in order, with as few `writev` calls as possible.
-fn write_all_vectored(file: &mut File, chunks: &[Bytes]) -> io::Result<()> {
+fn write_all_vectored(mut file: impl Write, chunks: &[Bytes]) -> io::Result<()> {
     let mut slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
     let mut slices = &mut slices[..];
     while !slices.is_empty() {
@@ -387,37 +462,50 @@ pub(crate) fn blob_path(root: &Path, d: &Digest) -> PathBuf {
         .join(d.hex())
 }
 
-/// Streams `len` bytes of `file` from `start` through a channel fed by a blocking reader.
-fn stream_file(mut file: File, start: u64, len: u64) -> ByteStream {
-    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(2);
+/// Reads `len` bytes at `offset` (one short blocking task: a `pread`).
+fn read_chunk(file: Arc<File>, offset: u64, len: u64) -> JoinHandle<io::Result<Bytes>> {
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = file.seek(SeekFrom::Start(start)) {
-            let _ = tx.blocking_send(Err(e));
-            return;
-        }
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(READ_CHUNK as u64);
-            let mut buf = Vec::with_capacity(n as usize);
-            match (&mut file).take(n).read_to_end(&mut buf) {
-                Ok(got) if got as u64 == n => {
-                    left -= n;
-                    if tx.blocking_send(Ok(buf.into())).is_err() {
-                        return; // client went away
-                    }
-                }
-                Ok(_) => {
-                    let _ = tx.blocking_send(Err(io::ErrorKind::UnexpectedEof.into()));
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, offset)?;
+        Ok(Bytes::from(buf))
+    })
+}
+
+/// Streams `len` bytes of `file` from `start`, one [`READ_CHUNK`] at a time with the next
+/// chunk read ahead. No thread waits for the client: a reader that stops holds two chunks.
+fn stream_file(file: File, start: u64, len: u64) -> ByteStream {
+    let file = Arc::new(file);
+    let end = start + len;
+    let mut next = start;
+    let mut ahead: Option<JoinHandle<io::Result<Bytes>>> = None;
+    let start_read = move |next: &mut u64| {
+        let n = READ_CHUNK.min(end - *next);
+        let h = read_chunk(file.clone(), *next, n);
+        *next += n;
+        h
+    };
+    Box::pin(futures_util::stream::poll_fn(move |cx| {
+        if ahead.is_none() {
+            if next >= end {
+                return Poll::Ready(None);
             }
+            ahead = Some(start_read(&mut next));
         }
-    });
-    Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+        let Some(reading) = ahead.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let chunk = match std::task::ready!(std::pin::Pin::new(reading).poll(cx)) {
+            Ok(r) => r,
+            Err(e) => Err(io::Error::other(e.to_string())),
+        };
+        ahead = None;
+        match &chunk {
+            Ok(_) if next < end => ahead = Some(start_read(&mut next)),
+            Ok(_) => {}
+            Err(_) => next = end, // end the stream after the error
+        }
+        Poll::Ready(Some(chunk))
+    }))
 }
 
 #[async_trait]
@@ -448,7 +536,7 @@ impl Storage for FsStorage {
                 Some((s, e)) => (s, e.min(size.saturating_sub(1)) + 1 - s),
                 None => (0, size),
             };
-            if range.is_none() && size <= WHOLE_READ_LIMIT {
+            if range.is_none() && size <= READ_CHUNK {
                 let mut buf = Vec::with_capacity(size as usize);
                 file.read_to_end(&mut buf).map_err(ctx(&path))?;
                 return Ok(BlobContent::Bytes(buf.into()));
@@ -474,12 +562,24 @@ impl Storage for FsStorage {
             });
         }
         let path = self.blob_path(digest);
+        // Staged among the uploads, not beside the blob: a crash mid-write leaves nothing
+        // under blobs/ (the leftover is swept like any temporary file).
+        let staged = atomic_file::temp_path_for(&self.root.join("uploads").join(digest.hex()));
         blocking(move || {
             if path.exists() {
                 touch(&path);
                 return Ok(());
             }
-            atomic_file::write(&path, &bytes).map_err(ctx(&path))
+            let written = (|| {
+                let mut f = File::create(&staged)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+                atomic_file::commit(&staged, &path)
+            })();
+            if written.is_err() {
+                let _ = fs::remove_file(&staged);
+            }
+            written.map_err(ctx(&path))
         })
         .await
     }
@@ -627,7 +727,7 @@ impl Storage for FsStorage {
     async fn list_tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>> {
         let repo_dir = self.repo_dir(repo);
         blocking(move || {
-            if !repo_dir.is_dir() {
+            if !is_repository(&repo_dir) {
                 return Ok(None);
             }
             let mut tags: Vec<String> = list_dir(&repo_dir.join("_manifests/tags"))?
@@ -714,7 +814,7 @@ impl Storage for FsStorage {
                     if !path.is_dir() {
                         continue;
                     }
-                    if (path.join("_manifests").is_dir() || path.join("_layers").is_dir())
+                    if is_repository(&path)
                         && let Some(repo) = RepoName::parse(&full)
                     {
                         out.push(repo);
@@ -767,10 +867,7 @@ impl Storage for FsStorage {
         body: ByteStream,
     ) -> Result<u64> {
         let mut guard = self.lock_upload(repo, id).await?;
-        self.ensure_loaded(id, &mut guard).await?;
-        let Some(loaded) = guard.loaded.take() else {
-            return Err(StorageError::UploadUnknown(id.to_owned()));
-        };
+        let (file, loaded) = self.open_data(id, &mut guard).await?;
         if let Some(start) = start
             && start != loaded.size
         {
@@ -781,7 +878,7 @@ impl Storage for FsStorage {
                 size,
             });
         }
-        let (loaded, result) = self.write_body(loaded, body).await;
+        let (loaded, result) = self.write_body(file, loaded, body).await;
         let size = loaded.as_ref().map(|l| l.size);
         guard.loaded = loaded;
         result?;
@@ -790,10 +887,7 @@ impl Storage for FsStorage {
 
     async fn commit_upload(&self, repo: &RepoName, id: &str, digest: &Digest) -> Result<u64> {
         let mut guard = self.lock_upload(repo, id).await?;
-        self.ensure_loaded(id, &mut guard).await?;
-        let Some(loaded) = guard.loaded.take() else {
-            return Err(StorageError::UploadUnknown(id.to_owned()));
-        };
+        let (mut file, loaded) = self.open_data(id, &mut guard).await?;
         let upload_dir = self.upload_dir(id);
         let target = self.blob_path(digest);
         let link = self.layer_link(repo, digest);
@@ -801,11 +895,7 @@ impl Storage for FsStorage {
         let unknown = StorageError::UploadUnknown(id.to_owned());
         let result = blocking(move || {
             let data = upload_dir.join("data");
-            let LoadedUpload {
-                mut file,
-                digester,
-                size,
-            } = loaded;
+            let LoadedUpload { digester, size } = loaded;
             file.sync_all().map_err(ctx(&data))?;
             let actual = if expected.algorithm() == Algorithm::Sha256 {
                 digester.finish()
@@ -893,10 +983,32 @@ impl Storage for FsStorage {
         if let Some(slot) = self.uploads_map().remove(id)
             && let Ok(mut g) = slot.try_lock()
         {
-            g.closed = true;
+            g.state = SlotState::Closed;
+            g.loaded = None;
         }
         Ok(())
     }
+
+    async fn forget_idle_uploads(&self, idle: Duration) {
+        let now = Instant::now();
+        self.uploads_map().retain(|_, slot| {
+            let Ok(mut g) = slot.try_lock() else {
+                return true; // in use
+            };
+            if now.saturating_duration_since(g.last_used) < idle {
+                return true;
+            }
+            g.state = SlotState::Forgotten;
+            g.loaded = None;
+            false
+        });
+    }
+}
+
+/// A directory under `repositories/` is a repository once something was pushed to it; one
+/// that only holds deeper repositories (`a` for `a/b`) is not.
+fn is_repository(dir: &Path) -> bool {
+    dir.join("_manifests").is_dir() || dir.join("_layers").is_dir()
 }
 
 /// Creates an (empty) link file durably, or re-stamps an existing one as used.
@@ -985,6 +1097,16 @@ mod tests {
         RepoName::parse(s).unwrap()
     }
 
+    /// A fresh store with one upload session in `a` holding `data`.
+    async fn one_upload(data: &'static [u8]) -> (tempfile::TempDir, FsStorage, RepoName, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path()).unwrap();
+        let r = repo("a");
+        let id = s.create_upload(&r).await.unwrap();
+        s.append_upload(&r, &id, None, body(&[data])).await.unwrap();
+        (dir, s, r, id)
+    }
+
     #[tokio::test]
     async fn upload_commit_and_resume_after_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -1035,14 +1157,63 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn digest_mismatch_leaves_nothing_visible() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = FsStorage::open(dir.path()).unwrap();
-        let r = repo("a");
+    async fn a_session_removed_behind_the_server_is_unknown() {
+        let (dir, s, r, id) = one_upload(b"abc").await;
+        // `registry gc` in another process removes it.
+        fs::remove_dir_all(dir.path().join("uploads").join(&id)).unwrap();
+        assert!(matches!(
+            s.append_upload(&r, &id, None, body(&[b"d"])).await,
+            Err(StorageError::UploadUnknown(_))
+        ));
+        assert!(matches!(
+            s.upload_size(&r, &id).await,
+            Err(StorageError::UploadUnknown(_))
+        ));
+        assert!(matches!(
+            s.commit_upload(&r, &id, &Digest::sha256(b"abc")).await,
+            Err(StorageError::UploadUnknown(_))
+        ));
+        // Purged by the server itself.
         let id = s.create_upload(&r).await.unwrap();
         s.append_upload(&r, &id, None, body(&[b"abc"]))
             .await
             .unwrap();
+        s.purge_upload(&id).await.unwrap();
+        assert!(matches!(
+            s.append_upload(&r, &id, None, body(&[b"d"])).await,
+            Err(StorageError::UploadUnknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn forgotten_sessions_resume_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path()).unwrap();
+        let r = repo("a");
+        let id = s.create_upload(&r).await.unwrap();
+        s.append_upload(&r, &id, Some(0), body(&[b"hello "]))
+            .await
+            .unwrap();
+        s.forget_idle_uploads(Duration::ZERO).await;
+        assert!(s.uploads_map().is_empty());
+        assert_eq!(
+            s.append_upload(&r, &id, Some(6), body(&[b"world"]))
+                .await
+                .unwrap(),
+            11
+        );
+        let digest = Digest::sha256(b"hello world");
+        assert_eq!(s.commit_upload(&r, &id, &digest).await.unwrap(), 11);
+        // Recently used sessions are kept.
+        let id = s.create_upload(&r).await.unwrap();
+        s.append_upload(&r, &id, None, body(&[b"x"])).await.unwrap();
+        s.forget_idle_uploads(Duration::from_secs(3600)).await;
+        assert_eq!(s.uploads_map().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn digest_mismatch_leaves_nothing_visible() {
+        let (_dir, s, r, id) = one_upload(b"abc").await;
         let wrong = Digest::sha256(b"abd");
         assert!(matches!(
             s.commit_upload(&r, &id, &wrong).await,
@@ -1055,13 +1226,7 @@ mod tests {
 
     #[tokio::test]
     async fn sha512_uploads_are_verified_with_sha512() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = FsStorage::open(dir.path()).unwrap();
-        let r = repo("a");
-        let id = s.create_upload(&r).await.unwrap();
-        s.append_upload(&r, &id, None, body(&[b"data"]))
-            .await
-            .unwrap();
+        let (_dir, s, r, id) = one_upload(b"data").await;
         let d = Digest::of(Algorithm::Sha512, b"data");
         s.commit_upload(&r, &id, &d).await.unwrap();
         match s.read_blob(&d, None).await.unwrap() {

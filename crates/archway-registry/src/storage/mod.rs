@@ -10,7 +10,8 @@
 //! * **tags** map a name to a manifest digest; each is replaced atomically.
 //! * **referrers** record, per subject digest, the descriptors of manifests whose `subject`
 //!   names it.
-//! * **uploads** are resumable sessions; their state survives a restart.
+//! * **uploads** are resumable sessions; their state survives a restart. No file stays open
+//!   between requests, and sessions idle past the server's expiry are removed.
 
 pub mod fs;
 
@@ -195,6 +196,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn commit_upload(&self, repo: &RepoName, id: &str, digest: &Digest) -> Result<u64>;
     async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()>;
     async fn list_uploads(&self) -> Result<Vec<UploadInfo>>;
-    /// Deletes an upload session whatever its repository (garbage collection only).
+    /// Deletes an upload session whatever its repository (garbage collection and expiry);
+    /// its next use answers "unknown".
     async fn purge_upload(&self, id: &str) -> Result<()>;
+    /// Drops in-memory state kept for upload sessions unused for `idle` (it is rebuilt from
+    /// storage if the session is used again). Backends without such state do nothing.
+    async fn forget_idle_uploads(&self, _idle: std::time::Duration) {}
 }
