@@ -22,6 +22,7 @@ use archway_oci::layer::{
     merge_exploded,
 };
 use archway_oci::layout::ImageLayout;
+use archway_oci::run_config::{DEFAULT_PATH, ensure_default_path};
 use archway_oci::{
     Descriptor, Digest, Digester, ImageManifest, Index, ManifestKind, ParsedManifest, Platform,
     media_type,
@@ -570,8 +571,6 @@ struct PlatformBuild<'a> {
     used: std::collections::BTreeSet<Digest>,
 }
 
-const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 impl Builder {
     fn emit(&self, e: BuildEvent) {
         if let Some(p) = &self.progress {
@@ -1097,7 +1096,7 @@ impl PlatformBuild<'_> {
     fn scratch(&self) -> State {
         let mut config = ImageConfig::for_platform(&self.platform);
         config.config = Some(RuntimeConfig {
-            env: Some(vec![DEFAULT_PATH.to_owned()]),
+            env: Some(vec![format!("PATH={DEFAULT_PATH}")]),
             ..RuntimeConfig::default()
         });
         State {
@@ -1506,9 +1505,7 @@ impl PlatformBuild<'_> {
             return Ok(());
         };
         let mut env: Vec<String> = Self::env_map(state);
-        if !env.iter().any(|e| e.starts_with("PATH=")) {
-            env.push(DEFAULT_PATH.to_owned());
-        }
+        ensure_default_path(&mut env);
         let env_keys: Vec<String> = env
             .iter()
             .filter_map(|e| e.split_once('=').map(|(k, _)| k.to_owned()))
@@ -1812,35 +1809,7 @@ impl PlatformBuild<'_> {
 
 /// `30s`, `1m30s`, `5m` → nanoseconds (HEALTHCHECK durations).
 fn duration_ns(s: &str) -> Option<u64> {
-    let mut total = 0f64;
-    let mut num = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        if c == 'm' && chars.peek() == Some(&'s') {
-            unit.push('s');
-            chars.next();
-        }
-        let n: f64 = num.parse().ok()?;
-        num.clear();
-        total += n * match unit.as_str() {
-            "ns" => 1.0,
-            "us" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-    }
-    if !num.is_empty() {
-        return None;
-    }
-    Some(total as u64)
+    u64::try_from(archway_oci::duration::parse_duration(s)?.as_nanos()).ok()
 }
 
 #[cfg(test)]

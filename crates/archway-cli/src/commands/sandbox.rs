@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use archway_build::builder::{BuildError, Builder, RunOutput, RunRequest, StepRunner, Store};
 use archway_client::Location;
 use archway_oci::Platform;
+use archway_oci::run_config::{RunConfigError, RunOverrides, resolve_run};
 use archway_sandbox::doctor::Report;
 use archway_sandbox::{Emulation, Exit, ExtraMount, Network, RunSpec, Sandbox};
 use clap::Args;
@@ -280,55 +281,33 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let image = builder.fetch_image(&source, &platform)?;
     let rootfs = builder.rootfs(&image)?;
-    let cfg = image.config.config.clone().unwrap_or_default();
-    let argv: Vec<String> = if a.command.is_empty() {
-        cfg.entrypoint
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .chain(cfg.cmd.clone().unwrap_or_default())
-            .collect()
-    } else {
-        // As with `docker run IMAGE ARGS`: the arguments replace CMD and follow ENTRYPOINT.
-        cfg.entrypoint
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .chain(a.command.clone())
-            .collect()
-    };
-    if argv.is_empty() {
-        bail!(
+    let resolved = resolve_run(
+        image.config.config.as_ref(),
+        &RunOverrides {
+            entrypoint: None,
+            command: a.command.clone(),
+            env: a.env.clone(),
+            user: a.user.clone(),
+            workdir: a.workdir.clone(),
+        },
+    )
+    .map_err(|e| match e {
+        RunConfigError::NoCommand => anyhow::anyhow!(
             "{} has no ENTRYPOINT or CMD; give a command: archway run {} -- COMMAND",
             a.image,
             a.image
-        );
-    }
-    let mut env = cfg.env.clone().unwrap_or_default();
-    for kv in &a.env {
-        let Some((k, _)) = kv.split_once('=') else {
-            bail!("--env `{kv}` is not KEY=VALUE")
-        };
-        env.retain(|e| !e.starts_with(&format!("{k}=")));
-        env.push(kv.clone());
-    }
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    }
+        ),
+        RunConfigError::BadEnv(kv) => anyhow::anyhow!("--env `{kv}` is not KEY=VALUE"),
+    })?;
     let work = store.tmp_dir()?;
     let spec = RunSpec {
         platform: &platform,
         rootfs: &rootfs,
         dir: work.path(),
-        argv,
-        env,
-        cwd: a
-            .workdir
-            .clone()
-            .or(cfg.working_dir.clone())
-            .filter(|w| !w.is_empty())
-            .unwrap_or_else(|| "/".into()),
-        user: a.user.clone().or(cfg.user.clone()).unwrap_or_default(),
+        argv: resolved.argv,
+        env: resolved.env,
+        cwd: resolved.cwd,
+        user: resolved.user,
         mounts,
         network: if a.network == "host" {
             Network::Host

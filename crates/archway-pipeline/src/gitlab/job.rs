@@ -2,10 +2,12 @@
 //! scripts, tags and platform, and every other keyword.
 
 use super::Ctx;
+use archway_oci::duration::parse_duration;
+
 use super::defaults::Inherit;
 use super::keywords::{
-    expect_bool, expect_str, parse_artifacts, parse_cache, parse_duration, parse_image,
-    parse_retry, parse_services, script_lines, string_list,
+    expect_bool, expect_str, parse_artifacts, parse_cache, parse_image, parse_retry,
+    parse_services, script_lines, string_list,
 };
 use super::matrix::Instance;
 use super::needs::{RawNeed, parse_needs};
@@ -93,7 +95,7 @@ pub(super) fn plan_instance(
         .unwrap_or_default();
     let timeout = node.get("timeout").and_then(|t| {
         let s = expect_str(ctx, t, "timeout")?;
-        let d = parse_duration(&s);
+        let d = parse_duration(&s).map(|d| d.as_secs());
         if d.is_none() {
             ctx.error(
                 &t.span,

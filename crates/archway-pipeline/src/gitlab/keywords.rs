@@ -2,6 +2,8 @@
 //! and the parsers of the job keywords that are more than a string (`when`, `allow_failure`,
 //! `retry`, `image`, `services`, `artifacts`, `cache`, durations).
 
+use archway_oci::duration::parse_duration;
+
 use super::{Ctx, key_name};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::graph::{AllowFailure, Artifacts, Cache, Image, Retry, Service, When};
@@ -157,59 +159,6 @@ pub(super) fn script_lines(ctx: &mut Ctx<'_>, n: &Node, what: &str) -> Vec<Strin
     let mut out = Vec::new();
     flat(ctx, n, what, 0, &mut out);
     out
-}
-
-/// Parses GitLab durations: `3600`, `90 minutes`, `1h 30m`, `1 hour 30 minutes`, `2d`.
-pub fn parse_duration(s: &str) -> Option<u64> {
-    let s = s.trim().to_ascii_lowercase();
-    if let Ok(n) = s.parse::<u64>() {
-        return Some(n);
-    }
-    let mut total = 0u64;
-    let mut num = String::new();
-    let mut unit = String::new();
-    let mut any = false;
-    let flush = |num: &mut String, unit: &mut String, total: &mut u64| -> Option<()> {
-        if num.is_empty() {
-            return if unit.is_empty() || unit == "and" {
-                Some(())
-            } else {
-                None
-            };
-        }
-        let n: f64 = num.parse().ok()?;
-        let mult = match unit.as_str() {
-            "s" | "sec" | "secs" | "second" | "seconds" | "" => 1.0,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
-            "h" | "hr" | "hrs" | "hour" | "hours" => 3600.0,
-            "d" | "day" | "days" => 86400.0,
-            "w" | "wk" | "week" | "weeks" => 604800.0,
-            _ => return None,
-        };
-        *total += (n * mult) as u64;
-        num.clear();
-        unit.clear();
-        Some(())
-    };
-    for c in s.chars() {
-        if c.is_ascii_digit() || c == '.' {
-            if !unit.is_empty() {
-                flush(&mut num, &mut unit, &mut total)?;
-            }
-            num.push(c);
-            any = true;
-        } else if c.is_ascii_alphabetic() {
-            unit.push(c);
-        } else if c.is_whitespace() || c == ',' {
-            if !unit.is_empty() {
-                flush(&mut num, &mut unit, &mut total)?;
-            }
-        } else {
-            return None;
-        }
-    }
-    flush(&mut num, &mut unit, &mut total)?;
-    any.then_some(total)
 }
 
 pub(super) fn parse_when(ctx: &mut Ctx<'_>, n: &Node, allow_never: bool) -> Option<Option<When>> {
@@ -599,22 +548,5 @@ pub(super) fn check_job_keywords(ctx: &mut Ctx<'_>, name: &str, node: &Node) {
                 format!("`{kw}` in job `{name}` is accepted but not used by Archway yet"),
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("3600"), Some(3600));
-        assert_eq!(parse_duration("1h 30m"), Some(5400));
-        assert_eq!(parse_duration("1 hour 30 minutes"), Some(5400));
-        assert_eq!(parse_duration("90 minutes"), Some(5400));
-        assert_eq!(parse_duration("2 days"), Some(172_800));
-        assert_eq!(parse_duration("1 week"), Some(604_800));
-        assert_eq!(parse_duration("10 lightyears"), None);
-        assert_eq!(parse_duration(""), None);
     }
 }
