@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use archway_build::builder::{BuildError, Builder, RunOutput, RunRequest, StepRunner, Store};
+use archway_build::{ImageStore, RegistrySource, RunOutput, RunRequest, StepRunner, Store};
 use archway_client::Location;
 use archway_oci::Platform;
 use archway_oci::run_config::{RunConfigError, RunOverrides, resolve_run};
@@ -15,7 +15,7 @@ use archway_sandbox::doctor::Report;
 use archway_sandbox::{Emulation, Exit, ExtraMount, Network, RunSpec, Sandbox};
 use clap::Args;
 
-use super::common::{Format, RegistryArgs, print_json};
+use super::common::{Format, RegistryArgs, block_on, print_json};
 
 /// Runs RUN steps in the sandbox.
 struct SandboxRunner {
@@ -34,7 +34,7 @@ impl StepRunner for SandboxRunner {
         &self,
         req: &RunRequest<'_>,
         on_output: &(dyn Fn(&str) + Sync),
-    ) -> Result<RunOutput, BuildError> {
+    ) -> Result<RunOutput, Box<dyn std::error::Error + Send + Sync>> {
         let mut mounts: Vec<ExtraMount> = req
             .mounts
             .iter()
@@ -66,13 +66,7 @@ impl StepRunner for SandboxRunner {
             timeout: self.timeout,
             collect_changes: true,
         };
-        let out = self
-            .sandbox
-            .run(&spec, on_output)
-            .map_err(|e| BuildError::Io {
-                context: "sandbox".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        let out = self.sandbox.run(&spec, on_output)?;
         let (exit_code, mut output) = match out.exit {
             Exit::Code(c) => (c, out.output_tail),
             Exit::TimedOut => (
@@ -266,21 +260,16 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let client = a
         .registry
         .client(&regs.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let store = open_store(a.cache_dir.as_deref())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let builder = Builder {
-        cache_repo: None,
-        client,
-        store: store.clone(),
-        runner: None,
-        progress: None,
-        runtime: rt.handle().clone(),
-        privileged: privileged(),
-    };
-    let image = builder.fetch_image(&source, &platform)?;
-    let rootfs = builder.rootfs(&image)?;
+    let images = ImageStore::new(
+        open_store(a.cache_dir.as_deref())?,
+        Arc::new(RegistrySource::new(client)),
+    )
+    .with_privileged(privileged());
+    let (image, rootfs) = block_on(async {
+        let image = images.pull(&source, &platform).await?;
+        let rootfs = images.unpack(&image).await?;
+        anyhow::Ok((image, rootfs))
+    })??;
     let resolved = resolve_run(
         image.config.config.as_ref(),
         &RunOverrides {
@@ -299,7 +288,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         ),
         RunConfigError::BadEnv(kv) => anyhow::anyhow!("--env `{kv}` is not KEY=VALUE"),
     })?;
-    let work = store.tmp_dir()?;
+    let work = images.scratch_dir()?;
     let spec = RunSpec {
         platform: &platform,
         rootfs: &rootfs,
