@@ -776,6 +776,7 @@ async fn copy_blob(
                 let e = mismatch_or(&reference, e);
                 if attempt < attempts && e.is_transient() {
                     tracing::warn!(error = %e, digest = %desc.digest, "retrying blob copy");
+                    client.backoff(attempt - 1, None).await;
                     continue;
                 }
                 return Err(e);

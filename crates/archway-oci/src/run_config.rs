@@ -119,10 +119,18 @@ mod tests {
         }
     }
 
+    /// (overrides, argv, env, cwd, user)
+    type Case = (
+        RunOverrides,
+        &'static [&'static str],
+        &'static [&'static str],
+        &'static str,
+        &'static str,
+    );
+
     #[test]
     fn docker_run_semantics() {
-        // (overrides, argv, env, cwd, user)
-        let cases: Vec<(RunOverrides, &[&str], &[&str], &str, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 RunOverrides::default(),
                 &["/entry", "serve", "--port=80"],
