@@ -47,13 +47,13 @@ impl Credentials {
 /// Errors reading or writing credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not valid JSON: {source}")]
+    #[error("{path} is not valid JSON")]
     Json {
         path: PathBuf,
         #[source]

@@ -36,3 +36,15 @@ pub use reference::{Reference, ReferenceError};
 
 /// The image specification's own types (manifests, indexes, configs), from `oci-spec`.
 pub use oci_spec::image as spec;
+
+/// An error with its causes, `a: b: c` (tests check messages wherever they sit in the chain).
+#[cfg(test)]
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}

@@ -4,6 +4,7 @@
 mod auth;
 mod build;
 mod crash;
+mod errors;
 mod gc;
 mod image;
 mod interop;
