@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod commands;
+mod logging;
 
 use std::process::ExitCode;
 
@@ -68,6 +69,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `registry serve` installs its own (an access log, text or JSON); every other command
+    // prints what the libraries warn about.
+    if !matches!(
+        cli.command,
+        Command::Registry(commands::registry::RegistryCommand::Serve(_))
+    ) {
+        logging::init();
+    }
     let result = match cli.command {
         Command::Registry(cmd) => commands::registry::run(cmd),
         Command::Image(cmd) => commands::image::run(cmd),
