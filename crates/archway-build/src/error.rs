@@ -53,13 +53,4 @@ pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> B
     move |source| BuildError::Io { context, source }
 }
 
-/// `error: cause: cause…` on one line, for messages that travel as text (warnings).
-pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
-}
+pub(crate) use archway_oci::error_chain as with_causes;

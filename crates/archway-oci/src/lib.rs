@@ -37,9 +37,9 @@ pub use reference::{Reference, ReferenceError};
 /// The image specification's own types (manifests, indexes, configs), from `oci-spec`.
 pub use oci_spec::image as spec;
 
-/// An error with its causes, `a: b: c` (tests check messages wherever they sit in the chain).
-#[cfg(test)]
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its causes on one line, `a: b: c`, for messages that travel as text (build
+/// warnings) and for tests that look for a message wherever it sits in the chain.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
