@@ -78,7 +78,7 @@ pub struct Store {
 
 /// Serialises scratch creation (shared) against the reaper (exclusive): a directory is never
 /// seen between its creation and its lock.
-const SCRATCH_LOCK: &str = "tmp/.scratch.lock";
+const SCRATCH_LOCK: &str = ".scratch.lock";
 
 impl Store {
     pub fn open(root: &Path) -> Result<Store, BuildError> {
