@@ -39,7 +39,11 @@ ensure_binfmt() {
         step "mounting binfmt_misc"
         as_root mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
     fi
-    for arch in aarch64 arm; do
+    # The architectures the tests and the seed pipelines emulate: arm64 and arm on an amd64
+    # host, amd64 and arm on an arm64 one (many arm64 CPUs have no AArch32 mode).
+    local foreign="aarch64 arm"
+    [ "$(uname -m)" = aarch64 ] && foreign="x86_64 arm"
+    for arch in $foreign; do
         if [ ! -e "/proc/sys/fs/binfmt_misc/qemu-$arch" ]; then
             step "enabling qemu-$arch in binfmt_misc"
             as_root update-binfmts --enable "qemu-$arch"
@@ -79,5 +83,26 @@ stop_test_postgres() {
         if [ "$(id -un)" = "$PG_USER" ]; then "$PG_BIN/pg_ctl" -D "$PG_TMP/data" -m fast -w stop >/dev/null 2>&1 || true
         else runuser -u "$PG_USER" -- "$PG_BIN/pg_ctl" -D "$PG_TMP/data" -m fast -w stop >/dev/null 2>&1 || true; fi
         rm -rf "$PG_TMP"
+    fi
+}
+
+# Installs a cargo subcommand from crates.io when it is missing (compiles it: minutes).
+ensure_cargo_tool() {
+    if ! command -v "$1" >/dev/null; then
+        step "installing $1 from crates.io"
+        cargo install --locked --quiet "$1"
+    fi
+}
+
+# Prints the tests that skipped themselves (one "test: reason" line each in $1). In CI
+# (CI=true), where this script installed every tool the tests need, any skip is a failure.
+report_skips() {
+    if [ -s "$1" ]; then
+        step "skipped tests"
+        sort -u "$1"
+        if [ "${CI:-}" = "true" ]; then
+            echo "error: tests were skipped in CI, where nothing should be missing" >&2
+            exit 1
+        fi
     fi
 }

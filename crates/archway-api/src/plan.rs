@@ -46,7 +46,8 @@ fn job_definition(job: &graph::Job) -> JobDefinition {
         start_in_secs: job
             .start_in
             .as_deref()
-            .and_then(archway_pipeline::gitlab::parse_duration),
+            .and_then(archway_oci::duration::parse_duration)
+            .map(|d| d.as_secs()),
         allow_failure: job.allow_failure.allowed,
         allow_failure_exit_codes: job.allow_failure.exit_codes.clone(),
         retry_max: job.retry.max,

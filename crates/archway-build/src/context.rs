@@ -14,7 +14,7 @@ use globset::{Glob, GlobBuilder, GlobMatcher};
 /// Errors reading the context or resolving sources.
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod commands;
+mod logging;
 
 use std::process::ExitCode;
 
@@ -82,6 +83,16 @@ fn main() -> ExitCode {
     // Servers hold a descriptor per connection and open file, builds many files at once.
     if let Err(e) = archway_http::raise_nofile_limit() {
         eprintln!("warning: could not raise the open-file limit: {e}");
+    }
+    // The servers (`registry serve`, `server`, `runner run`) install their own (an access
+    // log, text or JSON); every other command prints what the libraries warn about.
+    if !matches!(
+        cli.command,
+        Command::Registry(commands::registry::RegistryCommand::Serve(_))
+            | Command::Server(_)
+            | Command::Runner(commands::runner::RunnerCommand::Run(_))
+    ) {
+        logging::init();
     }
     let result = match cli.command {
         Command::Registry(cmd) => commands::registry::run(cmd),

@@ -59,6 +59,9 @@ enum Auth {
     Bearer { header: String, expires: Instant },
 }
 
+/// What a client learns as it goes. Every map is bounded ([`MAX_REMEMBERED`] entries, expired
+/// tokens dropped first), so a long-lived process (a coordinator, a runner) does not grow: what
+/// is forgotten is learnt again on the next request.
 #[derive(Default, Debug)]
 struct State {
     /// `http` or `https`, once decided per host.
@@ -67,6 +70,35 @@ struct State {
     challenges: HashMap<String, Challenge>,
     /// Per host and scope set: the header to send.
     auth: HashMap<(String, String), Auth>,
+    /// Per registry: what the docker config (or its credential helper) answered, and when.
+    credentials: HashMap<String, (Instant, Option<Credentials>)>,
+}
+
+/// Most entries each of a client's caches keeps.
+const MAX_REMEMBERED: usize = 256;
+/// How long an answer of the docker config or a credential helper is reused.
+const CREDENTIALS_TTL: Duration = Duration::from_secs(300);
+
+/// Inserts into a bounded cache: when it is full, `stale` entries go first, then everything.
+fn remember<K: std::hash::Hash + Eq, V>(
+    map: &mut HashMap<K, V>,
+    key: K,
+    value: V,
+    stale: impl Fn(&V) -> bool,
+) {
+    if map.len() >= MAX_REMEMBERED && !map.contains_key(&key) {
+        map.retain(|_, v| !stale(v));
+        if map.len() >= MAX_REMEMBERED {
+            map.clear();
+        }
+    }
+    map.insert(key, value);
+}
+
+impl Auth {
+    fn expired(&self) -> bool {
+        matches!(self, Auth::Bearer { expires, .. } if *expires <= Instant::now())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -213,11 +245,28 @@ impl Client {
         if is_loopback(host) { "http" } else { "https" }
     }
 
-    fn credentials(&self, registry: &str) -> Result<Option<Credentials>> {
+    /// Credentials for `registry`: given ones, else the docker config's (read, and any
+    /// credential helper run, on a blocking thread; the answer is reused for a while).
+    async fn credentials(&self, registry: &str) -> Result<Option<Credentials>> {
         if let Some(c) = self.opts.credentials.get(registry) {
             return Ok(Some(c.clone()));
         }
-        Ok(self.opts.docker_config.lookup(registry)?)
+        if let Some((at, c)) = self.lock().credentials.get(registry)
+            && at.elapsed() < CREDENTIALS_TTL
+        {
+            return Ok(c.clone());
+        }
+        let (config, name) = (self.opts.docker_config.clone(), registry.to_owned());
+        let found = tokio::task::spawn_blocking(move || config.lookup(&name))
+            .await
+            .map_err(|e| ClientError::Protocol(format!("reading credentials: {e}")))??;
+        remember(
+            &mut self.lock().credentials,
+            registry.to_owned(),
+            (Instant::now(), found.clone()),
+            |(at, _)| at.elapsed() >= CREDENTIALS_TTL,
+        );
+        Ok(found)
     }
 
     fn unreachable(&self, registry: &str, e: &reqwest::Error) -> ClientError {
@@ -296,9 +345,12 @@ impl Client {
                 let fresh = self
                     .authenticate(registry, repository, &challenge, scopes)
                     .await?;
-                self.lock()
-                    .auth
-                    .insert((host.to_owned(), scope_key.clone()), fresh.clone());
+                remember(
+                    &mut self.lock().auth,
+                    (host.to_owned(), scope_key.clone()),
+                    fresh.clone(),
+                    Auth::expired,
+                );
                 auth = Some(fresh);
             }
             match auth {
@@ -317,7 +369,7 @@ impl Client {
                         && (e.is_connect() || e.is_request())
                     {
                         // Insecure registries may speak plain HTTP: fall back once.
-                        self.lock().schemes.insert(host.to_owned(), "http");
+                        remember(&mut self.lock().schemes, host.to_owned(), "http", |_| false);
                         continue;
                     }
                     if replayable
@@ -345,9 +397,12 @@ impl Client {
                         repository: repository.to_owned(),
                     });
                 };
-                self.lock()
-                    .challenges
-                    .insert(host.to_owned(), challenge.clone());
+                remember(
+                    &mut self.lock().challenges,
+                    host.to_owned(),
+                    challenge.clone(),
+                    |_| false,
+                );
                 let mut all_scopes = scopes.to_vec();
                 if let Some(s) = extra_scope
                     && !all_scopes.contains(&s)
@@ -359,9 +414,12 @@ impl Client {
                 let auth = self
                     .authenticate(registry, repository, &challenge, &all_scopes)
                     .await?;
-                self.lock()
-                    .auth
-                    .insert((host.to_owned(), scope_key.clone()), auth);
+                remember(
+                    &mut self.lock().auth,
+                    (host.to_owned(), scope_key.clone()),
+                    auth,
+                    Auth::expired,
+                );
                 continue;
             }
             if replayable
@@ -382,7 +440,9 @@ impl Client {
         }
     }
 
-    async fn backoff(&self, attempt: u32, retry_after: Option<Duration>) {
+    /// Waits before retry number `attempt` (from 0): exponential with jitter, or what the
+    /// server asked for, at most 30 s.
+    pub(crate) async fn backoff(&self, attempt: u32, retry_after: Option<Duration>) {
         let base = self.opts.backoff * 2u32.saturating_pow(attempt);
         let jitter =
             Duration::from_millis(rand::random::<u64>() % (base.as_millis() as u64 / 2 + 1));
@@ -400,7 +460,7 @@ impl Client {
         challenge: &Challenge,
         scopes: &[String],
     ) -> Result<Auth> {
-        let creds = self.credentials(registry)?;
+        let creds = self.credentials(registry).await?;
         match challenge {
             Challenge::Basic => {
                 let c = creds.ok_or_else(|| ClientError::Unauthorized {
@@ -1123,6 +1183,48 @@ mod tests {
             }
         });
         (addr, hits)
+    }
+
+    #[test]
+    fn caches_are_bounded_and_drop_stale_entries_first() {
+        let mut m: HashMap<usize, bool> = HashMap::new();
+        for i in 0..MAX_REMEMBERED {
+            remember(&mut m, i, i % 2 == 0, |stale| *stale);
+        }
+        assert_eq!(m.len(), MAX_REMEMBERED);
+        // Full: the stale half goes, the new entry stays.
+        remember(&mut m, MAX_REMEMBERED, false, |stale| *stale);
+        assert_eq!(m.len(), MAX_REMEMBERED / 2 + 1);
+        assert!(m.values().all(|stale| !stale));
+        // Nothing stale: forget everything rather than grow.
+        for i in 0..MAX_REMEMBERED {
+            remember(&mut m, 1000 + i, false, |stale| *stale);
+        }
+        assert!(m.len() <= MAX_REMEMBERED);
+    }
+
+    #[tokio::test]
+    async fn credentials_are_read_off_the_async_threads_and_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let config = DockerConfig::at(&path);
+        config
+            .store("reg.example", &Credentials::password("alice", "one"))
+            .unwrap();
+        let client = Client::new(ClientOptions {
+            docker_config: config.clone(),
+            ..ClientOptions::default()
+        })
+        .unwrap();
+        let first = client.credentials("reg.example").await.unwrap().unwrap();
+        assert_eq!(first.secret, "one");
+        // The answer is remembered per registry: the file is not read again.
+        config
+            .store("reg.example", &Credentials::password("alice", "two"))
+            .unwrap();
+        let again = client.credentials("reg.example").await.unwrap().unwrap();
+        assert_eq!(again.secret, "one");
+        assert_eq!(client.credentials("other.example").await.unwrap(), None);
     }
 
     fn quick_client(retries: u32) -> Client {

@@ -606,13 +606,17 @@ pub async fn copy(
 
     // An image whose manifest the destination already has has all its blobs there too
     // (registries refuse manifests with missing blobs; layouts are written blobs first).
-    let present: Vec<bool> = futures_util::stream::iter(plan.images.iter().map(|image| {
-        let dst = &dst;
-        async move { dst.has_manifest(client, &image.manifest.digest).await }
-    }))
-    .buffered(opts.concurrency.max(1))
-    .try_collect()
-    .await?;
+    // (The futures are collected first: a stream over a borrowing closure would make this
+    // future not `Send`, and runners spawn copies on their runtime.)
+    let checks: Vec<_> = plan
+        .images
+        .iter()
+        .map(|image| dst.has_manifest(client, &image.manifest.digest))
+        .collect();
+    let present: Vec<bool> = futures_util::stream::iter(checks)
+        .buffered(opts.concurrency.max(1))
+        .try_collect()
+        .await?;
     // Every distinct blob still needed, once, in a stable order.
     let mut blobs: BTreeMap<Digest, Descriptor> = BTreeMap::new();
     for (image, present) in plan.images.iter().zip(&present) {
@@ -636,26 +640,30 @@ pub async fn copy(
         _ => None,
     };
     let bytes_copied = Arc::new(AtomicU64::new(0));
-    let results: Vec<BlobOutcome> = futures_util::stream::iter(blobs.into_values().map(|desc| {
-        let (src, dst, mount_from, bytes_copied) =
-            (&src, &dst, mount_from.clone(), bytes_copied.clone());
-        let progress = opts.progress.clone();
-        async move {
-            copy_blob(
-                client,
-                src,
-                dst,
-                &desc,
-                mount_from.as_deref(),
-                progress,
-                &bytes_copied,
-            )
-            .await
-        }
-    }))
-    .buffer_unordered(opts.concurrency.max(1))
-    .try_collect()
-    .await?;
+    let copies: Vec<_> = blobs
+        .into_values()
+        .map(|desc| {
+            let (src, dst, mount_from, bytes_copied) =
+                (&src, &dst, mount_from.clone(), bytes_copied.clone());
+            let progress = opts.progress.clone();
+            async move {
+                copy_blob(
+                    client,
+                    src,
+                    dst,
+                    &desc,
+                    mount_from.as_deref(),
+                    progress,
+                    &bytes_copied,
+                )
+                .await
+            }
+        })
+        .collect();
+    let results: Vec<BlobOutcome> = futures_util::stream::iter(copies)
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect()
+        .await?;
     for r in &results {
         match r {
             BlobOutcome::Copied => report.blobs_copied += 1,
@@ -768,6 +776,7 @@ async fn copy_blob(
                 let e = mismatch_or(&reference, e);
                 if attempt < attempts && e.is_transient() {
                     tracing::warn!(error = %e, digest = %desc.digest, "retrying blob copy");
+                    client.backoff(attempt - 1, None).await;
                     continue;
                 }
                 return Err(e);

@@ -5,7 +5,7 @@
 //! Writing preserves every field Archway does not know, and replaces the file atomically with
 //! mode 0600, so `docker`, `podman` and `archway` can share one file.
 
-use std::io::Write;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -47,13 +47,13 @@ impl Credentials {
 /// Errors reading or writing credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not valid JSON: {source}")]
+    #[error("{path} is not valid JSON")]
     Json {
         path: PathBuf,
         #[source]
@@ -158,27 +158,15 @@ impl DockerConfig {
     }
 
     fn write(&self, config: &Map<String, Value>) -> Result<(), CredentialsError> {
-        use std::os::unix::fs::PermissionsExt;
-        let io = |source| CredentialsError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let bytes = serde_json::to_vec_pretty(config).unwrap_or_default();
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let tmp = archway_oci::atomic_file::temp_path_for(&self.path);
-        let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-            f.write_all(&bytes)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map_err(io)
+        let mut bytes = serde_json::to_vec_pretty(config).unwrap_or_default();
+        bytes.push(b'\n');
+        // Created 0600 (never readable by others), fsynced, renamed, directory fsynced.
+        archway_oci::atomic_file::write_with_mode(&self.path, &bytes, 0o600).map_err(|source| {
+            CredentialsError::Io {
+                path: self.path.clone(),
+                source,
+            }
+        })
     }
 
     /// The helper responsible for `registry`, if any (`credHelpers` first, then `credsStore`).

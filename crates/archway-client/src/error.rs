@@ -73,13 +73,13 @@ pub enum ClientError {
     Credentials(#[from] CredentialsError),
     #[error(transparent)]
     Layout(#[from] archway_oci::layout::LayoutError),
-    #[error("invalid manifest from {reference}: {source}")]
+    #[error("invalid manifest from {reference}")]
     Manifest {
         reference: String,
         #[source]
         source: archway_oci::ManifestError,
     },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

@@ -279,7 +279,7 @@ pub async fn import(
     let mut config = ImageConfig::for_platform(&opts.platform);
     config.created = Some(opts.created.clone());
     let env = if opts.env.is_empty() {
-        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()]
+        vec![format!("PATH={}", archway_oci::run_config::DEFAULT_PATH)]
     } else {
         opts.env.clone()
     };

@@ -38,6 +38,9 @@ pub struct ServeConfig {
     /// concurrent pushes; 128 KiB keeps 32 concurrent 64 MiB pushes under distribution's
     /// memory with single-connection throughput unchanged (measured with `registry-bench`).
     pub max_read_buffer: usize,
+    /// After shutdown starts, requests in flight get this long to finish (long polls and
+    /// followed logs would otherwise hold the process up).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServeConfig {
@@ -48,6 +51,7 @@ impl Default for ServeConfig {
             write_timeout: Duration::from_secs(60),
             max_connections: 4096,
             max_read_buffer: 128 * 1024,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -102,7 +106,12 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?config.shutdown_grace, "requests still running at the end of the shutdown grace period were cut off");
+    }
     Ok(())
 }
 

@@ -24,11 +24,31 @@ pub fn temp_path_for(target: &Path) -> PathBuf {
 
 /// Replaces `target` with `bytes` atomically and durably, creating parent directories.
 pub fn write(target: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_impl(target, bytes, None)
+}
+
+/// [`write`], the file created with permissions `mode` from the start (e.g. `0o600` for
+/// credentials: never readable by others, not even for an instant).
+pub fn write_with_mode(target: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_impl(target, bytes, Some(mode))
+}
+
+fn write_impl(target: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let parent = target.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent)?;
     let tmp = temp_path_for(target);
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut options = File::options();
+        options.write(true).create_new(true);
+        if let Some(mode) = mode {
+            options.mode(mode);
+        }
+        let mut f = options.open(&tmp)?;
+        if let Some(mode) = mode {
+            // The umask may have taken bits away; the caller asked for exactly these.
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, target)?;
@@ -69,5 +89,17 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec!["tag"]);
+    }
+
+    #[test]
+    fn files_with_a_mode_have_it_from_the_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("secret.json");
+        write(&target, b"old").unwrap();
+        write_with_mode(&target, b"{}", 0o600).unwrap();
+        let meta = fs::metadata(&target).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read(&target).unwrap(), b"{}");
     }
 }

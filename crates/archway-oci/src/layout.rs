@@ -20,7 +20,7 @@ const LAYOUT_VERSION: &str = "1.0.0";
 /// Errors reading or writing an image layout.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -28,7 +28,7 @@ pub enum LayoutError {
     },
     #[error("{0} is not an OCI image layout (no `oci-layout` file)")]
     NotALayout(PathBuf),
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{path}: invalid JSON")]
     Json {
         path: PathBuf,
         #[source]

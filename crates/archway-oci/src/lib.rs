@@ -8,6 +8,9 @@
 //! * [`layout`]: reading and writing OCI image layouts (`oci-layout`, `index.json`, `blobs/`);
 //! * [`reference`]: `[registry/]repository[:tag][@digest]` parsing with docker's normalisation;
 //! * [`config`]: the image configuration, serialised deterministically;
+//! * [`run_config`]: what a container runs (`docker run`'s rules over ENTRYPOINT, CMD, env,
+//!   PATH, workdir and user);
+//! * [`duration`]: durations as Dockerfiles (`1m30s`) and CI files (`1 hour 30 minutes`) write them;
 //! * [`layer`]: reproducible layer tarballs from a directory or a tar stream.
 //!
 //! The serde types of the image specification itself come from the `oci-spec` crate and are
@@ -16,6 +19,7 @@
 pub mod atomic_file;
 pub mod config;
 pub mod digest;
+pub mod duration;
 pub mod layer;
 pub mod layout;
 pub mod manifest;
@@ -23,6 +27,7 @@ pub mod media_type;
 pub mod pgzip;
 pub mod platform;
 pub mod reference;
+pub mod run_config;
 
 pub use digest::{Algorithm, Digest, DigestError, Digester};
 pub use manifest::{Descriptor, ImageManifest, Index, ManifestError, ManifestKind, ParsedManifest};
@@ -31,3 +36,15 @@ pub use reference::{Reference, ReferenceError};
 
 /// The image specification's own types (manifests, indexes, configs), from `oci-spec`.
 pub use oci_spec::image as spec;
+
+/// An error with its causes on one line, `a: b: c`, for messages that travel as text (build
+/// warnings) and for tests that look for a message wherever it sits in the chain.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}

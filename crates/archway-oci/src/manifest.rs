@@ -440,9 +440,7 @@ mod tests {
             ),
         ];
         for (body, ct, needle) in cases {
-            let err = ParsedManifest::parse(body.as_bytes(), *ct)
-                .unwrap_err()
-                .to_string();
+            let err = crate::error_chain(&ParsedManifest::parse(body.as_bytes(), *ct).unwrap_err());
             assert!(err.contains(needle), "{body}: {err}");
         }
     }

@@ -44,6 +44,7 @@ fn invalid(input: &str, reason: impl Into<String>) -> ReferenceError {
     }
 }
 
+/// One path component: lowercase alphanumeric runs joined by `.`, `_`, `__` or one or more `-`.
 fn valid_path_component(c: &str) -> bool {
     let b = c.as_bytes();
     let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
@@ -68,13 +69,25 @@ fn valid_path_component(c: &str) -> bool {
     true
 }
 
-fn valid_tag(t: &str) -> bool {
+/// A tag as the distribution spec defines it: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
+pub fn valid_tag(t: &str) -> bool {
     let b = t.as_bytes();
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
         && b.iter()
             .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'))
+}
+
+/// Longest repository name a registry accepts (distribution's limit).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// A repository name as the distribution spec defines it:
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`, at most
+/// [`MAX_NAME_LEN`] characters. Written by hand rather than as a regex: registries check it on
+/// every request.
+pub fn valid_repository(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME_LEN && name.split('/').all(valid_path_component)
 }
 
 fn valid_host(h: &str) -> bool {
@@ -162,7 +175,7 @@ impl FromStr for Reference {
         } else {
             repository
         };
-        if registry.len() + 1 + repository.len() > 255 {
+        if registry.len() + 1 + repository.len() > MAX_NAME_LEN {
             return Err(invalid(input, "name longer than 255 characters"));
         }
         Ok(Reference {

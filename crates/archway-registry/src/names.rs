@@ -5,14 +5,12 @@
 //! * tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`;
 //! * reference: a tag or a digest.
 //!
-//! The checks are written by hand rather than as regexes: they run on every request.
+//! The grammar itself is `archway_oci::reference`'s, shared with image references.
 
 use std::fmt;
 
 use archway_oci::Digest;
-
-/// Longest repository name accepted (distribution's limit).
-pub const MAX_NAME_LEN: usize = 255;
+use archway_oci::reference::{valid_repository, valid_tag};
 
 /// A validated repository name such as `library/busybox`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -20,12 +18,7 @@ pub struct RepoName(String);
 
 impl RepoName {
     pub fn parse(s: &str) -> Option<RepoName> {
-        if s.is_empty() || s.len() > MAX_NAME_LEN {
-            return None;
-        }
-        s.split('/')
-            .all(valid_component)
-            .then(|| RepoName(s.to_owned()))
+        valid_repository(s).then(|| RepoName(s.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -43,47 +36,6 @@ impl fmt::Debug for RepoName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "RepoName({})", self.0)
     }
-}
-
-fn is_alnum(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit()
-}
-
-/// One path component: alphanumeric runs joined by `.`, `_`, `__` or one or more `-`.
-fn valid_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    if b.is_empty() || !is_alnum(b[0]) || !is_alnum(b[b.len() - 1]) {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        if is_alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        // A separator run.
-        let start = i;
-        while i < b.len() && !is_alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &c[start..i];
-        let ok = matches!(sep, "." | "_" | "__") || sep.bytes().all(|x| x == b'-');
-        if !ok {
-            return false;
-        }
-    }
-    true
-}
-
-/// True for a valid tag.
-pub fn valid_tag(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b[1..]
-            .iter()
-            .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'))
 }
 
 /// The `<reference>` of a manifest URL.

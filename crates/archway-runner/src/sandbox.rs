@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use archway_api::{FailureReason, JobPayload};
-use archway_build::builder::{Builder, Store};
+use archway_build::{ImageStore, RegistrySource, Store};
 use archway_client::{Client, ClientOptions, Credentials, Location};
 use archway_oci::{Digest, Platform};
 use archway_sandbox::{Exit, ExtraMount, Network, RunSpec, Sandbox};
@@ -91,28 +91,17 @@ impl SandboxExecutor {
             _ => String::new(),
         };
         let client = self.client(job, &registry)?;
-        let store = self.store.clone();
-        let privileged = self.privileged;
-        let platform = platform.clone();
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let builder = Builder {
-                cache_repo: None,
-                client,
-                store,
-                runner: None,
-                progress: None,
-                runtime: handle,
-                privileged,
-            };
-            let image = builder
-                .fetch_image(&location, &platform)
-                .map_err(|e| error_chain(&e))?;
-            let rootfs = builder.rootfs(&image).map_err(|e| error_chain(&e))?;
-            Ok((rootfs, image.config))
-        })
-        .await
-        .map_err(|e| format!("the image pull task failed: {e}"))?
+        let images = ImageStore::new(self.store.clone(), Arc::new(RegistrySource::new(client)))
+            .with_privileged(self.privileged);
+        let image = images
+            .pull(&location, platform)
+            .await
+            .map_err(|e| archway_oci::error_chain(&e))?;
+        let rootfs = images
+            .unpack(&image)
+            .await
+            .map_err(|e| archway_oci::error_chain(&e))?;
+        Ok((rootfs, image.config))
     }
 
     /// Fetches (or reuses) the source snapshot and unpacks it into `dest`.
@@ -216,20 +205,6 @@ impl SandboxExecutor {
         .await
         .map_err(|e| format!("the sandbox task failed: {e}"))?
     }
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s = format!("{s}: {m}");
-        }
-        src = c.source();
-    }
-    s
 }
 
 /// `$VAR` and `${VAR}` from the job's variables (for `image:` names, as GitLab expands them).

@@ -714,7 +714,11 @@ async fn a_resource_group_runs_one_job_at_a_time(b: Backend) {
             );
         }
     }
-    let p = h.admin.submit_pipeline(&pipeline(&["deploy"], jobs)).await.unwrap();
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(&["deploy"], jobs))
+        .await
+        .unwrap();
     let done = h.wait_pipeline(p.id, T).await;
     assert_eq!(done.status, PipelineStatus::Success);
     // No two deploys overlapped.
@@ -747,17 +751,24 @@ async fn a_newer_pipeline_cancels_an_older_interruptible_one(b: Backend) {
     lint.interruptible = true;
     let older = h
         .admin
-        .submit_pipeline(&pipeline(&["test", "deploy"], vec![lint.clone(), job("deploy", "deploy")]))
+        .submit_pipeline(&pipeline(
+            &["test", "deploy"],
+            vec![lint.clone(), job("deploy", "deploy")],
+        ))
         .await
         .unwrap();
-    h.wait_job(job_id(&older, "lint"), JobStatus::Running, T).await;
+    h.wait_job(job_id(&older, "lint"), JobStatus::Running, T)
+        .await;
     // A newer commit on the same branch: the older pipeline only ran interruptible jobs.
     let mut fast = lint.clone();
     fast.name = "lint".into();
     r.exec.act("lint", Act::default());
     let newer = h
         .admin
-        .submit_pipeline(&pipeline(&["test", "deploy"], vec![fast, job("deploy", "deploy")]))
+        .submit_pipeline(&pipeline(
+            &["test", "deploy"],
+            vec![fast, job("deploy", "deploy")],
+        ))
         .await
         .unwrap();
     let old_done = h.wait_pipeline(older.id, T).await;
@@ -777,14 +788,24 @@ async fn a_newer_pipeline_cancels_an_older_interruptible_one(b: Backend) {
         .submit_pipeline(&pipeline(&["build"], vec![job("build", "build")]))
         .await
         .unwrap();
-    h.wait_job(job_id(&guarded, "build"), JobStatus::Running, T).await;
+    h.wait_job(job_id(&guarded, "build"), JobStatus::Running, T)
+        .await;
     let later = h
         .admin
-        .submit_pipeline(&pipeline(&["test", "deploy"], vec![lint, job("deploy", "deploy")]))
+        .submit_pipeline(&pipeline(
+            &["test", "deploy"],
+            vec![lint, job("deploy", "deploy")],
+        ))
         .await
         .unwrap();
-    assert_eq!(h.wait_pipeline(guarded.id, T).await.status, PipelineStatus::Success);
-    assert_eq!(h.wait_pipeline(later.id, T).await.status, PipelineStatus::Success);
+    assert_eq!(
+        h.wait_pipeline(guarded.id, T).await.status,
+        PipelineStatus::Success
+    );
+    assert_eq!(
+        h.wait_pipeline(later.id, T).await.status,
+        PipelineStatus::Success
+    );
     r.task.abort();
 }
 
@@ -805,11 +826,16 @@ async fn delayed_jobs_start_after_their_delay_or_when_played(b: Backend) {
         .submit_pipeline(&pipeline(&["x"], vec![soon, later]))
         .await
         .unwrap();
-    let v = h.wait_job(job_id(&p, "later"), JobStatus::Scheduled, T).await;
+    let v = h
+        .wait_job(job_id(&p, "later"), JobStatus::Scheduled, T)
+        .await;
     assert!(v.run_after_ms.is_some());
     h.wait_job(job_id(&p, "soon"), JobStatus::Success, T).await;
     assert!(submitted.elapsed() >= Duration::from_secs(2));
-    h.admin.job_action(job_id(&p, "later"), "play").await.unwrap();
+    h.admin
+        .job_action(job_id(&p, "later"), "play")
+        .await
+        .unwrap();
     let done = h.wait_pipeline(p.id, T).await;
     assert_eq!(done.status, PipelineStatus::Success);
     r.task.abort();

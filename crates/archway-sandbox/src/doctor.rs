@@ -62,8 +62,8 @@ fn which(name: &str) -> Option<PathBuf> {
     if name.contains('/') {
         return Path::new(name).is_file().then(|| PathBuf::from(name));
     }
-    let path = std::env::var_os("PATH")
-        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let path =
+        std::env::var_os("PATH").unwrap_or_else(|| archway_oci::run_config::DEFAULT_PATH.into());
     // Runtimes live in sbin on Debian, which a non-root PATH may lack.
     let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
     for d in ["/usr/sbin", "/sbin", "/usr/bin"] {

@@ -45,7 +45,7 @@ pub enum SandboxError {
     Start { what: String, message: String },
     #[error("{runtime} failed: {message}")]
     Runtime { runtime: String, message: String },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

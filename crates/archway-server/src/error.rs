@@ -73,10 +73,9 @@ impl IntoResponse for CoordError {
     fn into_response(self) -> Response {
         let status = self.status();
         let message = if status.is_server_error() {
-            // Never show database URLs or file paths to a client: log them with an id instead.
-            let id = uuid::Uuid::new_v4().simple().to_string();
-            tracing::error!(request_error = %self, error_id = %id, "internal error");
-            format!("internal server error (error id {id}; the server's log has the details)")
+            // Never show database URLs or file paths to a client: log them with the
+            // request id instead.
+            archway_http::internal_error(&self).to_string()
         } else {
             self.to_string()
         };

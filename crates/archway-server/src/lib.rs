@@ -26,14 +26,12 @@ pub mod sources;
 pub mod testing;
 pub mod tokens;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, header};
@@ -242,51 +240,17 @@ async fn metrics_handler(State(s): State<Arc<Server>>, headers: HeaderMap) -> Re
         .into_response()
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves (then lets requests in flight
-/// finish).
+/// Serves `router` on `listener` until `shutdown` resolves, with the shared HTTP layer's
+/// limits (header, body and write timeouts, connection cap, request ids); requests in flight
+/// (long polls, followed logs) get 10 s to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use tower::ServiceExt;
-
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.max_buf_size(128 * 1024)
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let app = router.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(ConnectInfo::<SocketAddr>(remote));
-                app.clone().oneshot(req.map(Body::new))
-            });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %remote, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    // Long polls and log follows end within their wait; do not hang on them forever.
-    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
-    Ok(())
+    let config = archway_http::ServeConfig {
+        shutdown_grace: Duration::from_secs(10),
+        ..archway_http::ServeConfig::default()
+    };
+    archway_http::serve(listener, router, config, shutdown).await
 }

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use archway_api::{
-    ApiClient, JobDefinition, JobPayload, JobStatus, PipelineStatus, PlatformOffer,
-    RegisterRunner, SubmitPipeline, When,
+    ApiClient, JobDefinition, JobPayload, JobStatus, PipelineStatus, PlatformOffer, RegisterRunner,
+    SubmitPipeline, When,
 };
 use archway_bench::proc::{self, Server};
 use archway_bench::stats::Samples;
@@ -84,13 +84,17 @@ fn start_server(archway: &Path, database: Option<&str>) -> anyhow::Result<Coordi
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let mut init = Command::new(archway);
-    init.args(["server", "init", "--format", "json", "--data"]).arg(&data);
+    init.args(["server", "init", "--format", "json", "--data"])
+        .arg(&data);
     if let Some(db) = database {
         init.args(["--database", db]);
     }
     let out = init.output()?;
     if !out.status.success() {
-        bail!("archway server init: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "archway server init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let tokens: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let addr: SocketAddr = format!("127.0.0.1:{}", proc::free_port()?).parse()?;
@@ -174,7 +178,10 @@ async fn runners(
     c: &Coordinator,
     n: usize,
     concurrency: u32,
-) -> anyhow::Result<(Vec<tokio::task::JoinHandle<()>>, mpsc::UnboundedReceiver<Instant>)> {
+) -> anyhow::Result<(
+    Vec<tokio::task::JoinHandle<()>>,
+    mpsc::UnboundedReceiver<Instant>,
+)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let exec = Arc::new(Stopwatch { started: tx });
     let anon = ApiClient::new(&c.url, None)?;
@@ -318,15 +325,31 @@ fn runner_process(
 ) -> anyhow::Result<Child> {
     let config = dir.join(format!("{name}.json"));
     let out = Command::new(archway)
-        .args(["runner", "register", "--server", &c.url, "--token", &c.registration])
+        .args([
+            "runner",
+            "register",
+            "--server",
+            &c.url,
+            "--token",
+            &c.registration,
+        ])
         .args(["--name", name, "--tags", tags, "--platform", "linux/amd64"])
-        .args(["--executor", executor, "--run-untagged", "false", "--config"])
+        .args([
+            "--executor",
+            executor,
+            "--run-untagged",
+            "false",
+            "--config",
+        ])
         .arg(&config)
         .arg("--cache-dir")
         .arg(dir.join("cache"))
         .output()?;
     if !out.status.success() {
-        bail!("archway runner register: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "archway runner register: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(Command::new(archway)
         .env("ARCHWAY_LOG", "warn")
@@ -338,9 +361,16 @@ fn runner_process(
 }
 
 /// kill -9 of a runner mid-job → its job is requeued: seconds, per trial.
-async fn requeue_trials(archway: &Path, c: &Coordinator, trials: usize) -> anyhow::Result<Vec<Duration>> {
+async fn requeue_trials(
+    archway: &Path,
+    c: &Coordinator,
+    trials: usize,
+) -> anyhow::Result<Vec<Duration>> {
     let dir = tempfile::tempdir()?;
-    let image = format!("{}/library/busybox:1.35", c.url.trim_start_matches("http://"));
+    let image = format!(
+        "{}/library/busybox:1.35",
+        c.url.trim_start_matches("http://")
+    );
     let fixture = std::env::current_dir()?.join("testdata/busybox-oci");
     let copy = Command::new(archway)
         .args(["image", "copy", "--all"])
@@ -369,7 +399,8 @@ async fn requeue_trials(archway: &Path, c: &Coordinator, trials: usize) -> anyho
         loop {
             let v = c.admin.job(id).await?;
             // Running, and its script started (the log shows the command).
-            if v.status == JobStatus::Running && v.attempts.first().is_some_and(|a| a.log_bytes > 0) {
+            if v.status == JobStatus::Running && v.attempts.first().is_some_and(|a| a.log_bytes > 0)
+            {
                 break;
             }
             if Instant::now() > deadline {
@@ -406,7 +437,10 @@ async fn create_pg_database(admin: &str) -> anyhow::Result<String> {
         .output()
         .context("running psql")?;
     if !out.status.success() {
-        bail!("creating a database: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "creating a database: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
     Ok(format!("{base}/{name}"))
@@ -424,20 +458,28 @@ async fn main() -> anyhow::Result<()> {
         "met".into(),
     ]];
     let mut json = serde_json::Map::new();
-    let mut add = |rows: &mut Vec<Vec<String>>, m: &str, db: &str, r: String, goal: &str, met: Option<bool>| {
+    let add = |rows: &mut Vec<Vec<String>>,
+                   m: &str,
+                   db: &str,
+                   r: String,
+                   goal: &str,
+                   met: Option<bool>| {
         rows.push(vec![
             m.into(),
             db.into(),
             r,
             goal.into(),
-            met.map(|b| if b { "yes" } else { "NO" }.to_string()).unwrap_or_default(),
+            met.map(|b| if b { "yes" } else { "NO" }.to_string())
+                .unwrap_or_default(),
         ]);
     };
 
     let mut databases: Vec<(&str, Option<String>)> = vec![("sqlite", None)];
     match &args.postgres {
         Some(admin) => databases.push(("postgres", Some(create_pg_database(admin).await?))),
-        None => eprintln!("no PostgreSQL (set ARCHWAY_TEST_POSTGRES or --postgres): PostgreSQL rows skipped"),
+        None => eprintln!(
+            "no PostgreSQL (set ARCHWAY_TEST_POSTGRES or --postgres): PostgreSQL rows skipped"
+        ),
     }
 
     for (db_name, url) in &databases {
@@ -448,7 +490,14 @@ async fn main() -> anyhow::Result<()> {
             let (tasks, _rx) = runners(&c, 1, 1).await?;
             tokio::time::sleep(Duration::from_secs(2)).await;
             let rss = proc::rss_bytes(c.server.pid()).unwrap_or(0);
-            add(&mut rows, "idle server RSS", db_name, mib(rss), "≤ 40 MB", Some(rss <= 40_000_000));
+            add(
+                &mut rows,
+                "idle server RSS",
+                db_name,
+                mib(rss),
+                "≤ 40 MB",
+                Some(rss <= 40_000_000),
+            );
             json.insert("idle_server_rss_bytes".into(), rss.into());
             for t in tasks {
                 t.abort();
@@ -459,7 +508,14 @@ async fn main() -> anyhow::Result<()> {
             let rss = proc::rss_bytes(child.id()).unwrap_or(0);
             let _ = child.kill();
             let _ = child.wait();
-            add(&mut rows, "idle runner RSS", "-", mib(rss), "≤ 20 MB", Some(rss <= 20_000_000));
+            add(
+                &mut rows,
+                "idle runner RSS",
+                "-",
+                mib(rss),
+                "≤ 20 MB",
+                Some(rss <= 20_000_000),
+            );
             json.insert("idle_runner_rss_bytes".into(), rss.into());
         }
         for n in [1usize, 10, 100] {
@@ -483,8 +539,14 @@ async fn main() -> anyhow::Result<()> {
                 if goal { "≤ 100 ms" } else { "" },
                 goal.then_some(p99 <= Duration::from_millis(100)),
             );
-            json.insert(format!("{db_name}_pickup_p50_ms_{n}"), (p50.as_secs_f64() * 1000.0).into());
-            json.insert(format!("{db_name}_pickup_p99_ms_{n}"), (p99.as_secs_f64() * 1000.0).into());
+            json.insert(
+                format!("{db_name}_pickup_p50_ms_{n}"),
+                (p50.as_secs_f64() * 1000.0).into(),
+            );
+            json.insert(
+                format!("{db_name}_pickup_p99_ms_{n}"),
+                (p99.as_secs_f64() * 1000.0).into(),
+            );
         }
         eprintln!("  throughput: {} jobs over 100 runners…", args.jobs);
         let sampler = c.server.sample_rss();
@@ -499,17 +561,34 @@ async fn main() -> anyhow::Result<()> {
             if sqlite { "≥ 1,000 jobs/s" } else { "" },
             sqlite.then_some(rate >= 1000.0),
         );
-        add(&mut rows, "server peak RSS under load", db_name, mib(peak), "", None);
+        add(
+            &mut rows,
+            "server peak RSS under load",
+            db_name,
+            mib(peak),
+            "",
+            None,
+        );
         json.insert(format!("{db_name}_jobs_per_sec"), rate.into());
         json.insert(format!("{db_name}_peak_rss_bytes"), peak.into());
         if sqlite && args.requeue_trials > 0 {
-            eprintln!("  requeue after kill -9 ({} trials; each waits out a 15 s lease)…", args.requeue_trials);
+            eprintln!(
+                "  requeue after kill -9 ({} trials; each waits out a 15 s lease)…",
+                args.requeue_trials
+            );
             let t = requeue_trials(&archway, &c, args.requeue_trials).await?;
             let mut sorted = t.clone();
             sorted.sort();
             let p50 = sorted[sorted.len() / 2];
             let max = *sorted.last().unwrap_or(&Duration::ZERO);
-            add(&mut rows, "requeue after kill -9, p50", db_name, format!("{:.1} s", p50.as_secs_f64()), "", None);
+            add(
+                &mut rows,
+                "requeue after kill -9, p50",
+                db_name,
+                format!("{:.1} s", p50.as_secs_f64()),
+                "",
+                None,
+            );
             add(
                 &mut rows,
                 &format!("requeue after kill -9, max of {}", t.len()),

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use archway_build::builder::{BuildEvent, BuildRequest, Builder};
+use archway_build::{BuildError, BuildEvent, BuildRequest, Builder, ProgressSink, RegistrySource};
 use archway_client::copy::{CopyOptions, Selection};
 use archway_client::{Location, copy};
 use archway_oci::Platform;
@@ -305,8 +305,8 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     let quiet = a.quiet || a.format == Format::Json;
     let tty = std::io::stderr().is_terminal();
-    let progress: Option<archway_build::builder::ProgressSink> = Some({
-        let sink: archway_build::builder::ProgressSink = Arc::new(move |e: BuildEvent| match e {
+    let progress: ProgressSink = {
+        let sink: ProgressSink = Arc::new(move |e: BuildEvent| match e {
             BuildEvent::Warning(w) => eprintln!("warning: {w}"),
             _ if quiet => {}
             BuildEvent::Step {
@@ -335,7 +335,7 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
             } => eprintln!("cache: {entries} step results in {repository}"),
         });
         sink
-    });
+    };
     let sandbox = super::sandbox::runner(a.runtime.as_deref(), a.step_timeout);
     let cache_repo = match (&a.cache_repo, a.cache) {
         (Some(r), None | Some(true)) => {
@@ -350,18 +350,18 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
-    let builder = Builder {
-        cache_repo,
-        client: client.clone(),
-        store: store.clone(),
-        runner: sandbox.as_ref().ok().cloned(),
-        progress,
-        runtime: rt.handle().clone(),
-        privileged: super::sandbox::privileged(),
-    };
-    let result = match builder.build(&req) {
+    let mut builder = Builder::new(store, Arc::new(RegistrySource::new(client.clone())))
+        .with_progress(progress)
+        .with_privileged(super::sandbox::privileged());
+    if let Ok(runner) = &sandbox {
+        builder = builder.with_runner(runner.clone());
+    }
+    if let Some(repo) = cache_repo {
+        builder = builder.with_cache_repo(repo);
+    }
+    let result = match rt.block_on(builder.build(&req)) {
         Ok(r) => r,
-        Err(archway_build::builder::BuildError::Invalid(diags)) => {
+        Err(BuildError::Invalid(diags)) => {
             for d in &diags {
                 eprintln!("{d}");
             }

@@ -290,7 +290,7 @@ async fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
             let sandbox = archway_sandbox::Sandbox::detect(a.runtime.as_deref())
                 .context("the sandbox executor needs an OCI runtime (see `archway doctor`)")?;
             let cache = config.cache_dir();
-            let store = archway_build::builder::Store::open(&cache.join("images"))
+            let store = archway_build::Store::open(&cache.join("images"))
                 .with_context(|| format!("opening the image store under {}", cache.display()))?;
             let mut e = SandboxExecutor::new(sandbox, Arc::new(store), &cache);
             e.default_image = config.default_image.clone();

@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use archway_build::builder::{BuildError, Builder, RunOutput, RunRequest, StepRunner, Store};
+use archway_build::{ImageStore, RegistrySource, RunOutput, RunRequest, StepRunner, Store};
 use archway_client::Location;
 use archway_oci::Platform;
+use archway_oci::run_config::{RunConfigError, RunOverrides, resolve_run};
 use archway_sandbox::doctor::Report;
 use archway_sandbox::{Emulation, Exit, ExtraMount, Network, RunSpec, Sandbox};
 use clap::Args;
 
-use super::common::{Format, RegistryArgs, print_json};
+use super::common::{Format, RegistryArgs, block_on, print_json};
 
 /// Runs RUN steps in the sandbox.
 struct SandboxRunner {
@@ -33,7 +34,7 @@ impl StepRunner for SandboxRunner {
         &self,
         req: &RunRequest<'_>,
         on_output: &(dyn Fn(&str) + Sync),
-    ) -> Result<RunOutput, BuildError> {
+    ) -> Result<RunOutput, Box<dyn std::error::Error + Send + Sync>> {
         let mut mounts: Vec<ExtraMount> = req
             .mounts
             .iter()
@@ -65,13 +66,7 @@ impl StepRunner for SandboxRunner {
             timeout: self.timeout,
             collect_changes: true,
         };
-        let out = self
-            .sandbox
-            .run(&spec, on_output)
-            .map_err(|e| BuildError::Io {
-                context: "sandbox".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        let out = self.sandbox.run(&spec, on_output)?;
         let (exit_code, mut output) = match out.exit {
             Exit::Code(c) => (c, out.output_tail),
             Exit::Canceled => (130, out.output_tail),
@@ -266,70 +261,43 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let client = a
         .registry
         .client(&regs.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let store = open_store(a.cache_dir.as_deref())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let builder = Builder {
-        cache_repo: None,
-        client,
-        store: store.clone(),
-        runner: None,
-        progress: None,
-        runtime: rt.handle().clone(),
-        privileged: privileged(),
-    };
-    let image = builder.fetch_image(&source, &platform)?;
-    let rootfs = builder.rootfs(&image)?;
-    let cfg = image.config.config.clone().unwrap_or_default();
-    let argv: Vec<String> = if a.command.is_empty() {
-        cfg.entrypoint
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .chain(cfg.cmd.clone().unwrap_or_default())
-            .collect()
-    } else {
-        // As with `docker run IMAGE ARGS`: the arguments replace CMD and follow ENTRYPOINT.
-        cfg.entrypoint
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .chain(a.command.clone())
-            .collect()
-    };
-    if argv.is_empty() {
-        bail!(
+    let images = ImageStore::new(
+        open_store(a.cache_dir.as_deref())?,
+        Arc::new(RegistrySource::new(client)),
+    )
+    .with_privileged(privileged());
+    let (image, rootfs) = block_on(async {
+        let image = images.pull(&source, &platform).await?;
+        let rootfs = images.unpack(&image).await?;
+        anyhow::Ok((image, rootfs))
+    })??;
+    let resolved = resolve_run(
+        image.config.config.as_ref(),
+        &RunOverrides {
+            entrypoint: None,
+            command: a.command.clone(),
+            env: a.env.clone(),
+            user: a.user.clone(),
+            workdir: a.workdir.clone(),
+        },
+    )
+    .map_err(|e| match e {
+        RunConfigError::NoCommand => anyhow::anyhow!(
             "{} has no ENTRYPOINT or CMD; give a command: archway run {} -- COMMAND",
             a.image,
             a.image
-        );
-    }
-    let mut env = cfg.env.clone().unwrap_or_default();
-    for kv in &a.env {
-        let Some((k, _)) = kv.split_once('=') else {
-            bail!("--env `{kv}` is not KEY=VALUE")
-        };
-        env.retain(|e| !e.starts_with(&format!("{k}=")));
-        env.push(kv.clone());
-    }
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    }
-    let work = store.tmp_dir()?;
+        ),
+        RunConfigError::BadEnv(kv) => anyhow::anyhow!("--env `{kv}` is not KEY=VALUE"),
+    })?;
+    let work = images.scratch_dir()?;
     let spec = RunSpec {
         platform: &platform,
         rootfs: &rootfs,
         dir: work.path(),
-        argv,
-        env,
-        cwd: a
-            .workdir
-            .clone()
-            .or(cfg.working_dir.clone())
-            .filter(|w| !w.is_empty())
-            .unwrap_or_else(|| "/".into()),
-        user: a.user.clone().or(cfg.user.clone()).unwrap_or_default(),
+        argv: resolved.argv,
+        env: resolved.env,
+        cwd: resolved.cwd,
+        user: resolved.user,
         mounts,
         network: if a.network == "host" {
             Network::Host

@@ -200,8 +200,7 @@ async fn open_coordinator(db: &DbArgs) -> anyhow::Result<Coordinator> {
 }
 
 async fn init(db: DbArgs, format: Format) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&db.data)
-        .with_context(|| format!("creating {}", db.data.display()))?;
+    std::fs::create_dir_all(&db.data).with_context(|| format!("creating {}", db.data.display()))?;
     let database = match &db.database {
         Some(url) => Db::open(url).await?,
         None => Db::open_sqlite(&db.data).await?,
@@ -223,7 +222,9 @@ async fn init(db: DbArgs, format: Format) -> anyhow::Result<ExitCode> {
             "admin_token": admin,
             "registration_token": registration,
         }))?,
-        Format::Text => println!("admin token:               {admin}\nrunner registration token: {registration}"),
+        Format::Text => println!(
+            "admin token:               {admin}\nrunner registration token: {registration}"
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -700,3 +700,23 @@ fn onbuild_triggers_run_in_the_child_build_and_are_not_inherited() {
         );
     }
 }
+
+#[test]
+fn library_warnings_reach_the_user() {
+    let fx = Fixture::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "ARG BASE\nFROM $BASE\nRUN mkfifo /pipe && echo made > /kept\n",
+    )
+    .unwrap();
+    let platform = Platform::host().to_string();
+    let o = fx.build(dir.path(), &platform, &[], fx.store.path());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // The sandbox drops the FIFO from the layer and says so (a tracing warning in a library).
+    assert!(
+        stderr.contains("warning: skipping a special file created by the step path=pipe"),
+        "{stderr}"
+    );
+}

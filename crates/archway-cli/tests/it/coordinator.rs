@@ -34,7 +34,11 @@ fn postgres_database() -> Option<String> {
         .args(["-qc", &format!("CREATE DATABASE {name}")])
         .output()
         .expect("psql");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Some(format!("{}/{name}", admin.rsplit_once('/').unwrap().0))
 }
 
@@ -47,7 +51,8 @@ impl ServerProcess {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let mut init = archway();
-        init.args(["server", "init", "--format", "json", "--data"]).arg(&data);
+        init.args(["server", "init", "--format", "json", "--data"])
+            .arg(&data);
         if let Some(db) = &database {
             init.args(["--database", db]);
         }
@@ -130,14 +135,22 @@ impl ServerProcess {
     }
 
     /// Polls `job` until `pred` holds.
-    fn wait_job(&self, id: i64, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    fn wait_job(
+        &self,
+        id: i64,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let j = self.job(id);
             if pred(&j) {
                 return j;
             }
-            assert!(Instant::now() < deadline, "job {id}: gave up waiting for {what}: {j:#}");
+            assert!(
+                Instant::now() < deadline,
+                "job {id}: gave up waiting for {what}: {j:#}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -173,7 +186,14 @@ impl RunnerProcess {
     fn register(server: &ServerProcess, name: &str, args: &[&str]) -> PathBuf {
         let config = server.dir.path().join(format!("{name}.json"));
         ok(archway()
-            .args(["runner", "register", "--server", &server.url(), "--token", &server.registration])
+            .args([
+                "runner",
+                "register",
+                "--server",
+                &server.url(),
+                "--token",
+                &server.registration,
+            ])
             .args(["--name", name, "--config"])
             .arg(&config)
             .arg("--cache-dir")
@@ -268,8 +288,16 @@ fn pipeline_run(server: &ServerProcess, repo: &Path, args: &[&str]) -> Output {
 
 /// Submits without waiting; returns the pipeline as JSON.
 fn submit(server: &ServerProcess, repo: &Path, args: &[&str]) -> serde_json::Value {
-    let out = pipeline_run(server, repo, &[&["--detach", "--format", "json"], args].concat());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pipeline_run(
+        server,
+        repo,
+        &[&["--detach", "--format", "json"], args].concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -323,12 +351,19 @@ fn three_stage_pipeline(server: ServerProcess) {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("pipeline 1 success"), "{stdout}");
     // A line per state change while it ran.
-    assert!(stderr.contains("build: [arm64]") && stderr.contains("running on arm-1 (linux/arm64, emulated)"), "{stderr}");
+    assert!(
+        stderr.contains("build: [arm64]")
+            && stderr.contains("running on arm-1 (linux/arm64, emulated)"),
+        "{stderr}"
+    );
     let p = server.json(&["pipeline", "show", "1"]);
     let runner = |name: &str| {
         let j = server.job(job_id(&p, name));
         (
-            j["attempts"][0]["runner"]["name"].as_str().unwrap().to_owned(),
+            j["attempts"][0]["runner"]["name"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
             j["attempts"][0]["emulated"].as_bool().unwrap(),
         )
     };
@@ -336,14 +371,23 @@ fn three_stage_pipeline(server: ServerProcess) {
     assert_eq!(runner("build: [arm64]"), ("arm-1".into(), true));
     assert_eq!(runner("test"), ("amd-1".into(), false));
     let arm_log = server.log(job_id(&p, "build: [arm64]"));
-    assert!(arm_log.contains("built on aarch64 for arm64 emulated=true"), "{arm_log}");
+    assert!(
+        arm_log.contains("built on aarch64 for arm64 emulated=true"),
+        "{arm_log}"
+    );
     let amd_log = server.log(job_id(&p, "build: [amd64]"));
-    assert!(amd_log.contains("built on x86_64 for amd64 emulated=false"), "{amd_log}");
+    assert!(
+        amd_log.contains("built on x86_64 for amd64 emulated=false"),
+        "{amd_log}"
+    );
     let test_log = server.log(job_id(&p, "test"));
     assert!(test_log.contains("the app"), "{test_log}");
     assert!(test_log.contains("in /builds/team/app"), "{test_log}");
     let assemble_log = server.log(job_id(&p, "assemble"));
-    assert!(assemble_log.contains(&format!("assembled for {}/team/app", server.addr)), "{assemble_log}");
+    assert!(
+        assemble_log.contains(&format!("assembled for {}/team/app", server.addr)),
+        "{assemble_log}"
+    );
     // Stage order.
     let t = |name: &str, field: &str| server.job(job_id(&p, name))[field].as_i64().unwrap();
     assert!(t("build: [arm64]", "finished_at_ms") <= t("test", "started_at_ms"));
@@ -379,7 +423,11 @@ slow:
 fn a_killed_runners_job_is_requeued_to_another_runner_and_the_old_attempt_is_fenced() {
     let server = ServerProcess::start(&["--lease-ttl", "3s"]);
     server.push_busybox();
-    let mut a = RunnerProcess::start(&server, "victim", &["--platform", "linux/amd64", "--tags", "slow"]);
+    let mut a = RunnerProcess::start(
+        &server,
+        "victim",
+        &["--platform", "linux/amd64", "--tags", "slow"],
+    );
     let r = repo(&[(".gitlab-ci.yml", SLOW)]);
     let p = submit(&server, r.path(), &[]);
     let id = job_id(&p, "slow");
@@ -391,10 +439,15 @@ fn a_killed_runners_job_is_requeued_to_another_runner_and_the_old_attempt_is_fen
     // The killed runner's job directory is left behind; it holds the old job token.
     let work = a.config.parent().unwrap().join(format!(
         "runner-{}-work/attempt-{old_attempt}/src/token.txt",
-        serde_json::from_str::<serde_json::Value>(&fs::read_to_string(&a.config).unwrap()).unwrap()["id"]
+        serde_json::from_str::<serde_json::Value>(&fs::read_to_string(&a.config).unwrap()).unwrap()
+            ["id"]
     ));
     let old_token = fs::read_to_string(&work).unwrap().trim().to_owned();
-    let _b = RunnerProcess::start(&server, "rescuer", &["--platform", "linux/amd64", "--tags", "slow"]);
+    let _b = RunnerProcess::start(
+        &server,
+        "rescuer",
+        &["--platform", "linux/amd64", "--tags", "slow"],
+    );
     let j = server.wait_job(id, "success on the rescuer", |j| j["status"] == "success");
     let attempts = j["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{j:#}");
@@ -412,14 +465,20 @@ fn a_killed_runners_job_is_requeued_to_another_runner_and_the_old_attempt_is_fen
     let _a2 = RunnerProcess::run(&a.config, &[]);
     let client = reqwest::blocking::Client::new();
     let resp = client
-        .patch(format!("{}/api/v1/runner/attempts/{old_attempt}/log?offset=0", server.url()))
+        .patch(format!(
+            "{}/api/v1/runner/attempts/{old_attempt}/log?offset=0",
+            server.url()
+        ))
         .bearer_auth(&old_token)
         .body("late output\n")
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 410, "{:?}", resp.text());
     let resp = client
-        .post(format!("{}/api/v1/runner/attempts/{old_attempt}/finish", server.url()))
+        .post(format!(
+            "{}/api/v1/runner/attempts/{old_attempt}/finish",
+            server.url()
+        ))
         .bearer_auth(&old_token)
         .json(&serde_json::json!({"outcome": "failed", "exit_code": 1}))
         .send()
@@ -451,7 +510,9 @@ fn server_kill9_mid_pipeline(mut server: ServerProcess) {
     let r = repo(&[(".gitlab-ci.yml", TWO_STAGES)]);
     let p = submit(&server, r.path(), &[]);
     let first = job_id(&p, "first");
-    server.wait_job(first, "the first job to run", |_| server.log(first).contains("first begins"));
+    server.wait_job(first, "the first job to run", |_| {
+        server.log(first).contains("first begins")
+    });
     server.kill9();
     std::thread::sleep(Duration::from_secs(2));
     server.spawn(); // same data, same address
@@ -462,7 +523,11 @@ fn server_kill9_mid_pipeline(mut server: ServerProcess) {
         if v["status"] == "success" || v["status"] == "failed" {
             break v;
         }
-        assert!(Instant::now() < deadline, "{v:#}\nrunner log:\n{}", runner.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "{v:#}\nrunner log:\n{}",
+            runner.log_text()
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(done["status"], "success", "{done:#}");
@@ -506,7 +571,14 @@ fn a_drained_runner_finishes_short_jobs_and_hands_back_the_rest() {
     let mut runner = RunnerProcess::start(
         &server,
         "spot",
-        &["--platform", "linux/amd64", "--tags", "drain", "--concurrency", "2"],
+        &[
+            "--platform",
+            "linux/amd64",
+            "--tags",
+            "drain",
+            "--concurrency",
+            "2",
+        ],
     );
     let r = repo(&[(".gitlab-ci.yml", DRAIN)]);
     let p = submit(&server, r.path(), &[]);
@@ -525,19 +597,30 @@ fn a_drained_runner_finishes_short_jobs_and_hands_back_the_rest() {
     let e = server.job(endless);
     assert_eq!(e["status"], "pending", "{e:#}");
     assert_eq!(e["attempts"][0]["state"], "handed_back");
-    ok(server.cli().args(["pipeline", "cancel", &p["id"].to_string()]));
+    ok(server
+        .cli()
+        .args(["pipeline", "cancel", &p["id"].to_string()]));
 }
 
 #[test]
 fn sigterm_drains_too() {
     let server = ServerProcess::start(&[]);
     server.push_busybox();
-    let config = RunnerProcess::register(&server, "spot", &["--platform", "linux/amd64", "--tags", "drain"]);
+    let config = RunnerProcess::register(
+        &server,
+        "spot",
+        &["--platform", "linux/amd64", "--tags", "drain"],
+    );
     let mut runner = RunnerProcess::run(&config, &["--drain-deadline", "2s"]);
-    let r = repo(&[(".gitlab-ci.yml", "endless:\n  image: $CI_REGISTRY/library/busybox:1.35\n  tags: [drain]\n  script: [echo endless begins, sleep 600]\n")]);
+    let r = repo(&[(
+        ".gitlab-ci.yml",
+        "endless:\n  image: $CI_REGISTRY/library/busybox:1.35\n  tags: [drain]\n  script: [echo endless begins, sleep 600]\n",
+    )]);
     let p = submit(&server, r.path(), &[]);
     let id = job_id(&p, "endless");
-    server.wait_job(id, "the job to run", |_| server.log(id).contains("endless begins"));
+    server.wait_job(id, "the job to run", |_| {
+        server.log(id).contains("endless begins")
+    });
     let mut child = runner.child.take().unwrap();
     ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
     let t = Instant::now();
@@ -547,7 +630,11 @@ fn sigterm_drains_too() {
     let j = server.job(id);
     assert_eq!(j["status"], "pending");
     assert_eq!(j["attempts"][0]["state"], "handed_back");
-    assert!(server.log(id).contains("handing this job back"), "{}", server.log(id));
+    assert!(
+        server.log(id).contains("handing this job back"),
+        "{}",
+        server.log(id)
+    );
 }
 
 #[test]
@@ -555,10 +642,15 @@ fn cancel_stops_the_jobs_process() {
     let server = ServerProcess::start(&[]);
     server.push_busybox();
     let _runner = RunnerProcess::start(&server, "r", &["--platform", "linux/amd64"]);
-    let r = repo(&[(".gitlab-ci.yml", "long:\n  image: $CI_REGISTRY/library/busybox:1.35\n  script: [echo long begins, sleep 600, echo never]\n")]);
+    let r = repo(&[(
+        ".gitlab-ci.yml",
+        "long:\n  image: $CI_REGISTRY/library/busybox:1.35\n  script: [echo long begins, sleep 600, echo never]\n",
+    )]);
     let p = submit(&server, r.path(), &[]);
     let id = job_id(&p, "long");
-    server.wait_job(id, "the job to run", |_| server.log(id).contains("long begins"));
+    server.wait_job(id, "the job to run", |_| {
+        server.log(id).contains("long begins")
+    });
     ok(server.cli().args(["job", "cancel", &id.to_string()]));
     let j = server.wait_job(id, "canceled", |j| j["status"] == "canceled");
     assert_eq!(j["attempts"][0]["state"], "canceled");
@@ -576,14 +668,25 @@ fn masked_variables_never_reach_the_log() {
         ".gitlab-ci.yml",
         "leak:\n  image: $CI_REGISTRY/library/busybox:1.35\n  script:\n    - echo \"key=$API_KEY\"\n    - printf '%s' \"$API_KEY\" | base64\n    - echo \"token=$CI_JOB_TOKEN\"\n",
     )]);
-    let out = pipeline_run(&server, r.path(), &["--masked-var", "API_KEY=s3cr3t-value-42"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pipeline_run(
+        &server,
+        r.path(),
+        &["--masked-var", "API_KEY=s3cr3t-value-42"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let p = server.json(&["pipeline", "show", "1"]);
     let log = server.log(job_id(&p, "leak"));
     assert!(log.contains("key=[MASKED]"), "{log}");
     assert!(log.contains("token=[MASKED]"), "{log}");
     assert!(!log.contains("s3cr3t-value-42"), "{log}");
-    assert!(!log.contains("czNjcjN0LXZhbHVlLTQy"), "base64 leaked: {log}");
+    assert!(
+        !log.contains("czNjcjN0LXZhbHVlLTQy"),
+        "base64 leaked: {log}"
+    );
     // Short masked values are refused before anything runs.
     let out = pipeline_run(&server, r.path(), &["--masked-var", "PIN=1234"]);
     assert!(!out.status.success());
@@ -600,7 +703,11 @@ fn an_image_that_cannot_be_pulled_fails_the_job_not_the_runner() {
         "stages: [a, b]\nmissing:\n  stage: a\n  image: $CI_REGISTRY/library/nope:1\n  allow_failure: true\n  script: [echo hi]\nafter:\n  stage: b\n  image: $CI_REGISTRY/library/busybox:1.35\n  script: [echo still alive]\n",
     )]);
     let out = pipeline_run(&server, r.path(), &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let p = server.json(&["pipeline", "show", "1"]);
     let m = server.job(job_id(&p, "missing"));
     assert_eq!(m["status"], "failed");
@@ -614,16 +721,23 @@ fn an_image_that_cannot_be_pulled_fails_the_job_not_the_runner() {
 fn a_job_no_runner_can_take_waits_and_says_why() {
     let server = ServerProcess::start(&[]);
     let _runner = RunnerProcess::start(&server, "amd-only", &["--platform", "linux/amd64"]);
-    let r = repo(&[(".gitlab-ci.yml", "gpu:\n  tags: [gpu, arm64]\n  script: [nvidia-smi]\n")]);
+    let r = repo(&[(
+        ".gitlab-ci.yml",
+        "gpu:\n  tags: [gpu, arm64]\n  script: [nvidia-smi]\n",
+    )]);
     let p = submit(&server, r.path(), &[]);
     let id = job_id(&p, "gpu");
     let j = server.wait_job(id, "a note", |j| j["note"].is_string());
     let note = j["note"].as_str().unwrap();
     assert!(
-        note.starts_with("no runner with tags [arm64, gpu] for linux/arm64; connected: amd-only [amd64, x86_64"),
+        note.starts_with(
+            "no runner with tags [arm64, gpu] for linux/arm64; connected: amd-only [amd64, x86_64"
+        ),
         "{note}"
     );
-    let text = ok(server.cli().args(["pipeline", "show", &p["id"].to_string()]));
+    let text = ok(server
+        .cli()
+        .args(["pipeline", "show", &p["id"].to_string()]));
     assert!(text.contains("no runner with tags [arm64, gpu]"), "{text}");
 }
 
@@ -634,17 +748,34 @@ fn errors_say_what_failed_and_what_to_do() {
     let out = archway()
         .current_dir(r.path())
         .env("HOME", r.path())
-        .args(["pipeline", "run", "--server", "http://127.0.0.1:1", "--token", "awa_x"])
+        .args([
+            "pipeline",
+            "run",
+            "--server",
+            "http://127.0.0.1:1",
+            "--token",
+            "awa_x",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("cannot reach the Archway server at http://127.0.0.1:1"), "{err}");
+    assert!(
+        err.contains("cannot reach the Archway server at http://127.0.0.1:1"),
+        "{err}"
+    );
     let server = ServerProcess::start(&[]);
     let out = archway()
         .current_dir(r.path())
         .env("HOME", r.path())
-        .args(["pipeline", "run", "--server", &server.url(), "--token", &format!("awa_{}", "0".repeat(64))])
+        .args([
+            "pipeline",
+            "run",
+            "--server",
+            &server.url(),
+            "--token",
+            &format!("awa_{}", "0".repeat(64)),
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -661,14 +792,24 @@ fn errors_say_what_failed_and_what_to_do() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no Archway server configured"));
     // A bad registration token.
     let out = archway()
-        .args(["runner", "register", "--server", &server.url(), "--token", "awr_nope"])
+        .args([
+            "runner",
+            "register",
+            "--server",
+            &server.url(),
+            "--token",
+            "awr_nope",
+        ])
         .arg("--config")
         .arg(r.path().join("r.json"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("registration token is unknown or revoked"), "{err}");
+    assert!(
+        err.contains("registration token is unknown or revoked"),
+        "{err}"
+    );
     // A pipeline `archway lint` rejects is refused before anything is submitted.
     let bad = repo(&[(".gitlab-ci.yml", "a:\n  stage: nope\n  script: [true]\n")]);
     let out = pipeline_run(&server, bad.path(), &[]);
@@ -676,7 +817,10 @@ fn errors_say_what_failed_and_what_to_do() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(".gitlab-ci.yml:2:"), "{err}");
     assert!(err.contains("nothing was submitted"), "{err}");
-    assert_eq!(server.json(&["pipeline", "list"]).as_array().unwrap().len(), 0);
+    assert_eq!(
+        server.json(&["pipeline", "list"]).as_array().unwrap().len(),
+        0
+    );
     // Plain HTTP on a public address needs consent.
     let out = archway()
         .args(["server", "--listen", "0.0.0.0:0", "--data"])
@@ -691,7 +835,10 @@ fn job_log_follow_streams_until_the_job_ends() {
     let server = ServerProcess::start(&[]);
     server.push_busybox();
     let _runner = RunnerProcess::start(&server, "r", &["--platform", "linux/amd64"]);
-    let r = repo(&[(".gitlab-ci.yml", "tick:\n  image: $CI_REGISTRY/library/busybox:1.35\n  script:\n    - for i in 1 2 3; do echo tick $i; sleep 1; done\n")]);
+    let r = repo(&[(
+        ".gitlab-ci.yml",
+        "tick:\n  image: $CI_REGISTRY/library/busybox:1.35\n  script:\n    - for i in 1 2 3; do echo tick $i; sleep 1; done\n",
+    )]);
     let p = submit(&server, r.path(), &[]);
     let id = job_id(&p, "tick");
     let out = server

@@ -2,7 +2,7 @@
 //! is intact, nothing references a missing blob, acknowledged pushes survived, and clients'
 //! retries (resuming their uploads) succeed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -113,11 +113,15 @@ fn kill_9_during_concurrent_pushes_loses_nothing_acknowledged() {
     let acknowledged: Arc<Mutex<Vec<Pushed>>> = Arc::default();
     let restarted = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
+    // Pushes that failed (the server was down), and pushers that completed one after the restart.
+    let failed = Arc::new(AtomicUsize::new(0));
+    let back = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..16)
         .map(|t| {
             let acknowledged = acknowledged.clone();
             let restarted = restarted.clone();
             let stop = stop.clone();
+            let (failed, back) = (failed.clone(), back.clone());
             let base = base.clone();
             std::thread::spawn(move || {
                 let raw = Raw {
@@ -131,6 +135,7 @@ fn kill_9_during_concurrent_pushes_loses_nothing_acknowledged() {
                 let repo = format!("crash/r{}", t % 4);
                 let mut failures_after_restart = 0;
                 let mut retried = 0;
+                let mut counted_back = false;
                 for i in 0.. {
                     if stop.load(Ordering::SeqCst) {
                         break;
@@ -147,9 +152,14 @@ fn kill_9_during_concurrent_pushes_loses_nothing_acknowledged() {
                                     tag: tag.clone(),
                                     manifest,
                                 });
+                                if restarted.load(Ordering::SeqCst) && !counted_back {
+                                    counted_back = true;
+                                    back.fetch_add(1, Ordering::SeqCst);
+                                }
                                 break;
                             }
                             Err(e) => {
+                                failed.fetch_add(1, Ordering::SeqCst);
                                 // The server is down: wait for it, then retry (resuming).
                                 while !restarted.load(Ordering::SeqCst) {
                                     std::thread::sleep(Duration::from_millis(20));
@@ -181,13 +191,29 @@ fn kill_9_during_concurrent_pushes_loses_nothing_acknowledged() {
     while acknowledged.lock().unwrap().len() < 32 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(100));
     let before = acknowledged.lock().unwrap().len();
     reg.kill9();
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until pushes have hit the dead server, then bring it back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while failed.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no push failed after kill -9"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     reg.restart();
     restarted.store(true, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Every pusher completes a push against the restarted server before we stop them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while back.load(Ordering::SeqCst) < 16 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of 16 pushers got through after the restart",
+            back.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     stop.store(true, Ordering::SeqCst);
     let mut retried_total = 0;
     for t in threads {

@@ -347,14 +347,37 @@ pub fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Records that the running test skips itself (it returns right after): printed, and appended
+/// to `$ARCHWAY_SKIP_LOG`, which `scripts/test.sh` reports (and, in CI, fails on). A skipped
+/// test still shows as "ok" in cargo's output; this is what makes it visible.
+pub fn skip(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_owned();
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Some(log) = std::env::var_os("ARCHWAY_SKIP_LOG") {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("ARCHWAY_SKIP_LOG is writable");
+        writeln!(f, "{test}: {reason}").expect("ARCHWAY_SKIP_LOG is writable");
+    }
+}
+
 /// Interop tests need real clients; `.ci/run` installs them. Locally, set
-/// `ARCHWAY_SKIP_INTEROP=1` to skip when they are missing instead of failing.
+/// `ARCHWAY_SKIP_INTEROP=1` to skip (visibly, see [`skip`]) when they are missing instead of
+/// failing.
 pub fn require(program: &str) -> bool {
     if have(program) {
         return true;
     }
     if std::env::var_os("ARCHWAY_SKIP_INTEROP").is_some() {
-        eprintln!("skipping: {program} is not installed (ARCHWAY_SKIP_INTEROP set)");
+        skip(&format!(
+            "{program} is not installed (ARCHWAY_SKIP_INTEROP set)"
+        ));
         return false;
     }
     panic!(

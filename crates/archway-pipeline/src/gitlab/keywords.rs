@@ -1,0 +1,552 @@
+//! Keywords: which ones exist where (top level, jobs, `default:`), the shapes of scalar values,
+//! and the parsers of the job keywords that are more than a string (`when`, `allow_failure`,
+//! `retry`, `image`, `services`, `artifacts`, `cache`, durations).
+
+use archway_oci::duration::parse_duration;
+
+use super::{Ctx, key_name};
+use crate::diag::{Diagnostic, did_you_mean};
+use crate::graph::{AllowFailure, Artifacts, Cache, Image, Retry, Service, When};
+use crate::vars::Vars;
+use crate::yaml::{Node, Value};
+
+/// Top-level keys that are not jobs.
+pub(super) const GLOBAL_KEYS: &[&str] = &[
+    "stages",
+    "types",
+    "variables",
+    "default",
+    "workflow",
+    "include",
+    "image",
+    "services",
+    "before_script",
+    "after_script",
+    "cache",
+    "spec",
+];
+
+/// Job keywords GitLab defines.
+pub(super) const JOB_KEYWORDS: &[&str] = &[
+    "after_script",
+    "allow_failure",
+    "artifacts",
+    "before_script",
+    "cache",
+    "coverage",
+    "dast_configuration",
+    "dependencies",
+    "environment",
+    "except",
+    "extends",
+    "hooks",
+    "id_tokens",
+    "identity",
+    "image",
+    "inherit",
+    "interruptible",
+    "manual_confirmation",
+    "needs",
+    "only",
+    "pages",
+    "parallel",
+    "release",
+    "resource_group",
+    "retry",
+    "rules",
+    "script",
+    "run",
+    "secrets",
+    "services",
+    "stage",
+    "start_in",
+    "tags",
+    "timeout",
+    "trigger",
+    "variables",
+    "when",
+];
+
+/// Keywords accepted but not used by Archway (a warning says so).
+pub(super) const IGNORED_KEYWORDS: &[&str] = &[
+    "coverage",
+    "dast_configuration",
+    "hooks",
+    "id_tokens",
+    "identity",
+    "pages",
+    "release",
+    "secrets",
+    "manual_confirmation",
+];
+
+/// Keywords `default:` may set.
+pub(super) const DEFAULT_KEYWORDS: &[&str] = &[
+    "after_script",
+    "artifacts",
+    "before_script",
+    "cache",
+    "hooks",
+    "id_tokens",
+    "image",
+    "interruptible",
+    "retry",
+    "services",
+    "tags",
+    "timeout",
+];
+
+// ---- scalars and shapes -----------------------------------------------------------------
+
+pub(super) fn expect_str(ctx: &mut Ctx<'_>, n: &Node, what: &str) -> Option<String> {
+    match &n.value {
+        Value::Str(s) => Some(s.clone()),
+        Value::Int(_) | Value::Float(_) | Value::Bool(_) => n.scalar_text(),
+        _ => {
+            ctx.error(
+                &n.span,
+                format!("{what} must be a string, found {}", n.kind()),
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn expect_bool(ctx: &mut Ctx<'_>, n: &Node, what: &str) -> Option<bool> {
+    match &n.value {
+        Value::Bool(b) => Some(*b),
+        _ => {
+            ctx.error(
+                &n.span,
+                format!("{what} must be true or false, found {}", n.kind()),
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn string_list(ctx: &mut Ctx<'_>, n: &Node, what: &str) -> Vec<String> {
+    match &n.value {
+        Value::Seq(items) => items
+            .iter()
+            .filter_map(|i| expect_str(ctx, i, what))
+            .collect(),
+        Value::Null => Vec::new(),
+        _ => expect_str(ctx, n, what).into_iter().collect(),
+    }
+}
+
+/// A script: a string or a list of strings, nested lists (from `!reference`) flattened.
+pub(super) fn script_lines(ctx: &mut Ctx<'_>, n: &Node, what: &str) -> Vec<String> {
+    fn flat(ctx: &mut Ctx<'_>, n: &Node, what: &str, depth: usize, out: &mut Vec<String>) {
+        match &n.value {
+            Value::Seq(items) if depth < 10 => {
+                for i in items {
+                    flat(ctx, i, what, depth + 1, out);
+                }
+            }
+            Value::Str(s) => out.push(s.clone()),
+            Value::Null => {}
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                out.push(n.scalar_text().unwrap_or_default())
+            }
+            _ => ctx.error(
+                &n.span,
+                format!("{what} lines must be strings, found {}", n.kind()),
+            ),
+        }
+    }
+    let mut out = Vec::new();
+    flat(ctx, n, what, 0, &mut out);
+    out
+}
+
+pub(super) fn parse_when(ctx: &mut Ctx<'_>, n: &Node, allow_never: bool) -> Option<Option<When>> {
+    let s = n.as_str().unwrap_or_default();
+    Some(Some(match s {
+        "on_success" => When::OnSuccess,
+        "on_failure" => When::OnFailure,
+        "always" => When::Always,
+        "manual" => When::Manual,
+        "delayed" => When::Delayed,
+        "never" if allow_never => return Some(None),
+        _ => {
+            let options = [
+                "on_success",
+                "on_failure",
+                "always",
+                "manual",
+                "delayed",
+                "never",
+            ];
+            let d = Diagnostic::error(
+                &n.span,
+                format!(
+                    "`{s}` is not a valid `when` (expected {})",
+                    options.join(", ")
+                ),
+            );
+            ctx.diags.push(match did_you_mean(s, options) {
+                Some(h) => d.with_hint(format!("did you mean `{h}`?")),
+                None => d,
+            });
+            return None;
+        }
+    }))
+}
+
+pub(super) fn parse_allow_failure(ctx: &mut Ctx<'_>, n: &Node) -> AllowFailure {
+    match &n.value {
+        Value::Bool(b) => AllowFailure {
+            allowed: *b,
+            exit_codes: Vec::new(),
+        },
+        Value::Map(_) => {
+            let codes = match n.get("exit_codes") {
+                Some(c) => match &c.value {
+                    Value::Int(i) => vec![*i],
+                    Value::Seq(s) => s
+                        .iter()
+                        .filter_map(|x| match x.value {
+                            Value::Int(i) => Some(i),
+                            _ => {
+                                ctx.error(&x.span, "allow_failure:exit_codes must be integers");
+                                None
+                            }
+                        })
+                        .collect(),
+                    _ => {
+                        ctx.error(
+                            &c.span,
+                            "allow_failure:exit_codes must be an integer or a list of integers",
+                        );
+                        Vec::new()
+                    }
+                },
+                None => {
+                    ctx.error(&n.span, "allow_failure as a mapping needs `exit_codes`");
+                    Vec::new()
+                }
+            };
+            AllowFailure {
+                allowed: true,
+                exit_codes: codes,
+            }
+        }
+        _ => {
+            ctx.error(
+                &n.span,
+                format!(
+                    "allow_failure must be true, false or {{exit_codes: ...}}, found {}",
+                    n.kind()
+                ),
+            );
+            AllowFailure::default()
+        }
+    }
+}
+
+pub(super) const RETRY_WHEN: &[&str] = &[
+    "always",
+    "unknown_failure",
+    "script_failure",
+    "api_failure",
+    "stuck_or_timeout_failure",
+    "runner_system_failure",
+    "runner_unsupported",
+    "stale_schedule",
+    "job_execution_timeout",
+    "archived_failure",
+    "unmet_prerequisites",
+    "scheduler_failure",
+    "data_integrity_failure",
+];
+
+pub(super) fn parse_retry(ctx: &mut Ctx<'_>, n: &Node) -> Retry {
+    let check_max = |ctx: &mut Ctx<'_>, m: &Node| match m.value {
+        Value::Int(i) if (0..=2).contains(&i) => i as u32,
+        _ => {
+            ctx.error(&m.span, "retry must be 0, 1 or 2");
+            0
+        }
+    };
+    match &n.value {
+        Value::Int(_) => Retry {
+            max: check_max(ctx, n),
+            when: Vec::new(),
+        },
+        Value::Map(_) => {
+            let max = n.get("max").map(|m| check_max(ctx, m)).unwrap_or(0);
+            let when = n
+                .get("when")
+                .map(|w| string_list(ctx, w, "retry:when"))
+                .unwrap_or_default();
+            for w in &when {
+                if !RETRY_WHEN.contains(&w.as_str()) {
+                    let d = Diagnostic::error(&n.span, format!("`{w}` is not a valid retry:when"));
+                    ctx.diags
+                        .push(match did_you_mean(w, RETRY_WHEN.iter().copied()) {
+                            Some(h) => d.with_hint(format!("did you mean `{h}`?")),
+                            None => d,
+                        });
+                }
+            }
+            Retry { max, when }
+        }
+        _ => {
+            ctx.error(
+                &n.span,
+                format!("retry must be an integer or a mapping, found {}", n.kind()),
+            );
+            Retry::default()
+        }
+    }
+}
+
+pub(super) fn parse_image(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars) -> Option<Image> {
+    match &n.value {
+        Value::Str(s) => Some(Image {
+            name: vars.expand(s),
+            entrypoint: None,
+        }),
+        Value::Map(_) => {
+            let name = n.get("name").and_then(Node::as_str).map(|s| vars.expand(s));
+            let Some(name) = name else {
+                ctx.error(&n.span, "image as a mapping needs `name`");
+                return None;
+            };
+            let entrypoint = n
+                .get("entrypoint")
+                .map(|e| string_list(ctx, e, "image:entrypoint"));
+            Some(Image { name, entrypoint })
+        }
+        _ => {
+            ctx.error(
+                &n.span,
+                format!("image must be a string or a mapping, found {}", n.kind()),
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn parse_services(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars) -> Vec<Service> {
+    let Some(items) = n.as_seq() else {
+        ctx.error(
+            &n.span,
+            format!("services must be a list, found {}", n.kind()),
+        );
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|i| match &i.value {
+            Value::Str(s) => Some(Service {
+                name: vars.expand(s),
+                alias: None,
+                entrypoint: None,
+                command: None,
+            }),
+            Value::Map(_) => {
+                let name = i.get("name").and_then(Node::as_str).map(|s| vars.expand(s));
+                let Some(name) = name else {
+                    ctx.error(&i.span, "a service as a mapping needs `name`");
+                    return None;
+                };
+                Some(Service {
+                    name,
+                    alias: i.get("alias").and_then(Node::scalar_text),
+                    entrypoint: i
+                        .get("entrypoint")
+                        .map(|e| string_list(ctx, e, "services:entrypoint")),
+                    command: i
+                        .get("command")
+                        .map(|e| string_list(ctx, e, "services:command")),
+                })
+            }
+            _ => {
+                ctx.error(
+                    &i.span,
+                    format!(
+                        "a service must be a string or a mapping, found {}",
+                        i.kind()
+                    ),
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+pub(super) fn parse_artifacts(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars) -> Option<Artifacts> {
+    let Some(entries) = n.as_map() else {
+        ctx.error(
+            &n.span,
+            format!("artifacts must be a mapping, found {}", n.kind()),
+        );
+        return None;
+    };
+    let mut a = Artifacts {
+        when: "on_success".to_owned(),
+        ..Artifacts::default()
+    };
+    for (k, v) in entries {
+        match key_name(k).as_str() {
+            "paths" => a.paths = string_list(ctx, v, "artifacts:paths"),
+            "exclude" => a.exclude = string_list(ctx, v, "artifacts:exclude"),
+            "expire_in" => {
+                let s = expect_str(ctx, v, "artifacts:expire_in").unwrap_or_default();
+                if s != "never" && parse_duration(&s).is_none() {
+                    ctx.error(&v.span, format!("artifacts:expire_in `{s}` is not a duration (e.g. `1 week`, `30 days`, `never`)"));
+                }
+                a.expire_in = Some(s);
+            }
+            "when" => {
+                let s = expect_str(ctx, v, "artifacts:when").unwrap_or_default();
+                if !["on_success", "on_failure", "always"].contains(&s.as_str()) {
+                    ctx.error(
+                        &v.span,
+                        format!(
+                            "artifacts:when must be on_success, on_failure or always, not `{s}`"
+                        ),
+                    );
+                }
+                a.when = s;
+            }
+            "name" => a.name = expect_str(ctx, v, "artifacts:name").map(|s| vars.expand(&s)),
+            "untracked" | "reports" | "expose_as" | "public" | "access" => {}
+            other => {
+                let options = [
+                    "paths",
+                    "exclude",
+                    "expire_in",
+                    "when",
+                    "name",
+                    "untracked",
+                    "reports",
+                    "expose_as",
+                    "public",
+                    "access",
+                ];
+                let d = Diagnostic::error(&k.span, format!("unknown artifacts keyword `{other}`"));
+                ctx.diags.push(match did_you_mean(other, options) {
+                    Some(h) => d.with_hint(format!("did you mean `{h}`?")),
+                    None => d,
+                });
+            }
+        }
+    }
+    Some(a)
+}
+
+pub(super) fn parse_cache(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars) -> Vec<Cache> {
+    let items: Vec<&Node> = match &n.value {
+        Value::Seq(s) => s.iter().collect(),
+        Value::Map(_) => vec![n],
+        _ => {
+            ctx.error(
+                &n.span,
+                format!(
+                    "cache must be a mapping or a list of them, found {}",
+                    n.kind()
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for i in items {
+        let Some(entries) = i.as_map() else {
+            ctx.error(&i.span, "each cache must be a mapping");
+            continue;
+        };
+        let mut c = Cache {
+            key: "default".to_owned(),
+            policy: "pull-push".to_owned(),
+            when: "on_success".to_owned(),
+            ..Cache::default()
+        };
+        for (k, v) in entries {
+            match key_name(k).as_str() {
+                "key" => match &v.value {
+                    Value::Map(_) => {
+                        let files = v
+                            .get("files")
+                            .map(|f| string_list(ctx, f, "cache:key:files"))
+                            .unwrap_or_default();
+                        let prefix = v
+                            .get("prefix")
+                            .and_then(Node::scalar_text)
+                            .map(|p| vars.expand(&p));
+                        c.key = match prefix {
+                            Some(p) => format!("{p}-files:{}", files.join(",")),
+                            None => format!("files:{}", files.join(",")),
+                        };
+                    }
+                    _ => {
+                        c.key = expect_str(ctx, v, "cache:key")
+                            .map(|s| vars.expand(&s))
+                            .unwrap_or_default()
+                    }
+                },
+                "paths" => c.paths = string_list(ctx, v, "cache:paths"),
+                "policy" => {
+                    let p = expect_str(ctx, v, "cache:policy").unwrap_or_default();
+                    let p = vars.expand(&p);
+                    if !["pull", "push", "pull-push"].contains(&p.as_str()) {
+                        ctx.error(
+                            &v.span,
+                            format!("cache:policy must be pull, push or pull-push, not `{p}`"),
+                        );
+                    }
+                    c.policy = p;
+                }
+                "when" => c.when = expect_str(ctx, v, "cache:when").unwrap_or_default(),
+                "untracked" | "unprotect" | "fallback_keys" => {}
+                other => {
+                    let d = Diagnostic::error(&k.span, format!("unknown cache keyword `{other}`"));
+                    ctx.diags.push(
+                        match did_you_mean(
+                            other,
+                            [
+                                "key",
+                                "paths",
+                                "policy",
+                                "when",
+                                "untracked",
+                                "unprotect",
+                                "fallback_keys",
+                            ],
+                        ) {
+                            Some(h) => d.with_hint(format!("did you mean `{h}`?")),
+                            None => d,
+                        },
+                    );
+                }
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Every keyword of job `name` is one GitLab defines (else an error with a suggestion); the
+/// ones Archway ignores are warned about.
+pub(super) fn check_job_keywords(ctx: &mut Ctx<'_>, name: &str, node: &Node) {
+    for (k, _) in node.as_map().unwrap_or_default() {
+        let kw = key_name(k);
+        if !JOB_KEYWORDS.contains(&kw.as_str()) {
+            let d = Diagnostic::error(&k.span, format!("unknown keyword `{kw}` in job `{name}`"));
+            ctx.diags
+                .push(match did_you_mean(&kw, JOB_KEYWORDS.iter().copied()) {
+                    Some(h) => d.with_hint(format!("did you mean `{h}`?")),
+                    None => d.with_hint("see https://docs.gitlab.com/ci/yaml/ for job keywords"),
+                });
+        } else if IGNORED_KEYWORDS.contains(&kw.as_str()) {
+            ctx.warn(
+                &k.span,
+                format!("`{kw}` in job `{name}` is accepted but not used by Archway yet"),
+            );
+        }
+    }
+}

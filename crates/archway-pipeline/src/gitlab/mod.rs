@@ -1,0 +1,316 @@
+//! The GitLab CI front end: `.gitlab-ci.yml` → [`Pipeline`].
+//!
+//! The order follows GitLab's own, one module per phase: load YAML (anchors, aliases, merge
+//! keys), merge `include: local` files ([`includes`]), resolve `!reference` tags
+//! ([`references`]), resolve `extends` (deep merge, [`extends`]), apply `default:`
+//! ([`defaults`]), evaluate `workflow:rules` ([`rules`]), expand `parallel` /
+//! `parallel:matrix` ([`matrix`]), evaluate each job's `rules` and read its keywords
+//! ([`job`], [`keywords`], [`variables`]), then resolve stages, `needs` and `dependencies` into
+//! edges ([`needs`]).
+//!
+//! Every problem becomes a positioned [`Diagnostic`]; a job is never dropped silently.
+
+mod defaults;
+mod extends;
+mod includes;
+mod job;
+mod keywords;
+mod matrix;
+mod needs;
+mod references;
+mod rules;
+mod variables;
+
+use std::collections::HashSet;
+
+use crate::FileSource;
+use crate::diag::{Diagnostic, Span, did_you_mean};
+use crate::graph::{Context, Job, Pipeline, SourceFormat};
+use crate::yaml::{self, Node, Value};
+
+pub use matrix::MAX_MATRIX_JOBS;
+
+/// The state every phase shares: where we are, what we may read, what we found.
+struct Ctx<'a> {
+    file: &'a str,
+    files: &'a dyn FileSource,
+    context: &'a Context,
+    diags: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, span: &Span, msg: impl Into<String>) {
+        self.diags.push(Diagnostic::error(span, msg));
+    }
+
+    fn error_hint(&mut self, span: &Span, msg: impl Into<String>, hint: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::error(span, msg).with_hint(hint));
+    }
+
+    fn warn(&mut self, span: &Span, msg: impl Into<String>) {
+        self.diags.push(Diagnostic::warning(span, msg));
+    }
+
+    /// A context for evaluating something a second time without repeating its diagnostics.
+    fn silent(&self) -> Ctx<'_> {
+        Ctx {
+            file: self.file,
+            files: self.files,
+            context: self.context,
+            diags: Vec::new(),
+        }
+    }
+}
+
+fn key_name(k: &Node) -> String {
+    k.scalar_text().unwrap_or_default()
+}
+
+/// GitLab's deep merge: mappings merge key by key (recursively), anything else is replaced.
+fn deep_merge(base: &Node, over: &Node) -> Node {
+    match (&base.value, &over.value) {
+        (Value::Map(b), Value::Map(o)) => {
+            let mut out: Vec<(Node, Node)> = b.clone();
+            for (k, v) in o {
+                let name = key_name(k);
+                match out.iter_mut().find(|(ek, _)| key_name(ek) == name) {
+                    Some(slot) => slot.1 = deep_merge(&slot.1, v),
+                    None => out.push((k.clone(), v.clone())),
+                }
+            }
+            Node {
+                value: Value::Map(out),
+                span: over.span.clone(),
+                tag: over.tag.clone(),
+            }
+        }
+        _ => over.clone(),
+    }
+}
+
+fn remove_key(node: &Node, key: &str) -> Node {
+    match &node.value {
+        Value::Map(m) => Node {
+            value: Value::Map(
+                m.iter()
+                    .filter(|(k, _)| key_name(k) != key)
+                    .cloned()
+                    .collect(),
+            ),
+            span: node.span.clone(),
+            tag: node.tag.clone(),
+        },
+        _ => node.clone(),
+    }
+}
+
+fn load_file(ctx: &mut Ctx<'_>, path: &str, text: &str) -> Option<Node> {
+    match yaml::load(text, path) {
+        Ok((root, warnings)) => {
+            ctx.diags.extend(warnings);
+            Some(root)
+        }
+        Err(e) => {
+            ctx.diags.push(e);
+            None
+        }
+    }
+}
+
+fn normalize_path(p: &str) -> String {
+    p.trim_start_matches("./")
+        .trim_start_matches('/')
+        .to_owned()
+}
+
+/// Plans a `.gitlab-ci.yml`.
+pub fn plan(
+    file: &str,
+    text: &str,
+    files: &dyn FileSource,
+    context: &Context,
+) -> (Option<Pipeline>, Vec<Diagnostic>) {
+    let mut ctx = Ctx {
+        file,
+        files,
+        context,
+        diags: Vec::new(),
+    };
+    let Some(root) = load_file(&mut ctx, file, text) else {
+        return (None, ctx.diags);
+    };
+    if root.is_null() {
+        ctx.error(
+            &root.span,
+            "the pipeline file is empty; define at least one job with a `script`",
+        );
+        return (None, ctx.diags);
+    }
+    if root.as_map().is_none() {
+        ctx.error(
+            &root.span,
+            format!(
+                "the pipeline file must be a mapping of jobs and keywords, found {}",
+                root.kind()
+            ),
+        );
+        return (None, ctx.diags);
+    }
+    let mut seen = vec![normalize_path(file)];
+    let mut count = 0;
+    let root = includes::resolve_includes(&mut ctx, root, &mut seen, &mut count);
+    let root = references::resolve_references(&mut ctx, &root);
+    let pipeline = build(&mut ctx, &root);
+    (pipeline, ctx.diags)
+}
+
+/// The merged, dereferenced document → the pipeline.
+fn build(ctx: &mut Ctx<'_>, root: &Node) -> Option<Pipeline> {
+    let file = ctx.file.to_owned();
+    let stages = read_stages(ctx, root);
+    let default = defaults::global_default(ctx, root);
+    let (mut base, globals_only) = variables::pipeline_variables(ctx, root);
+    let mut runs = rules::workflow_runs(ctx, root, &mut base);
+
+    let raw_jobs = job_definitions(ctx, root);
+    let resolved = extends::resolve_extends(ctx, &raw_jobs);
+
+    let mut planned: Vec<job::Planned> = Vec::new();
+    let mut defined_names: Vec<String> = Vec::new();
+    let mut excluded: HashSet<String> = HashSet::new();
+    for (name, node) in &resolved {
+        if name.starts_with('.') || node.as_map().is_none() {
+            continue;
+        }
+        defined_names.push(name.clone());
+        keywords::check_job_keywords(ctx, name, node);
+        if node.get("trigger").is_some() {
+            ctx.error_hint(&node.span, format!("job `{name}` uses `trigger` (child or multi-project pipelines), which is not supported yet"), "run the child pipeline's jobs in this pipeline");
+            continue;
+        }
+        let inherit = defaults::parse_inherit(ctx, node);
+        let node = defaults::apply_default(node, default.as_ref(), &inherit);
+        if node.get("script").is_none() && node.get("run").is_none() {
+            ctx.error_hint(&node.span, format!("job `{name}` has no `script`"), "every job needs a script; a job meant only as a template should be hidden: `.name:`");
+            continue;
+        }
+        for inst in matrix::matrix_instances(ctx, name, &node) {
+            if let Some(p) = job::plan_instance(ctx, inst, &base, &globals_only, &inherit) {
+                planned.push(p);
+            } else {
+                excluded.insert(name.clone());
+            }
+        }
+    }
+    if defined_names.is_empty() && !ctx.diags.iter().any(Diagnostic::is_error) {
+        ctx.error(
+            &root.span,
+            "the pipeline defines no jobs (hidden `.jobs` do not run)",
+        );
+    }
+    // GitLab creates no pipeline when the rules leave no job to run.
+    if planned.is_empty() {
+        runs = false;
+    }
+
+    check_stages_exist(ctx, &planned, &stages);
+    needs::resolve_edges(ctx, &mut planned, &stages, &defined_names, &excluded);
+
+    // Cycles through needs (possible within a stage).
+    let jobs: Vec<Job> = planned.into_iter().map(|p| p.job).collect();
+    if let Some(cycle) = crate::graph::find_cycle(&jobs) {
+        let span = jobs
+            .iter()
+            .find(|j| j.name == cycle[0])
+            .map(|j| j.span.clone())
+            .unwrap_or_default();
+        ctx.error(&span, format!("needs form a cycle: {}", cycle.join(" → ")));
+    }
+    let name = root
+        .get("workflow")
+        .and_then(|w| w.get("name"))
+        .and_then(Node::scalar_text)
+        .map(|n| base.expand(&n));
+    Some(Pipeline {
+        format: SourceFormat::GitlabCi,
+        file,
+        name,
+        runs,
+        stages,
+        jobs: if runs { jobs } else { Vec::new() },
+        variables: base.list(crate::graph::Origin::Global),
+        context: ctx.context.clone(),
+    })
+}
+
+/// `stages:` (or the deprecated `types:`), between the implicit `.pre` and `.post`.
+fn read_stages(ctx: &mut Ctx<'_>, root: &Node) -> Vec<String> {
+    let stages_node = root.get("stages").or_else(|| root.get("types"));
+    let mut stages: Vec<String> = match stages_node {
+        Some(s) => keywords::string_list(ctx, s, "stages"),
+        None => vec!["build".into(), "test".into(), "deploy".into()],
+    };
+    stages.retain(|s| s != ".pre" && s != ".post");
+    stages.insert(0, ".pre".into());
+    stages.push(".post".into());
+    stages
+}
+
+/// The top-level entries that are jobs (hidden ones included), in document order.
+fn job_definitions(ctx: &mut Ctx<'_>, root: &Node) -> Vec<(String, Node)> {
+    let mut raw_jobs: Vec<(String, Node)> = Vec::new();
+    for (k, v) in root.as_map().unwrap_or_default() {
+        let name = key_name(k);
+        if keywords::GLOBAL_KEYS.contains(&name.as_str()) {
+            continue;
+        }
+        if name.is_empty() {
+            ctx.error(&k.span, "a job needs a name");
+            continue;
+        }
+        if v.as_map().is_none() {
+            if name.starts_with('.') {
+                raw_jobs.push((name, v.clone()));
+                continue;
+            }
+            let d = Diagnostic::error(
+                &k.span,
+                format!(
+                    "`{name}` is not a keyword, and as a job it must be a mapping (found {})",
+                    v.kind()
+                ),
+            );
+            ctx.diags.push(
+                match did_you_mean(&name, keywords::GLOBAL_KEYS.iter().copied()) {
+                    Some(h) => d.with_hint(format!("did you mean the keyword `{h}`?")),
+                    None => d,
+                },
+            );
+            continue;
+        }
+        raw_jobs.push((name, v.clone()));
+    }
+    raw_jobs
+}
+
+/// Every planned job's stage is one of `stages`.
+fn check_stages_exist(ctx: &mut Ctx<'_>, planned: &[job::Planned], stages: &[String]) {
+    for p in planned {
+        if !stages.contains(&p.job.stage) {
+            let d = Diagnostic::error(
+                &p.stage_span,
+                format!(
+                    "job `{}` is in stage `{}`, which is not in `stages`",
+                    p.job.base_name, p.job.stage
+                ),
+            );
+            ctx.diags.push(
+                match did_you_mean(&p.job.stage, stages.iter().map(String::as_str)) {
+                    Some(h) => d.with_hint(format!("did you mean `{h}`?")),
+                    None => d.with_hint(format!("stages are: {}", stages.join(", "))),
+                },
+            );
+        }
+    }
+}
