@@ -127,6 +127,11 @@ impl ApiClient {
         let text = resp.text().await.unwrap_or_default();
         let message = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(b) => b.error.message,
+            // HEAD answers carry no body: the status is all there is.
+            Err(_) if text.is_empty() => status
+                .canonical_reason()
+                .unwrap_or("no message")
+                .to_ascii_lowercase(),
             Err(_) => {
                 return Err(ApiError::Protocol {
                     url: self.base.clone(),

@@ -7,6 +7,16 @@ use crate::graph::{Origin, Variable};
 /// Expands `$NAME` and `${NAME}` with `lookup`; `$$` is a literal `$`. Undefined variables
 /// expand to nothing, as in GitLab.
 pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    expand_with(s, lookup, false)
+}
+
+/// [`expand`], but a reference to an unknown variable stays as written (`$CI_REGISTRY` in an
+/// `image:` is for the runner to expand, with the job's predefined variables).
+pub fn expand_known(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    expand_with(s, lookup, true)
+}
+
+fn expand_with(s: &str, lookup: &dyn Fn(&str) -> Option<String>, keep_unknown: bool) -> String {
     if !s.contains('$') {
         return s.to_owned();
     }
@@ -21,7 +31,9 @@ pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
             continue;
         }
         if b.get(i + 1) == Some(&b'$') {
-            out.push('$');
+            // `$$` is a literal `$`, unless the result is expanded again later (then it stays
+            // an escape for that expansion).
+            out.push_str(if keep_unknown { "$$" } else { "$" });
             i += 2;
             continue;
         }
@@ -36,8 +48,13 @@ pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
             i += 1;
             continue;
         }
-        out.push_str(&lookup(&s[start..end]).unwrap_or_default());
-        i = if braced { end + 1 } else { end };
+        let next = if braced { end + 1 } else { end };
+        match lookup(&s[start..end]) {
+            Some(v) => out.push_str(&v),
+            None if keep_unknown => out.push_str(&s[i..next]),
+            None => {}
+        }
+        i = next;
     }
     out
 }
@@ -74,23 +91,34 @@ impl Vars {
         }
     }
 
-    /// The value with references to other variables expanded (bounded depth).
+    /// The value with references to other variables expanded (bounded depth); references
+    /// to unknown variables expand to nothing (as `rules:if` sees them).
     pub fn get(&self, name: &str) -> Option<String> {
-        self.get_depth(name, 0)
+        self.get_depth(name, 0, false)
     }
 
-    fn get_depth(&self, name: &str, depth: usize) -> Option<String> {
+    /// The value with references to known variables expanded and the others kept as written
+    /// (for values the runner expands again, with the job's predefined variables).
+    pub fn get_known(&self, name: &str) -> Option<String> {
+        self.get_depth(name, 0, true)
+    }
+
+    fn get_depth(&self, name: &str, depth: usize, keep_unknown: bool) -> Option<String> {
         let e = self.map.get(name)?;
         if !e.expand || depth >= 10 || !e.value.contains('$') {
             return Some(e.value.clone());
         }
-        Some(expand(&e.value, &|n| {
-            if n == name {
-                None
-            } else {
-                self.get_depth(n, depth + 1)
-            }
-        }))
+        Some(expand_with(
+            &e.value,
+            &|n| {
+                if n == name {
+                    None
+                } else {
+                    self.get_depth(n, depth + 1, keep_unknown)
+                }
+            },
+            keep_unknown,
+        ))
     }
 
     /// Expands a string with these variables.
@@ -98,14 +126,20 @@ impl Vars {
         expand(s, &|n| self.get(n))
     }
 
-    /// Variables whose origin is at least `min`, expanded, sorted by name.
+    /// Expands the variables it knows and leaves other references as written.
+    pub fn expand_known(&self, s: &str) -> String {
+        expand_known(s, &|n| self.get_known(n))
+    }
+
+    /// Variables whose origin is at least `min`, expanded (references to variables the
+    /// pipeline does not define are kept for the runner), sorted by name.
     pub fn list(&self, min: Origin) -> Vec<Variable> {
         self.map
             .iter()
             .filter(|(_, e)| e.origin >= min)
             .map(|(k, e)| Variable {
                 name: k.clone(),
-                value: self.get(k).unwrap_or_else(|| e.value.clone()),
+                value: self.get_known(k).unwrap_or_else(|| e.value.clone()),
                 origin: e.origin,
             })
             .collect()
@@ -127,6 +161,13 @@ mod tests {
         assert_eq!(expand("$UNDEFINED|", &look), "|");
         assert_eq!(expand("cost $$5 ${", &look), "cost $5 ${");
         assert_eq!(expand("$", &look), "$");
+        assert_eq!(
+            expand_known("$CI_REGISTRY/app:${A}", &look),
+            "$CI_REGISTRY/app:1"
+        );
+        assert_eq!(expand_known("${CI_REGISTRY}/x", &look), "${CI_REGISTRY}/x");
+        // Expanded twice (front end, then runner), an escape still means one `$`.
+        assert_eq!(expand(&expand_known("cost $$5", &look), &look), "cost $5");
     }
 
     #[test]

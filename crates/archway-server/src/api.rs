@@ -166,7 +166,8 @@ async fn poll(State(s): State<Arc<Server>>, req: Request) -> Result<Response, Co
         }));
     }
     let notify = s.coord.events.runner(runner_id);
-    let wait = s.poll_wait;
+    // A poll renews the runner's leases, so it must come back well within a lease period.
+    let wait = s.poll_wait.min(s.coord.config.lease_ttl / 3);
     let jobs = if p.free_slots == 0 || p.draining {
         let _ = tokio::time::timeout(wait, notify.notified()).await;
         Vec::new()

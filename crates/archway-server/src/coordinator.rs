@@ -879,6 +879,15 @@ impl Coordinator {
                 .iter()
                 .map(|v| (v.name.clone(), v.value.clone())),
         );
+        // The plan kept references to variables only the job knows (`$CI_REGISTRY/app`):
+        // expand them now, as the runner would, with everything the job has.
+        let known: HashMap<String, String> = vars.iter().cloned().collect();
+        for (_, value) in vars.iter_mut() {
+            if value.contains('$') {
+                *value = expand_job_value(value, &known, 0);
+            }
+        }
+        // Secrets are taken literally.
         vars.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
         let always_masked = ["CI_JOB_TOKEN", "CI_REGISTRY_PASSWORD"];
         let variables = vars
@@ -2117,6 +2126,19 @@ fn validate_pipeline(req: &SubmitPipeline, max_jobs: usize) -> Result<(), CoordE
         }
     }
     Ok(())
+}
+
+/// A job variable's value with `$VAR` references to the job's other variables expanded (a
+/// bounded number of levels); unknown references expand to nothing, `$$` to `$`.
+fn expand_job_value(value: &str, vars: &HashMap<String, String>, depth: usize) -> String {
+    archway_pipeline::vars::expand(value, &|name| {
+        let v = vars.get(name)?;
+        Some(if depth < 5 && v.contains('$') {
+            expand_job_value(v, vars, depth + 1)
+        } else {
+            v.clone()
+        })
+    })
 }
 
 /// GitLab's `CI_COMMIT_REF_SLUG`: lowercase, non-alphanumerics to `-`, at most 63 bytes, no

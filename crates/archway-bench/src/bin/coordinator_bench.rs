@@ -459,11 +459,11 @@ async fn main() -> anyhow::Result<()> {
     ]];
     let mut json = serde_json::Map::new();
     let add = |rows: &mut Vec<Vec<String>>,
-                   m: &str,
-                   db: &str,
-                   r: String,
-                   goal: &str,
-                   met: Option<bool>| {
+               m: &str,
+               db: &str,
+               r: String,
+               goal: &str,
+               met: Option<bool>| {
         rows.push(vec![
             m.into(),
             db.into(),

@@ -460,7 +460,7 @@ fn a_killed_runners_job_is_requeued_to_another_runner_and_the_old_attempt_is_fen
     let lost = log.find("attempt 1 lost").unwrap();
     let second = log.find("attempt 2 of job").unwrap();
     assert!(first < lost && lost < second, "{log}");
-    assert_eq!(log.matches("finished").count(), 1, "{log}");
+    assert_eq!(log.matches("\nfinished\n").count(), 1, "{log}");
     // The dead runner restarted cannot report on the old attempt.
     let _a2 = RunnerProcess::run(&a.config, &[]);
     let client = reqwest::blocking::Client::new();
@@ -535,7 +535,7 @@ fn server_kill9_mid_pipeline(mut server: ServerProcess) {
     let j = server.job(first);
     assert_eq!(j["attempts"].as_array().unwrap().len(), 1, "{j:#}");
     let log = server.log(first);
-    assert_eq!(log.matches("first ends").count(), 1, "{log}");
+    assert_eq!(log.matches("\nfirst ends\n").count(), 1, "{log}");
     assert!(server.log(job_id(&p, "second")).contains("second runs"));
 }
 

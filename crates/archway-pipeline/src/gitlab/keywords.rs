@@ -305,12 +305,16 @@ pub(super) fn parse_retry(ctx: &mut Ctx<'_>, n: &Node) -> Retry {
 
 pub(super) fn parse_image(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars) -> Option<Image> {
     match &n.value {
+        // Variables the pipeline does not define (CI_REGISTRY, …) are the runner's to expand.
         Value::Str(s) => Some(Image {
-            name: vars.expand(s),
+            name: vars.expand_known(s),
             entrypoint: None,
         }),
         Value::Map(_) => {
-            let name = n.get("name").and_then(Node::as_str).map(|s| vars.expand(s));
+            let name = n
+                .get("name")
+                .and_then(Node::as_str)
+                .map(|s| vars.expand_known(s));
             let Some(name) = name else {
                 ctx.error(&n.span, "image as a mapping needs `name`");
                 return None;
