@@ -238,6 +238,36 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Whether admin/registration token `id` is still active.
+    pub async fn token_active(&self, id: i64) -> Result<bool, CoordError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM tokens WHERE id = $1 AND revoked_ms IS NULL")
+                .bind(id)
+                .fetch_one(&self.db.read)
+                .await?;
+        Ok(n > 0)
+    }
+
+    /// Whether runner `id` may still work.
+    pub async fn runner_active(&self, id: i64) -> Result<bool, CoordError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM runners WHERE id = $1 AND revoked_ms IS NULL")
+                .bind(id)
+                .fetch_one(&self.db.read)
+                .await?;
+        Ok(n > 0)
+    }
+
+    /// Whether attempt `id` still runs (its job token is valid).
+    pub async fn attempt_running(&self, id: i64) -> Result<bool, CoordError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM attempts WHERE id = $1 AND state = 'running'")
+                .bind(id)
+                .fetch_one(&self.db.read)
+                .await?;
+        Ok(n > 0)
+    }
+
     /// Who holds `token`.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, CoordError> {
         let bad = || {

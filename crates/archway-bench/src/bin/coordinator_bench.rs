@@ -76,6 +76,7 @@ struct Coordinator {
     server: Server,
     url: String,
     admin: ApiClient,
+    admin_token: String,
     registration: String,
     _dir: tempfile::TempDir,
 }
@@ -109,6 +110,10 @@ fn start_server(archway: &Path, database: Option<&str>) -> anyhow::Result<Coordi
     let url = format!("http://{addr}");
     Ok(Coordinator {
         admin: ApiClient::new(&url, tokens["admin_token"].as_str().map(str::to_owned))?,
+        admin_token: tokens["admin_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
         registration: tokens["registration_token"]
             .as_str()
             .context("no registration token")?
@@ -373,7 +378,8 @@ async fn requeue_trials(
     );
     let fixture = std::env::current_dir()?.join("testdata/busybox-oci");
     let copy = Command::new(archway)
-        .args(["image", "copy", "--all"])
+        .args(["image", "copy", "--all", "--creds"])
+        .arg(format!("admin:{}", c.admin_token))
         .arg(format!("oci:{}:1.35", fixture.display()))
         .arg(&image)
         .output()?;

@@ -162,6 +162,8 @@ impl ServerProcess {
             "copy",
             "--all",
             "--quiet",
+            "--creds",
+            &format!("admin:{}", self.admin),
             &format!("oci:{}:1.35", busybox_layout().display()),
             &format!("{}/library/busybox:1.35", self.addr),
         ]);
@@ -877,4 +879,98 @@ fn a_job_that_outlives_its_timeout_fails_with_job_execution_timeout() {
     // The failed job's log tail is shown by `pipeline run`.
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("log tail of slow"), "{stderr}");
+}
+
+#[test]
+fn a_job_token_pushes_to_its_own_project_only_and_dies_with_its_attempt() {
+    let server = ServerProcess::start(&["--public-repos", "library/*"]);
+    server.push_busybox();
+    let runner = RunnerProcess::start(&server, "r", &["--platform", "linux/amd64"]);
+    let r = repo(&[(
+        ".gitlab-ci.yml",
+        "hold:\n  image: $CI_REGISTRY/library/busybox:1.35\n  script:\n    - echo \"$CI_JOB_TOKEN\" > token.txt\n    - sleep 6\n",
+    )]);
+    let p = submit(&server, r.path(), &["--project", "team/app"]);
+    let id = job_id(&p, "hold");
+    let j = server.wait_job(id, "the token file", |j| {
+        j["status"] == "running" && j["attempts"][0]["log_bytes"].as_u64().unwrap_or(0) > 0
+    });
+    let attempt = j["attempts"][0]["id"].as_i64().unwrap();
+    let runner_id =
+        serde_json::from_str::<serde_json::Value>(&fs::read_to_string(&runner.config).unwrap())
+            .unwrap()["id"]
+            .clone();
+    let token_file = runner.config.parent().unwrap().join(format!(
+        "runner-{runner_id}-work/attempt-{attempt}/src/token.txt"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !token_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no token file at {}",
+            token_file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = fs::read_to_string(&token_file).unwrap().trim().to_owned();
+    assert!(token.starts_with("awj_"), "{token}");
+    let env = UserEnv::new();
+    let creds = format!("gitlab-ci-token:{token}");
+    let src = format!("oci:{}:1.35", busybox_layout().display());
+    let copy = |dest: &str| {
+        env.archway()
+            .args([
+                "image", "copy", "--all", "--quiet", "--creds", &creds, &src, dest,
+            ])
+            .output()
+            .unwrap()
+    };
+    // Its own project: push works (and pulling what it pushed).
+    let own = copy(&format!("{}/team/app/base:1", server.addr));
+    assert!(
+        own.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    // Another project: refused.
+    let other = copy(&format!("{}/other/app:1", server.addr));
+    assert!(!other.status.success());
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        err.contains("denied")
+            || err.contains("401")
+            || err.contains("403")
+            || err.contains("not authorized"),
+        "{err}"
+    );
+    // Public repositories: anyone pulls; private ones need credentials.
+    let anon = UserEnv::new();
+    anon.ok(&[
+        "image",
+        "inspect",
+        &format!("{}/library/busybox:1.35", server.addr),
+    ]);
+    let denied = anon.fails(&[
+        "image",
+        "inspect",
+        &format!("{}/team/app/base:1", server.addr),
+    ]);
+    assert!(!denied.is_empty());
+    // After the job ends, its token opens nothing.
+    server.wait_job(id, "the job to end", |j| j["status"] == "success");
+    let late = env
+        .archway()
+        .args([
+            "image",
+            "inspect",
+            "--creds",
+            &creds,
+            &format!("{}/team/app/base:1", server.addr),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !late.status.success(),
+        "a finished attempt's token still pulls"
+    );
 }
