@@ -974,3 +974,64 @@ fn a_job_token_pushes_to_its_own_project_only_and_dies_with_its_attempt() {
         "a finished attempt's token still pulls"
     );
 }
+
+#[test]
+fn metrics_need_the_admin_token_and_their_labels_stay_bounded() {
+    let server = ServerProcess::start(&[]);
+    let client = reqwest::blocking::Client::new();
+    let anon = client
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .unwrap();
+    assert_eq!(anon.status().as_u16(), 401);
+    let scrape = || {
+        client
+            .get(format!("{}/metrics", server.url()))
+            .bearer_auth(&server.admin)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let before = scrape().len();
+    // Hostile clients: invented paths and methods, no credentials.
+    for i in 0..300 {
+        let method = reqwest::Method::from_bytes(format!("X{i}").as_bytes()).unwrap();
+        let _ = client
+            .request(method, format!("{}/api/v1/made-up-{i}/x{i}", server.url()))
+            .send()
+            .unwrap();
+        let _ = client
+            .get(format!("{}/api/v1/jobs/{i}", server.url()))
+            .send()
+            .unwrap();
+    }
+    let text = scrape();
+    assert!(
+        text.contains(
+            "archway_api_requests_total{method=\"other\",route=\"/api/v1/{*rest}\",status=\"4xx\"}"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("route=\"/api/v1/jobs/{id}\""), "{text}");
+    assert!(
+        !text.contains("made-up"),
+        "a client-chosen path became a label"
+    );
+    // A few new series at most, however many distinct requests.
+    assert!(
+        text.len() < before + 16 * 1024,
+        "{} → {} bytes",
+        before,
+        text.len()
+    );
+    // The coordinator's own series are there, alongside the registry's.
+    for series in [
+        "archway_jobs_running 0",
+        "archway_job_requeues_total{reason=\"runner_system_failure\"} 0",
+        "archway_job_pickup_seconds_count 0",
+        "archway_registry_uploads_in_progress 0",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+}
