@@ -57,7 +57,12 @@ impl ExternalCredentials for CoordinatorCredentials {
             match self.coord.authenticate(password).await.ok()? {
                 Principal::Admin { token_id } => Some(format!("admin:{token_id}")),
                 Principal::Runner { runner_id } => Some(format!("runner:{runner_id}")),
-                Principal::Job(j) => Some(format!("job:{}:{}", j.attempt_id, j.project)),
+                Principal::Job(j) => {
+                    if !self.coord.attempt_running(j.attempt_id).await.ok()? {
+                        return None;
+                    }
+                    Some(format!("job:{}:{}", j.attempt_id, j.project))
+                }
                 Principal::Registration { .. } => None,
             }
         })

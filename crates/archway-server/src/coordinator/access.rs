@@ -79,6 +79,7 @@ impl Coordinator {
     }
 
     pub async fn revoke_token(&self, id: i64) -> Result<(), CoordError> {
+        // (Cached principals expire within seconds.)
         let n =
             sqlx::query("UPDATE tokens SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL")
                 .bind(now_ms())
@@ -149,12 +150,30 @@ impl Coordinator {
         };
         let kind = TokenKind::of(token).ok_or_else(bad)?;
         let h = tokens::hash(token);
+        if let Some(p) = self.principals.get(&h) {
+            return Ok(p);
+        }
+        let principal = self.authenticate_uncached(kind, &h).await?;
+        self.principals.insert(h, principal.clone());
+        Ok(principal)
+    }
+
+    async fn authenticate_uncached(
+        &self,
+        kind: TokenKind,
+        h: &str,
+    ) -> Result<Principal, CoordError> {
+        let bad = || {
+            CoordError::Unauthorized(
+                "unknown, revoked or expired token; check ARCHWAY_TOKEN / --token".into(),
+            )
+        };
         match kind {
             TokenKind::Admin | TokenKind::Registration => {
                 let row = sqlx::query(
                     "SELECT id, kind FROM tokens WHERE hash = $1 AND revoked_ms IS NULL",
                 )
-                .bind(&h)
+                .bind(h)
                 .fetch_optional(&self.db.read)
                 .await?
                 .ok_or_else(bad)?;
@@ -172,29 +191,25 @@ impl Coordinator {
                 let id: i64 = sqlx::query_scalar(
                     "SELECT id FROM runners WHERE token_hash = $1 AND revoked_ms IS NULL",
                 )
-                .bind(&h)
+                .bind(h)
                 .fetch_optional(&self.db.read)
                 .await?
                 .ok_or_else(bad)?;
                 Ok(Principal::Runner { runner_id: id })
             }
             TokenKind::Job => {
+                // Which attempt it is; whether it still runs is checked by every change
+                // it asks for (in the same transaction) and by `attempt_running`.
                 let row = sqlx::query(
-                    "SELECT a.id AS attempt_id, a.job_id, a.state, j.pipeline_id, p.project \
+                    "SELECT a.id AS attempt_id, a.job_id, j.pipeline_id, p.project \
                      FROM attempts a JOIN jobs j ON j.id = a.job_id \
                      JOIN pipelines p ON p.id = j.pipeline_id WHERE a.token_hash = $1",
                 )
-                .bind(&h)
+                .bind(h)
                 .fetch_optional(&self.db.read)
                 .await?
                 .ok_or_else(bad)?;
-                let state: String = row.try_get("state")?;
                 let attempt_id: i64 = row.try_get("attempt_id")?;
-                if state != "running" {
-                    return Err(CoordError::Fenced(format!(
-                        "attempt {attempt_id} is {state}: its job token is no longer valid"
-                    )));
-                }
                 Ok(Principal::Job(JobIdentity {
                     attempt_id,
                     job_id: row.try_get("job_id")?,
@@ -266,16 +281,10 @@ impl Coordinator {
         runner_id: i64,
         platforms: &[PlatformOffer],
     ) -> Result<RunnerOffer, CoordError> {
-        let row = sqlx::query("SELECT tags, platforms, run_untagged FROM runners WHERE id = $1")
-            .bind(runner_id)
-            .fetch_one(&self.db.read)
-            .await?;
-        let mut tags: BTreeSet<String> =
-            parse_json::<Vec<String>>(&row.try_get::<String, _>("tags")?, "runner tags")?
-                .into_iter()
-                .collect();
+        let fixed = self.runner_fixed(runner_id).await?;
+        let mut tags: BTreeSet<String> = fixed.tags.into_iter().collect();
         let platforms: Vec<PlatformOffer> = if platforms.is_empty() {
-            parse_json(&row.try_get::<String, _>("platforms")?, "runner platforms")?
+            fixed.platforms
         } else {
             platforms.to_vec()
         };
@@ -289,7 +298,7 @@ impl Coordinator {
                 .iter()
                 .map(|p| (p.platform.clone(), p.emulated))
                 .collect(),
-            run_untagged: row.try_get::<i64, _>("run_untagged")? != 0,
+            run_untagged: fixed.run_untagged,
         })
     }
 

@@ -64,27 +64,19 @@ impl Coordinator {
         let mut out = Vec::new();
         let mut pipelines = BTreeSet::new();
         for c in claims {
-            let won = sqlx::query(
+            let Some(row) = sqlx::query(
                 "UPDATE jobs SET status = 'running', started_ms = $1, \
                  attempt_count = attempt_count + 1, failure_reason = NULL, exit_code = NULL \
-                 WHERE id = $2 AND status = 'pending'",
+                 WHERE id = $2 AND status = 'pending' \
+                 RETURNING spec, attempt_count, queued_ms, pipeline_id",
             )
             .bind(now)
             .bind(c.job_id)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?
-            .rows_affected();
-            if won == 0 {
-                continue;
-            }
-            let row = sqlx::query(
-                "SELECT j.name, j.stage, j.spec, j.attempt_count, j.queued_ms, j.pipeline_id, \
-                 p.project, p.git_ref, p.is_tag, p.sha, p.commit_message, p.source, p.masked, \
-                 p.secrets FROM jobs j JOIN pipelines p ON p.id = j.pipeline_id WHERE j.id = $1",
-            )
-            .bind(c.job_id)
-            .fetch_one(&mut *tx)
-            .await?;
+            else {
+                continue; // another server took it
+            };
             let number: i64 = row.try_get("attempt_count")?;
             let token = tokens::generate(TokenKind::Job);
             let attempt_id: i64 = sqlx::query_scalar(
@@ -108,23 +100,35 @@ impl Coordinator {
                 self.metrics
                     .observe_pickup((now - q).max(0) as f64 / 1000.0);
             }
-            let runner_tags: String = sqlx::query_scalar("SELECT tags FROM runners WHERE id = $1")
-                .bind(c.runner_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            let payload = self.payload(&row, c, attempt_id, number, token, &runner_tags)?;
+            let fixed = self.pipeline_fixed(pipeline_id).await?;
+            let runner = self.runner_fixed(c.runner_id).await?;
+            let spec: String = row.try_get("spec")?;
+            let payload = self.payload(
+                &spec,
+                pipeline_id,
+                &fixed,
+                c,
+                attempt_id,
+                number,
+                token,
+                &runner.tags,
+            )?;
             out.push((c.runner_id, payload));
         }
         tx.commit().await?;
         // Outside the claim's transaction, so a claim never holds a pipeline row while
         // holding job rows (the order every other change takes the other way round).
         for p in pipelines {
+            if self.marked_running.get(&p).is_some() {
+                continue;
+            }
             sqlx::query(
                 "UPDATE pipelines SET status = 'running' WHERE id = $1 AND status IN ('created','pending')",
             )
             .bind(p)
             .execute(&self.db.write)
             .await?;
+            self.marked_running.insert(p, ());
         }
         if !out.is_empty() {
             self.events.state_changed();
@@ -132,24 +136,30 @@ impl Coordinator {
         Ok(out)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn payload(
         &self,
-        row: &sqlx::any::AnyRow,
+        spec: &str,
+        pipeline_id: i64,
+        fixed: &PipelineFixed,
         c: &Claim,
         attempt_id: i64,
         number: i64,
         token: String,
-        runner_tags: &str,
+        runner_tags: &[String],
     ) -> Result<JobPayload, CoordError> {
-        let def: JobDefinition = parse_json(&row.try_get::<String, _>("spec")?, "job spec")?;
-        let project: String = row.try_get("project")?;
-        let git_ref: String = row.try_get("git_ref")?;
-        let is_tag = row.try_get::<i64, _>("is_tag")? != 0;
-        let sha: String = row.try_get("sha")?;
-        let pipeline_id: i64 = row.try_get("pipeline_id")?;
-        let masked: Vec<String> = parse_json(&row.try_get::<String, _>("masked")?, "masked")?;
-        let secrets: BTreeMap<String, String> =
-            parse_json(&row.try_get::<String, _>("secrets")?, "secrets")?;
+        let def: JobDefinition = parse_json(spec, "job spec")?;
+        let PipelineFixed {
+            project,
+            git_ref,
+            is_tag,
+            sha,
+            commit_message,
+            source,
+            masked,
+            secrets,
+        } = fixed.clone();
+        let is_tag = is_tag;
         let (namespace, name) = project.rsplit_once('/').unwrap_or(("", &project));
         let project_dir = format!("/builds/{project}");
         let server = self.config.server_url.trim_end_matches('/');
@@ -190,8 +200,8 @@ impl Coordinator {
             ("CI_COMMIT_SHORT_SHA".into(), sha.chars().take(8).collect()),
             ("CI_COMMIT_REF_NAME".into(), git_ref.clone()),
             ("CI_COMMIT_REF_SLUG".into(), ref_slug(&git_ref)),
-            ("CI_COMMIT_MESSAGE".into(), row.try_get("commit_message")?),
-            ("CI_RUNNER_TAGS".into(), runner_tags.into()),
+            ("CI_COMMIT_MESSAGE".into(), commit_message),
+            ("CI_RUNNER_TAGS".into(), json(&runner_tags)),
             ("ARCHWAY_PLATFORM".into(), c.platform.clone()),
             ("ARCHWAY_EMULATED".into(), c.emulated.to_string()),
         ];
@@ -247,7 +257,7 @@ impl Coordinator {
             timeout_secs: def
                 .timeout_secs
                 .unwrap_or(self.config.default_timeout.as_secs()),
-            source: row.try_get("source")?,
+            source,
             max_log_bytes: self.config.max_log_bytes,
         })
     }

@@ -99,6 +99,35 @@ pub struct Coordinator {
     pub metrics: Arc<Metrics>,
     /// When each runner's leases were last renewed by this server (renewals are throttled).
     renewed: Mutex<HashMap<i64, Instant>>,
+    /// Token hash → who holds it. Job-token identities never change (whether the attempt
+    /// still runs is checked where it matters, in the same transaction as the change);
+    /// admin and runner tokens are re-read after a few seconds, so revocation takes effect.
+    principals: cache::TtlCache<String, Principal>,
+    runners_fixed: cache::TtlCache<i64, RunnerFixed>,
+    pipelines_fixed: cache::TtlCache<i64, PipelineFixed>,
+    /// Pipelines this server has already marked running.
+    marked_running: cache::TtlCache<i64, ()>,
+}
+
+/// What a runner registered with (it does not change).
+#[derive(Clone, Debug)]
+pub(super) struct RunnerFixed {
+    pub(super) tags: Vec<String>,
+    pub(super) platforms: Vec<PlatformOffer>,
+    pub(super) run_untagged: bool,
+}
+
+/// The fields of a pipeline that never change after submission.
+#[derive(Clone, Debug)]
+pub(super) struct PipelineFixed {
+    pub(super) project: String,
+    pub(super) git_ref: String,
+    pub(super) is_tag: bool,
+    pub(super) sha: String,
+    pub(super) commit_message: String,
+    pub(super) source: Option<String>,
+    pub(super) masked: Vec<String>,
+    pub(super) secrets: BTreeMap<String, String>,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -129,7 +158,58 @@ impl Coordinator {
             events,
             metrics,
             renewed: Mutex::new(HashMap::new()),
+            principals: cache::TtlCache::new(Duration::from_secs(5), 10_000),
+            runners_fixed: cache::TtlCache::new(Duration::from_secs(300), 10_000),
+            pipelines_fixed: cache::TtlCache::new(Duration::from_secs(600), 2_000),
+            marked_running: cache::TtlCache::new(Duration::from_secs(600), 2_000),
         }
+    }
+
+    /// A runner's registration, cached.
+    pub(super) async fn runner_fixed(&self, runner_id: i64) -> Result<RunnerFixed, CoordError> {
+        if let Some(r) = self.runners_fixed.get(&runner_id) {
+            return Ok(r);
+        }
+        let row = sqlx::query("SELECT tags, platforms, run_untagged FROM runners WHERE id = $1")
+            .bind(runner_id)
+            .fetch_one(&self.db.read)
+            .await?;
+        let r = RunnerFixed {
+            tags: parse_json(&row.try_get::<String, _>("tags")?, "runner tags")?,
+            platforms: parse_json(&row.try_get::<String, _>("platforms")?, "runner platforms")?,
+            run_untagged: row.try_get::<i64, _>("run_untagged")? != 0,
+        };
+        self.runners_fixed.insert(runner_id, r.clone());
+        Ok(r)
+    }
+
+    /// A pipeline's fixed fields, cached.
+    pub(super) async fn pipeline_fixed(
+        &self,
+        pipeline_id: i64,
+    ) -> Result<PipelineFixed, CoordError> {
+        if let Some(p) = self.pipelines_fixed.get(&pipeline_id) {
+            return Ok(p);
+        }
+        let row = sqlx::query(
+            "SELECT project, git_ref, is_tag, sha, commit_message, source, masked, secrets \
+             FROM pipelines WHERE id = $1",
+        )
+        .bind(pipeline_id)
+        .fetch_one(&self.db.read)
+        .await?;
+        let p = PipelineFixed {
+            project: row.try_get("project")?,
+            git_ref: row.try_get("git_ref")?,
+            is_tag: row.try_get::<i64, _>("is_tag")? != 0,
+            sha: row.try_get("sha")?,
+            commit_message: row.try_get("commit_message")?,
+            source: row.try_get("source")?,
+            masked: parse_json(&row.try_get::<String, _>("masked")?, "masked")?,
+            secrets: parse_json(&row.try_get::<String, _>("secrets")?, "secrets")?,
+        };
+        self.pipelines_fixed.insert(pipeline_id, p.clone());
+        Ok(p)
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Any>, CoordError> {
@@ -175,7 +255,15 @@ impl Coordinator {
         // later one reads after the earlier one committed, so it sees both. (SQLite has one
         // writer at a time already.)
         self.lock_pipeline(tx, pipeline_id).await?;
-        let states = load_states(tx, pipeline_id).await?;
+        // A summary first (one row per kind of job): with no created job left, nothing can
+        // become ready and the summary decides the pipeline's status; only otherwise are all
+        // jobs read (a wide stage finishing job by job stays cheap).
+        let summary = summary_states(tx, pipeline_id).await?;
+        let states = if summary.iter().any(|s| s.status == JobStatus::Created) {
+            load_states(tx, pipeline_id).await?
+        } else {
+            summary
+        };
         let changes = schedule::advance(&states);
         let now = now_ms();
         let mut ready = false;
@@ -256,6 +344,34 @@ pub(super) async fn load_states(
     Ok(out)
 }
 
+/// One representative job per (status, allow_failure, failure_allowed) of a pipeline: enough
+/// for [`schedule::pipeline_status`], which only asks whether any or all jobs are of a kind.
+async fn summary_states(
+    tx: &mut Transaction<'static, Any>,
+    pipeline_id: i64,
+) -> Result<Vec<JobState>, CoordError> {
+    let rows = sqlx::query(
+        "SELECT status, allow_failure, failure_allowed FROM jobs WHERE pipeline_id = $1 \
+         GROUP BY status, allow_failure, failure_allowed",
+    )
+    .bind(pipeline_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        out.push(JobState {
+            id: -(i as i64) - 1,
+            stage_idx: 0,
+            status: status_of(&r.try_get::<String, _>("status")?)?,
+            needs: None,
+            when: When::OnSuccess,
+            allow_failure: r.try_get::<i64, _>("allow_failure")? != 0,
+            failure_allowed: r.try_get::<i64, _>("failure_allowed")? != 0,
+        });
+    }
+    Ok(out)
+}
+
 pub(super) async fn set_job_final(
     tx: &mut Transaction<'static, Any>,
     job_id: i64,
@@ -310,6 +426,7 @@ pub(super) async fn pipeline_status_tx(
 
 mod access;
 mod attempts;
+mod cache;
 mod pipelines;
 mod views;
 
