@@ -67,6 +67,10 @@ pub struct RunnerConfig {
     pub drain_deadline_secs: u64,
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// Registry mirrors for job and service images, `REGISTRY=HOST[/PREFIX]`
+    /// (e.g. `docker.io=mirror.internal:5000/hub`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_mirrors: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -217,6 +221,7 @@ mod tests {
             executor: "sandbox".into(),
             drain_deadline_secs: 90,
             insecure_registries: vec![],
+            registry_mirrors: vec![],
         };
         c.save(&path).unwrap();
         use std::os::unix::fs::PermissionsExt;

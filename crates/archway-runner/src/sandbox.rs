@@ -22,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 
 use archway_api::{FailureReason, JobPayload};
 use archway_build::{ImageStore, RegistrySource, Store};
+use archway_client::mirror::Mirror;
 use archway_client::{Client, ClientOptions, Credentials, Location};
 use archway_oci::{Digest, Platform};
 use archway_sandbox::{Exit, ExtraMount, Network, RunSpec, Sandbox};
@@ -47,6 +48,8 @@ pub struct SandboxExecutor {
     /// else with the job token (its own project and public repositories only).
     pub ci_registry: Option<String>,
     pub runner_token: Option<String>,
+    /// Pulls of these registries go to their mirrors (`docker.io=HOST/PREFIX`).
+    pub mirrors: Vec<Mirror>,
     privileged: bool,
 }
 
@@ -60,6 +63,7 @@ impl SandboxExecutor {
             insecure_registries: Vec::new(),
             ci_registry: None,
             runner_token: None,
+            mirrors: Vec::new(),
             privileged: rustix::process::geteuid().is_root(),
         }
     }
@@ -81,6 +85,16 @@ impl SandboxExecutor {
             opts.credentials.insert(registry.to_owned(), creds);
         }
         Client::new(opts).map_err(|e| e.to_string())
+    }
+
+    /// The mirror reference to pull instead of `image`, if a mirror serves its registry.
+    fn mirrored(&self, image: &str) -> Option<String> {
+        match Location::parse(image).ok()? {
+            Location::Registry(r) => {
+                archway_client::mirror::rewrite(&self.mirrors, &r).map(|m| m.to_string())
+            }
+            Location::Layout { .. } => None,
+        }
     }
 
     /// Pulls and unpacks the job's image: (root filesystem, image config).
@@ -285,7 +299,18 @@ impl Executor for SandboxExecutor {
             );
             return fail(FailureReason::ScriptFailure);
         };
-        io.log.note(&format!("Pulling {image} for {platform}"));
+        let image = match self.mirrored(&image) {
+            Some(m) => {
+                io.log.note(&format!(
+                    "Pulling {image} for {platform} from the mirror {m}"
+                ));
+                m
+            }
+            None => {
+                io.log.note(&format!("Pulling {image} for {platform}"));
+                image
+            }
+        };
         let (rootfs, config) = tokio::select! {
             r = self.image(job, &image, &platform) => match r {
                 Ok(x) => x,

@@ -162,7 +162,7 @@ pub fn list_files(root: &Path) -> Vec<String> {
         for e in rd.flatten() {
             let name = e.file_name();
             let n = name.to_string_lossy();
-            if matches!(n.as_ref(), ".git" | "target" | "node_modules") {
+            if matches!(n.as_ref(), ".git" | ".archway" | "target" | "node_modules") {
                 continue;
             }
             let path = e.path();

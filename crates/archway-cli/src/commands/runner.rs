@@ -91,6 +91,10 @@ pub struct RegisterArgs {
     /// Registries to reach over plain HTTP (besides loopback ones), comma-separated.
     #[arg(long, value_delimiter = ',')]
     insecure_registry: Vec<String>,
+    /// Pull job images of REGISTRY from a mirror (repeatable), `REGISTRY=HOST[/PREFIX]`,
+    /// e.g. `docker.io=mirror.internal:5000/hub` (as dockerd's `registry-mirrors`).
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST[/PREFIX]")]
+    registry_mirrors: Vec<archway_client::mirror::Mirror>,
     /// Configuration file to write.
     #[arg(long, default_value_os_t = RunnerConfig::default_path())]
     config: PathBuf,
@@ -246,6 +250,7 @@ async fn register(a: RegisterArgs) -> anyhow::Result<ExitCode> {
         },
         drain_deadline_secs: 90,
         insecure_registries: a.insecure_registry.clone(),
+        registry_mirrors: a.registry_mirrors.iter().map(ToString::to_string).collect(),
     };
     config.save(&a.config)?;
     let offered: Vec<String> = platforms
@@ -295,6 +300,12 @@ async fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
             let mut e = SandboxExecutor::new(sandbox, Arc::new(store), &cache);
             e.default_image = config.default_image.clone();
             e.insecure_registries = config.insecure_registries.clone();
+            e.mirrors = config
+                .registry_mirrors
+                .iter()
+                .map(|m| m.parse())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("in {}", a.config.display()))?;
             e.runner_token = Some(config.token.clone());
             Arc::new(e)
         }

@@ -9,6 +9,7 @@ mod errors;
 mod gc;
 mod image;
 mod interop;
+mod local_run;
 mod manifest;
 mod pipeline;
 mod registry_abuse;

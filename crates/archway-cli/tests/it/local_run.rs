@@ -1,0 +1,268 @@
+//! `archway pipeline run` with no server: the coordinator, the registry and one runner per
+//! platform in one process, state under `.archway/`. Job images come through a registry
+//! mirror (`--registry-mirror docker.io=HOST/hub`), as an offline team serves them: a real
+//! `archway registry serve` holding the two-platform busybox fixture.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::support::{RegistryProcess, UserEnv, busybox_layout, run};
+
+/// A registry with `hub/library/busybox:1.35` (amd64 + arm64).
+fn mirror() -> RegistryProcess {
+    let reg = RegistryProcess::start();
+    run(UserEnv::new().archway().args([
+        "image",
+        "copy",
+        "--all",
+        "--quiet",
+        &format!("oci:{}:1.35", busybox_layout().display()),
+        &format!("{}/hub/library/busybox:1.35", reg.host()),
+    ]));
+    reg
+}
+
+/// A git repository holding `files`, committed.
+fn repo(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .arg("-C")
+            .arg(dir.path())
+            .args(["-c", "user.email=ci@example.com", "-c", "user.name=CI"])
+            .args(args));
+    };
+    git(&["init", "-q", "-b", "main"]);
+    for (path, text) in files {
+        let p = dir.path().join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "test pipeline"]);
+    dir
+}
+
+/// `archway pipeline run ARGS` in `dir` with a private HOME (so no saved server login) and
+/// no server in the environment.
+fn local_run(env: &UserEnv, dir: &Path, reg: &RegistryProcess, args: &[&str]) -> Output {
+    env.archway()
+        .current_dir(dir)
+        .env_remove("ARCHWAY_SERVER")
+        .env_remove("ARCHWAY_TOKEN")
+        .args(["pipeline", "run", "--registry-mirror"])
+        .arg(format!("docker.io={}/hub", reg.host()))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn texts(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const MULTIARCH: &str = r#"
+stages: [build, test]
+default:
+  image: busybox:1.35
+build:
+  stage: build
+  parallel:
+    matrix:
+      - ARCH: [amd64, arm64]
+  tags: [$ARCH]
+  script:
+    - echo "built on $(uname -m) emulated=$ARCHWAY_EMULATED"
+    - test "$ARCHWAY_PLATFORM" = "linux/$ARCH"
+    - if [ "$ARCH" = arm64 ]; then test "$(uname -m)" = aarch64; else test "$(uname -m)" = x86_64; fi
+test:
+  stage: test
+  script:
+    - cat app.txt
+    - test -n "$CI_REGISTRY"
+    - test "$CI_REGISTRY_IMAGE" = "$CI_REGISTRY/team/app"
+"#;
+
+#[test]
+fn a_local_run_routes_each_job_by_its_tags_with_no_server() {
+    let reg = mirror();
+    let env = UserEnv::new();
+    let r = repo(&[(".gitlab-ci.yml", MULTIARCH), ("app.txt", "the app\n")]);
+    // The working tree runs, uncommitted changes included.
+    fs::write(r.path().join("app.txt"), "the app, edited\n").unwrap();
+    let out = local_run(&env, r.path(), &reg, &["--project", "team/app"]);
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("local run: state in"), "{stderr}");
+    assert!(
+        stderr.contains("runners for linux/amd64, linux/arm64 (emulated with qemu)"),
+        "{stderr}"
+    );
+    // A live line per state change, then the table.
+    assert!(
+        stderr.contains("running on local-arm64 (linux/arm64, emulated)"),
+        "{stderr}"
+    );
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{stdout}"))
+            .to_owned()
+    };
+    assert!(row("build: [arm64]").contains("local-arm64 (linux/arm64, emulated)"));
+    assert!(row("build: [arm64]").ends_with("success"), "{stdout}");
+    assert!(row("build: [amd64]").contains("local-amd64 (linux/amd64)"));
+    assert!(row("test ").contains("local-amd64 (linux/amd64)"));
+    assert!(stdout.contains("pipeline 1 success"), "{stdout}");
+    // The state stays under .archway/, which git ignores.
+    let state = r.path().join(".archway");
+    assert!(state.join("coordinator.db").is_file());
+    assert!(state.join("registry").is_dir());
+    let status = run(Command::new("git")
+        .arg("-C")
+        .arg(r.path())
+        .args(["status", "--porcelain"]));
+    assert_eq!(status.trim(), "M app.txt", "{status}");
+
+    // Again: the same state, the next pipeline number; --job takes one job (no needs here).
+    let out = local_run(
+        &env,
+        r.path(),
+        &reg,
+        &["--project", "team/app", "--job", "test"],
+    );
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("pipeline 2 success"), "{stdout}");
+    assert!(!stdout.contains("build: ["), "{stdout}");
+
+    // --platform linux/amd64 leaves the arm64 job out, and says so.
+    let out = local_run(
+        &env,
+        r.path(),
+        &reg,
+        &["--project", "team/app", "--platform", "linux/amd64"],
+    );
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("left out (not for linux/amd64): build: [arm64]"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("build: [amd64]") && !stdout.contains("build: [arm64]"));
+}
+
+const NEEDS: &str = r#"
+compile:
+  image: busybox:1.35
+  script: [echo compiled]
+lint:
+  image: busybox:1.35
+  script: [echo linted]
+package:
+  image: busybox:1.35
+  needs: [compile]
+  script: [echo packaged]
+"#;
+
+#[test]
+fn job_selects_a_job_with_what_it_needs_and_unknown_names_are_refused() {
+    let reg = mirror();
+    let env = UserEnv::new();
+    let r = repo(&[(".gitlab-ci.yml", NEEDS)]);
+    let out = local_run(&env, r.path(), &reg, &["--job", "package"]);
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("compile ")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("package ")),
+        "{stdout}"
+    );
+    assert!(!stdout.lines().any(|l| l.starts_with("lint ")), "{stdout}");
+
+    let out = local_run(&env, r.path(), &reg, &["--job", "deploy"]);
+    let (_, stderr) = texts(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "--job deploy: the pipeline has no such job (its jobs: compile, lint, package)"
+        ),
+        "{stderr}"
+    );
+}
+
+const FAILING: &str = r#"
+oom:
+  image: busybox:1.35
+  script:
+    - echo "about to be killed"
+    - exit 137
+no-image:
+  image: nosuch/image:1
+  script: [echo never]
+fine:
+  image: busybox:1.35
+  script: [echo fine]
+"#;
+
+#[test]
+fn a_failed_local_run_exits_nonzero_and_shows_the_failed_jobs_log_tails() {
+    let reg = mirror();
+    let env = UserEnv::new();
+    let r = repo(&[(".gitlab-ci.yml", FAILING)]);
+    let out = local_run(&env, r.path(), &reg, &[]);
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("pipeline 1 failed"), "{stdout}");
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{stdout}"))
+            .to_owned()
+    };
+    assert!(row("oom ").ends_with("failed: script_failure"), "{stdout}");
+    assert!(
+        row("no-image ").ends_with("failed: image_pull_failure"),
+        "{stdout}"
+    );
+    assert!(row("fine ").ends_with("success"), "{stdout}");
+    assert!(stderr.contains("--- log tail of oom"), "{stderr}");
+    assert!(stderr.contains("about to be killed"), "{stderr}");
+    assert!(stderr.contains("exit code 137"), "{stderr}");
+    assert!(stderr.contains("--- log tail of no-image"), "{stderr}");
+    assert!(stderr.contains("manifest not found"), "{stderr}");
+}
+
+#[test]
+fn a_pipeline_lint_rejects_is_refused_before_anything_runs() {
+    let reg = mirror();
+    let env = UserEnv::new();
+    let r = repo(&[(
+        ".gitlab-ci.yml",
+        "job:\n  image: busybox:1.35\n  stage: nope\n  script: [echo]\n",
+    )]);
+    let out = local_run(&env, r.path(), &reg, &[]);
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(".gitlab-ci.yml:3:10: error: job `job` is in stage `nope`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was run"), "{stderr}");
+    assert!(!r.path().join(".archway").exists());
+
+    // A malformed mirror is refused by the argument parser, with the expected form.
+    let out = local_run(&env, r.path(), &reg, &["--registry-mirror", "docker.io"]);
+    let (_, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("REGISTRY=HOST[/PREFIX]"), "{stderr}");
+}
