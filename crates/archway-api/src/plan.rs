@@ -5,7 +5,30 @@
 
 use archway_pipeline::graph::{self, Pipeline};
 
-use crate::types::{ImageDef, JobDefinition, VarDef, When};
+use crate::types::{ArtifactsDef, ImageDef, JobDefinition, VarDef, When};
+
+/// Whether `job` (a concrete job name) is the job `name` refers to in `needs:` or
+/// `dependencies:`: the same name, or an instance of it (`build: [arm64]` of a matrix,
+/// `test 2/3` of `parallel: 3`).
+pub fn names_job(name: &str, job: &str) -> bool {
+    if job == name {
+        return true;
+    }
+    let Some(rest) = job.strip_prefix(name) else {
+        return false;
+    };
+    if rest.starts_with(": [") {
+        return true;
+    }
+    rest.strip_prefix(' ')
+        .and_then(|r| r.split_once('/'))
+        .is_some_and(|(i, n)| {
+            !i.is_empty()
+                && !n.is_empty()
+                && i.bytes().all(|b| b.is_ascii_digit())
+                && n.bytes().all(|b| b.is_ascii_digit())
+        })
+}
 
 /// The jobs of `pipeline`, ready to submit, and the pipeline-wide variables.
 pub fn job_definitions(pipeline: &Pipeline) -> Vec<JobDefinition> {
@@ -55,6 +78,34 @@ fn job_definition(job: &graph::Job) -> JobDefinition {
         timeout_secs: job.timeout,
         interruptible: job.interruptible,
         resource_group: job.resource_group.clone(),
+        artifacts: job.artifacts.as_ref().map(|a| ArtifactsDef {
+            paths: a.paths.clone(),
+            exclude: a.exclude.clone(),
+            untracked: a.untracked,
+            when: a.when.clone(),
+            expire_in_secs: a
+                .expire_in
+                .as_deref()
+                .filter(|e| *e != "never")
+                .and_then(archway_oci::duration::parse_duration)
+                .map(|d| d.as_secs()),
+            name: a.name.clone(),
+            dotenv: a.dotenv.clone(),
+            junit: a.junit.clone(),
+        }),
+        // `dependencies:` names them; else `needs:` with `artifacts: true` (the default);
+        // else every job of the earlier stages.
+        dependencies: match (&job.dependencies, &job.needs) {
+            (Some(d), _) => Some(d.clone()),
+            (None, Some(needs)) => Some(
+                needs
+                    .iter()
+                    .filter(|n| n.artifacts)
+                    .map(|n| n.job.clone())
+                    .collect(),
+            ),
+            (None, None) => None,
+        },
     }
 }
 
@@ -89,6 +140,17 @@ mod tests {
             "{diags:?}"
         );
         p.expect("a pipeline")
+    }
+
+    #[test]
+    fn dependency_names_match_their_instances_only() {
+        assert!(names_job("build", "build"));
+        assert!(names_job("build", "build: [arm64]"));
+        assert!(names_job("test", "test 2/3"));
+        assert!(!names_job("build", "build-docs"));
+        assert!(!names_job("build", "build 2"));
+        assert!(!names_job("test", "test a/b"));
+        assert!(!names_job("build: [arm64]", "build"));
     }
 
     #[test]

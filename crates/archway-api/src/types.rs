@@ -303,6 +303,51 @@ pub struct JobDefinition {
     pub interruptible: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_group: Option<String>,
+    /// What the job keeps when it ends (`artifacts:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<ArtifactsDef>,
+    /// Jobs whose artifacts (and dotenv variables) this one receives; `None`: every job of
+    /// the earlier stages (GitLab's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependencies: Option<Vec<String>>,
+}
+
+/// A job's `artifacts:`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactsDef {
+    /// Globs relative to the project directory (`**` crosses directories).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Also every file git does not track.
+    #[serde(default)]
+    pub untracked: bool,
+    /// on_success (default), on_failure or always.
+    #[serde(default = "on_success")]
+    pub when: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_in_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `reports:dotenv` files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dotenv: Vec<String>,
+    /// `reports:junit` files (kept in the archive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub junit: Vec<String>,
+}
+
+fn on_success() -> String {
+    "on_success".into()
+}
+
+/// An earlier job's artifacts a job receives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    pub job_id: i64,
+    pub job_name: String,
+    pub size: u64,
 }
 
 /// A pipeline to run: the planned job graph plus where its source is.
@@ -446,6 +491,14 @@ pub struct JobPayload {
     pub source: Option<String>,
     /// Bytes of log the server keeps; more is dropped with a marker.
     pub max_log_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<ArtifactsDef>,
+    /// Earlier jobs' artifacts to unpack into the project directory before the script.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<ArtifactRef>,
+    /// Largest artifact archive the server accepts.
+    #[serde(default)]
+    pub max_artifact_bytes: u64,
 }
 
 impl JobPayload {
@@ -484,6 +537,9 @@ pub struct FinishAttempt {
     /// for a short job); appended at `offset` like any log chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_tail: Option<LogTail>,
+    /// Variables from the job's `artifacts:reports:dotenv` files, for the jobs after it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dotenv: Vec<VarDef>,
 }
 
 /// Log bytes carried in another report.
@@ -561,6 +617,22 @@ pub struct JobView {
     /// Why a pending job is not running, e.g. `no runner with tags [arm64]; connected: …`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The job's artifacts, when it kept some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<ArtifactsView>,
+}
+
+/// A job's stored artifacts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactsView {
+    /// `sha256:…` of the archive (a gzipped tar).
+    pub digest: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+    /// Variables its dotenv reports gave the jobs after it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dotenv: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

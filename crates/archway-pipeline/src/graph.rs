@@ -137,6 +137,15 @@ pub struct Artifacts {
     pub expire_in: Option<String>,
     /// on_success (default), on_failure or always.
     pub when: String,
+    /// Also every file git does not track (`artifacts:untracked`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub untracked: bool,
+    /// `artifacts:reports:dotenv` files: their variables go to later jobs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dotenv: Vec<String>,
+    /// `artifacts:reports:junit` files: kept with the artifacts and summarised.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub junit: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

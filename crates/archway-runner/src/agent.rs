@@ -370,6 +370,7 @@ impl JobContext {
             }
         ));
         let _ = std::fs::remove_dir_all(&self.work_dir);
+        let dotenv = Arc::new(Mutex::new(Vec::new()));
         let result = match std::fs::create_dir_all(&self.work_dir) {
             Err(e) => {
                 sink.note(&format!("cannot create the job directory: {e}"));
@@ -384,6 +385,7 @@ impl JobContext {
                     cancel: cancel.clone(),
                     work_dir: self.work_dir.clone(),
                     api: self.api.clone(),
+                    dotenv: dotenv.clone(),
                 };
                 // A fenced attempt (lease lost while we could not reach the server, or the
                 // job canceled meanwhile) stops at once.
@@ -430,6 +432,7 @@ impl JobContext {
                 reason: None,
                 log_bytes,
                 log_tail: None,
+                dotenv: Vec::new(),
             },
             (ExecResult::Success, _) => FinishAttempt {
                 outcome: AttemptOutcome::Success,
@@ -437,6 +440,7 @@ impl JobContext {
                 reason: None,
                 log_bytes,
                 log_tail: None,
+                dotenv: Vec::new(),
             },
             (ExecResult::Canceled, _) => FinishAttempt {
                 outcome: AttemptOutcome::Canceled,
@@ -444,6 +448,7 @@ impl JobContext {
                 reason: None,
                 log_bytes,
                 log_tail: None,
+                dotenv: Vec::new(),
             },
             (ExecResult::Failed { exit_code, reason }, _) => FinishAttempt {
                 outcome: AttemptOutcome::Failed,
@@ -451,9 +456,16 @@ impl JobContext {
                 reason: Some(reason),
                 log_bytes,
                 log_tail: None,
+                dotenv: Vec::new(),
             },
         };
         report.log_tail = log_tail;
+        if report.outcome != AttemptOutcome::HandedBack {
+            report.dotenv = dotenv
+                .lock()
+                .map(|mut d| std::mem::take(&mut *d))
+                .unwrap_or_default();
+        }
         let outcome = report.outcome;
         if !fenced.is_cancelled() {
             let mut failures = 0;

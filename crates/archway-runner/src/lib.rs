@@ -2,6 +2,7 @@
 //! runs each in an executor, streams masked logs, renews its leases, drains gracefully.
 //!
 //! * [`agent`]: the main loop, job tasks and log uploaders;
+//! * [`artifacts`]: which files `artifacts:` keeps, their archive, dotenv reports;
 //! * [`executor`]: the `Executor` trait, its I/O, and the no-op and recording executors;
 //! * [`sandbox`]: the real executor (the job's image in an ephemeral sandbox);
 //! * [`mask`]: streaming secret masking;
@@ -11,6 +12,7 @@
 //! The library never prints: it reports through [`agent::AgentEvent`]s and `tracing`.
 
 pub mod agent;
+pub mod artifacts;
 pub mod config;
 pub mod control;
 pub mod executor;

@@ -11,6 +11,7 @@
 //! 4. The sandbox runs the platform natively or through qemu-user; output streams to the
 //!    log as it comes; the job's timeout and cancellation kill the whole process tree.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,13 +21,14 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use archway_api::{FailureReason, JobPayload};
+use archway_api::{ArtifactsDef, FailureReason, JobPayload};
 use archway_build::{ImageStore, RegistrySource, Store};
 use archway_client::mirror::Mirror;
 use archway_client::{Client, ClientOptions, Credentials, Location};
 use archway_oci::{Digest, Platform};
 use archway_sandbox::{Exit, ExtraMount, Network, RunSpec, Sandbox};
 
+use crate::artifacts;
 use crate::executor::{ExecResult, Executor, JobIo, LogSink};
 
 /// How long `after_script` may run (gitlab-runner's default).
@@ -338,6 +340,27 @@ impl Executor for SandboxExecutor {
                 .note(&format!("cannot create the project directory: {e}"));
             return fail(FailureReason::RunnerSystemFailure);
         }
+        // What the checkout had (for `artifacts:untracked`), then earlier jobs' artifacts.
+        let checked_out: BTreeSet<String> = if job.artifacts.as_ref().is_some_and(|a| a.untracked) {
+            artifacts::list(&src).into_iter().collect()
+        } else {
+            BTreeSet::new()
+        };
+        for dep in &job.dependencies {
+            io.log.note(&format!(
+                "Downloading the artifacts of {} (job {}, {} KiB)",
+                dep.job_name,
+                dep.job_id,
+                dep.size.div_ceil(1024)
+            ));
+            tokio::select! {
+                r = self.download_artifacts(&io, dep.job_id, &src) => if let Err(e) = r {
+                    io.log.note(&format!("cannot download the artifacts of {}: {e}", dep.job_name));
+                    return fail(FailureReason::ApiFailure);
+                },
+                () = io.cancel.cancelled() => return ExecResult::Canceled,
+            }
+        }
         let scripts = io.work_dir.join("scripts");
         let bash = has_bash(&rootfs);
         let shell = if bash { "bash" } else { "sh" };
@@ -457,6 +480,189 @@ impl Executor for SandboxExecutor {
             }
         }
         watcher.abort();
+        match &job.artifacts {
+            Some(a) if result != ExecResult::Canceled => {
+                self.keep_artifacts(job, &io, a, &src, &checked_out, result)
+                    .await
+            }
+            _ => result,
+        }
+    }
+}
+
+impl SandboxExecutor {
+    /// Downloads job `job_id`'s artifacts and unpacks them into the project directory.
+    async fn download_artifacts(&self, io: &JobIo, job_id: i64, dest: &Path) -> Result<(), String> {
+        let tmp = io.work_dir.join(format!("artifacts-of-{job_id}.tar.gz"));
+        let mut stream = io
+            .api
+            .fetch_artifacts(job_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut f = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| format!("downloading: {e}"))?;
+            f.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        }
+        f.flush().await.map_err(|e| e.to_string())?;
+        drop(f);
+        let dest = dest.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let r = artifacts::unpack(&tmp, &dest).map_err(|e| format!("unpacking: {e}"));
+            let _ = std::fs::remove_file(&tmp);
+            r
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Keeps the job's artifacts (if `artifacts:when` says so for `result`) and reads its
+    /// dotenv reports; returns the job's result, failed if keeping them failed.
+    async fn keep_artifacts(
+        &self,
+        job: &JobPayload,
+        io: &JobIo,
+        def: &ArtifactsDef,
+        project: &Path,
+        checked_out: &BTreeSet<String>,
+        result: ExecResult,
+    ) -> ExecResult {
+        let succeeded = result == ExecResult::Success;
+        let wanted = match def.when.as_str() {
+            "always" => true,
+            "on_failure" => !succeeded,
+            _ => succeeded,
+        };
+        if !wanted {
+            return result;
+        }
+        let failed = |reason| {
+            if succeeded {
+                ExecResult::Failed {
+                    exit_code: None,
+                    reason,
+                }
+            } else {
+                result.clone()
+            }
+        };
+        io.log.note("Keeping the artifacts");
+        let (selection, archive) = {
+            let project = project.to_owned();
+            let def = def.clone();
+            let checked_out = checked_out.clone();
+            let out = io.work_dir.join("artifacts.tar.gz");
+            let r = tokio::task::spawn_blocking(move || {
+                let s = artifacts::select(&project, &def, &checked_out);
+                if s.files.is_empty() {
+                    return Ok((s, None));
+                }
+                let size = artifacts::archive(&project, &s.files, &out)?;
+                let digest = artifacts::sha256_file(&out)?;
+                Ok::<_, std::io::Error>((s, Some((out, size, digest))))
+            })
+            .await;
+            match r {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    io.log.note(&format!("cannot archive the artifacts: {e}"));
+                    return failed(FailureReason::RunnerSystemFailure);
+                }
+                Err(e) => {
+                    io.log.note(&format!("cannot archive the artifacts: {e}"));
+                    return failed(FailureReason::RunnerSystemFailure);
+                }
+            }
+        };
+        for w in &selection.warnings {
+            io.log.note(&format!("WARNING: {w}"));
+        }
+        let Some((path, size, digest)) = archive else {
+            io.log.note(&format!(
+                "WARNING: no files matched the artifacts' paths ({}); nothing kept",
+                def.paths.join(", ")
+            ));
+            return result;
+        };
+        if job.max_artifact_bytes > 0 && size > job.max_artifact_bytes {
+            io.log.note(&format!(
+                "the artifacts are {} MiB, more than the server keeps ({} MiB)",
+                size.div_ceil(1024 * 1024),
+                job.max_artifact_bytes / (1024 * 1024)
+            ));
+            return failed(FailureReason::ScriptFailure);
+        }
+        io.log.note(&format!(
+            "Uploading {} files ({} KiB) as {digest}",
+            selection.files.len(),
+            size.div_ceil(1024)
+        ));
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) => {
+                io.log
+                    .note(&format!("cannot read the artifact archive: {e}"));
+                return failed(FailureReason::RunnerSystemFailure);
+            }
+        };
+        if let Err(e) = io
+            .api
+            .upload_artifacts(
+                job.attempt_id,
+                &digest.to_string(),
+                file,
+                def.expire_in_secs,
+            )
+            .await
+        {
+            io.log.note(&format!("cannot upload the artifacts: {e}"));
+            return failed(FailureReason::ApiFailure);
+        }
+        let _ = tokio::fs::remove_file(&path).await;
+        if succeeded && !def.dotenv.is_empty() {
+            let mut vars = Vec::new();
+            for f in &def.dotenv {
+                let p = project.join(f.trim_start_matches("./"));
+                if !selection
+                    .files
+                    .iter()
+                    .any(|s| Path::new(s) == Path::new(f.trim_start_matches("./")))
+                {
+                    io.log
+                        .note(&format!("WARNING: the dotenv report {f} was not found"));
+                    continue;
+                }
+                let text = match tokio::fs::read(&p).await {
+                    Ok(t) => String::from_utf8_lossy(&t).into_owned(),
+                    Err(e) => {
+                        io.log
+                            .note(&format!("WARNING: cannot read the dotenv report {f}: {e}"));
+                        continue;
+                    }
+                };
+                match artifacts::parse_dotenv(f, &text) {
+                    Ok(v) => vars.extend(v),
+                    Err(e) => {
+                        io.log.note(&format!("the dotenv report is invalid: {e}"));
+                        return failed(FailureReason::ScriptFailure);
+                    }
+                }
+            }
+            if !vars.is_empty() {
+                io.log.note(&format!(
+                    "dotenv: {} for the jobs after this one",
+                    vars.iter()
+                        .map(|v| v.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            if let Ok(mut d) = io.dotenv.lock() {
+                *d = vars;
+            }
+        }
         result
     }
 }

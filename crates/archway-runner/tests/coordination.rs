@@ -243,6 +243,8 @@ fn job(name: &str, stage: &str) -> JobDefinition {
         timeout_secs: None,
         interruptible: false,
         resource_group: None,
+        artifacts: None,
+        dependencies: None,
     }
 }
 
@@ -419,6 +421,7 @@ async fn a_dead_runners_job_is_requeued_elsewhere_and_its_late_reports_are_refus
                 reason: None,
                 log_bytes: 0,
                 log_tail: None,
+                dotenv: Vec::new(),
             },
         )
         .await
@@ -954,6 +957,106 @@ macro_rules! on_both_databases {
     };
 }
 
+async fn artifacts_are_read_only_within_their_pipeline_and_only_a_running_attempt_sets_them(
+    b: Backend,
+) {
+    let Some(h) = start(b, Duration::from_secs(30)).await else {
+        return;
+    };
+    let a = h.runner("a", &[], &[("linux/amd64", false)], true).await;
+    let hold = Act {
+        output: vec![],
+        duration: Duration::from_secs(3600),
+        result: ExecResult::Success,
+    };
+    a.exec.act("one", hold.clone());
+    a.exec.act("two", hold);
+    let p1 = h
+        .admin
+        .submit_pipeline(&pipeline(&["build"], vec![job("one", "build")]))
+        .await
+        .unwrap();
+    // On another branch (a newer pipeline on the same branch would cancel the first).
+    let mut other = pipeline(&["build"], vec![job("two", "build")]);
+    other.git_ref = "feature".into();
+    let p2 = h.admin.submit_pipeline(&other).await.unwrap();
+    let (one, two) = (job_id(&p1, "one"), job_id(&p2, "two"));
+    h.wait_job(one, JobStatus::Running, T).await;
+    h.wait_job(two, JobStatus::Running, T).await;
+    // The server says running once it handed the job out; the executor records it a moment
+    // later.
+    let deadline = Instant::now() + T;
+    while a.exec.runs.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the runner never started both jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let runs = a.exec.runs.lock().unwrap().clone();
+    let pay = |name: &str| runs.iter().find(|r| r.name == name).unwrap().clone();
+    let (p_one, p_two) = (pay("one"), pay("two"));
+    let t_one = ApiClient::new(&h.url, Some(p_one.token.clone())).unwrap();
+    let t_two = ApiClient::new(&h.url, Some(p_two.token.clone())).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.tar.gz");
+    let data = b"artifact bytes".to_vec();
+    std::fs::write(&file, &data).unwrap();
+    let digest = archway_oci::Digest::sha256(&data).to_string();
+    let open = || async { tokio::fs::File::open(&file).await.unwrap() };
+    // Bytes that do not hash to the digest are refused, and nothing is recorded.
+    let wrong = archway_oci::Digest::sha256(b"other").to_string();
+    let e = t_one
+        .upload_artifacts(p_one.attempt_id, &wrong, open().await, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+    assert!(h.admin.job(one).await.unwrap().artifacts.is_none());
+    // One attempt's token cannot store artifacts for another attempt.
+    let e = t_two
+        .upload_artifacts(p_one.attempt_id, &digest, open().await, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::Forbidden(_)), "{e:?}");
+    t_one
+        .upload_artifacts(p_one.attempt_id, &digest, open().await, Some(3600))
+        .await
+        .unwrap();
+    let view = h.admin.job(one).await.unwrap().artifacts.unwrap();
+    assert_eq!(view.digest, digest);
+    assert_eq!(view.size, data.len() as u64);
+    // A job of another pipeline cannot read them; the job's own pipeline and admins can.
+    let e = match t_two.fetch_artifacts(one).await {
+        Err(e) => e,
+        Ok(_) => panic!("another pipeline's job token read the artifacts"),
+    };
+    assert!(matches!(e, ApiError::Forbidden(_)), "{e:?}");
+    use futures_util::StreamExt as _;
+    let mut got = Vec::new();
+    let mut s = t_one.fetch_artifacts(one).await.unwrap();
+    while let Some(c) = s.next().await {
+        got.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(got, data);
+    assert!(h.admin.job_artifacts(one).await.is_ok());
+    // Once the attempt is over, its token sets nothing.
+    h.admin.cancel_pipeline(p1.id).await.unwrap();
+    h.wait_job(one, JobStatus::Canceled, T).await;
+    let e = t_one
+        .upload_artifacts(p_one.attempt_id, &digest, open().await, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApiError::Unauthorized(_) | ApiError::Fenced(_) | ApiError::Forbidden(_)
+        ),
+        "{e:?}"
+    );
+    h.admin.cancel_pipeline(p2.id).await.unwrap();
+}
+
 on_both_databases!(
     jobs_land_on_the_runner_of_their_architecture_in_stage_order,
     a_job_without_a_fitting_runner_waits_and_says_why,
@@ -966,5 +1069,6 @@ on_both_databases!(
     a_resource_group_runs_one_job_at_a_time,
     a_newer_pipeline_cancels_an_older_interruptible_one,
     delayed_jobs_start_after_their_delay_or_when_played,
-    log_appends_are_idempotent_and_the_stored_log_is_capped
+    log_appends_are_idempotent_and_the_stored_log_is_capped,
+    artifacts_are_read_only_within_their_pipeline_and_only_a_running_attempt_sets_them
 );

@@ -46,7 +46,7 @@ pub use error::CoordError;
 /// How to run a server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Holds `coordinator.db` (SQLite), `registry/` and `sources/`.
+    /// Holds `coordinator.db` (SQLite), `registry/`, `sources/` and `artifacts/`.
     pub data_dir: PathBuf,
     /// `postgres://…`; SQLite under `data_dir` when `None`.
     pub database_url: Option<String>,
@@ -80,6 +80,8 @@ pub struct Server {
     pub coord: Arc<Coordinator>,
     pub dispatcher: Arc<dispatch::Dispatcher>,
     pub sources: sources::SourceStore,
+    /// Job artifact archives, by digest.
+    pub artifacts: sources::SourceStore,
     pub registry: Arc<Registry>,
     pub poll_wait: Duration,
     pub open_metrics: bool,
@@ -157,10 +159,15 @@ impl Server {
             RegistryConfig::default(),
         ));
         let sources = sources::SourceStore::open(&config.data_dir, config.max_source_bytes)?;
+        let artifacts = sources::SourceStore::open_artifacts(
+            &config.data_dir,
+            config.coordinator.max_artifact_bytes,
+        )?;
         let server = Arc::new(Server {
             coord,
             dispatcher: dispatch::Dispatcher::new(),
             sources,
+            artifacts,
             registry,
             poll_wait: config.poll_wait,
             open_metrics: config.open_metrics,

@@ -1,6 +1,7 @@
 //! Source snapshots (gzipped tarballs of a repository), stored by digest under
 //! `DATA/sources/sha256/<hex>.tar.gz` so runners fetch them and identical snapshots are
-//! stored once.
+//! stored once. Job artifacts (gzipped tarballs too) use the same store under
+//! `DATA/artifacts/`.
 //!
 //! **Invariant:** a snapshot path only ever holds bytes whose digest was verified: uploads
 //! stream into a temporary file while being hashed, are fsynced, compared with the digest
@@ -21,6 +22,10 @@ pub struct SourceStore {
     dir: PathBuf,
     /// Largest snapshot accepted.
     pub max_bytes: u64,
+    /// What it holds, for messages: `source snapshots`, `artifact archives`.
+    what: &'static str,
+    /// The server option that sets `max_bytes`.
+    flag: &'static str,
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CoordError {
@@ -30,7 +35,34 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CoordError {
 
 impl SourceStore {
     pub fn open(dir: &Path, max_bytes: u64) -> Result<SourceStore, CoordError> {
-        let dir = dir.join("sources");
+        Self::open_kind(
+            dir,
+            "sources",
+            "source snapshots",
+            "--max-source-size",
+            max_bytes,
+        )
+    }
+
+    /// The job artifact store, under `dir/artifacts`.
+    pub fn open_artifacts(dir: &Path, max_bytes: u64) -> Result<SourceStore, CoordError> {
+        Self::open_kind(
+            dir,
+            "artifacts",
+            "artifact archives",
+            "--max-artifact-size",
+            max_bytes,
+        )
+    }
+
+    fn open_kind(
+        dir: &Path,
+        sub: &str,
+        what: &'static str,
+        flag: &'static str,
+        max_bytes: u64,
+    ) -> Result<SourceStore, CoordError> {
+        let dir = dir.join(sub);
         std::fs::create_dir_all(dir.join("sha256")).map_err(io("creating the source store"))?;
         std::fs::create_dir_all(dir.join("tmp")).map_err(io("creating the source store"))?;
         // Leftovers of uploads interrupted by a crash.
@@ -39,7 +71,12 @@ impl SourceStore {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(SourceStore { dir, max_bytes })
+        Ok(SourceStore {
+            dir,
+            max_bytes,
+            what,
+            flag,
+        })
     }
 
     fn path(&self, digest: &Digest) -> PathBuf {
@@ -48,20 +85,21 @@ impl SourceStore {
             .join(format!("{}.tar.gz", digest.hex()))
     }
 
-    fn parse(digest: &str) -> Result<Digest, CoordError> {
+    fn parse(&self, digest: &str) -> Result<Digest, CoordError> {
         let d: Digest = digest
             .parse()
             .map_err(|e| CoordError::BadRequest(format!("`{digest}` is not a digest: {e}")))?;
         if d.algorithm().as_str() != "sha256" {
-            return Err(CoordError::BadRequest(
-                "source snapshots are addressed by sha256 digests".into(),
-            ));
+            return Err(CoordError::BadRequest(format!(
+                "{} are addressed by sha256 digests",
+                self.what
+            )));
         }
         Ok(d)
     }
 
     pub async fn exists(&self, digest: &str) -> Result<bool, CoordError> {
-        let d = Self::parse(digest)?;
+        let d = self.parse(digest)?;
         Ok(tokio::fs::try_exists(self.path(&d)).await.unwrap_or(false))
     }
 
@@ -71,7 +109,7 @@ impl SourceStore {
         digest: &str,
         mut body: impl Stream<Item = Result<Bytes, E>> + Unpin,
     ) -> Result<u64, CoordError> {
-        let d = Self::parse(digest)?;
+        let d = self.parse(digest)?;
         let target = self.path(&d);
         if tokio::fs::try_exists(&target).await.unwrap_or(false) {
             // Drain nothing: the client may stop sending; what we have is verified.
@@ -94,8 +132,10 @@ impl SourceStore {
                     .map_err(|e| CoordError::BadRequest(format!("reading the upload: {e}")))?;
                 if hasher.len() + chunk.len() as u64 > self.max_bytes {
                     return Err(CoordError::TooLarge(format!(
-                        "source snapshots may be at most {} MiB (the server's --max-source-size)",
-                        self.max_bytes / (1024 * 1024)
+                        "{} may be at most {} MiB (the server's {})",
+                        self.what,
+                        self.max_bytes / (1024 * 1024),
+                        self.flag
                     )));
                 }
                 hasher.update(&chunk);
@@ -108,7 +148,7 @@ impl SourceStore {
             let got = hasher.finish();
             if got != d {
                 return Err(CoordError::BadRequest(format!(
-                    "the upload's digest is {got}, not {d}: the snapshot was changed or cut short"
+                    "the upload's digest is {got}, not {d}: it was changed or cut short"
                 )));
             }
             tokio::fs::rename(&tmp, &target)
@@ -131,10 +171,10 @@ impl SourceStore {
 
     /// Opens a stored snapshot for reading.
     pub async fn open_read(&self, digest: &str) -> Result<(tokio::fs::File, u64), CoordError> {
-        let d = Self::parse(digest)?;
+        let d = self.parse(digest)?;
         let f = tokio::fs::File::open(self.path(&d))
             .await
-            .map_err(|_| CoordError::NotFound(format!("no source snapshot {digest}")))?;
+            .map_err(|_| CoordError::NotFound(format!("none of the {} is {digest}", self.what)))?;
         let len = f
             .metadata()
             .await

@@ -262,6 +262,8 @@ fn job(name: &str) -> JobDefinition {
         timeout_secs: None,
         interruptible: false,
         resource_group: None,
+        artifacts: None,
+        dependencies: None,
     }
 }
 

@@ -285,6 +285,23 @@ pub enum JobCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Download a job's artifacts: the archive (a gzipped tar) to a file, or unpacked.
+    ///
+    /// Examples:
+    ///   archway job artifacts 12 -o build.tar.gz
+    ///   archway job artifacts 12 --extract out/
+    #[command(verbatim_doc_comment)]
+    Artifacts {
+        id: i64,
+        /// Write the archive here (default: artifacts-JOB.tar.gz; `-` for stdout).
+        #[arg(short, long, value_name = "FILE", conflicts_with = "extract")]
+        output: Option<PathBuf>,
+        /// Unpack into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        extract: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Start a manual job (or a delayed one now).
     Play {
         id: i64,
@@ -362,6 +379,12 @@ pub fn job(cmd: JobCommand) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            JobCommand::Artifacts {
+                id,
+                output,
+                extract,
+                server,
+            } => return download_artifacts(&server.client()?, id, output, extract).await,
             JobCommand::Show { id, format, server } => (server.client()?, id, None, format),
             JobCommand::Retry { id, format, server } => {
                 (server.client()?, id, Some("retry"), format)
@@ -381,6 +404,76 @@ pub fn job(cmd: JobCommand) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+async fn download_artifacts(
+    client: &ApiClient,
+    id: i64,
+    output: Option<PathBuf>,
+    extract: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let mut stream = client.job_artifacts(id).await?;
+    let to_stdout = output.as_deref() == Some(Path::new("-"));
+    let (path, tmp) = match (&extract, &output) {
+        (Some(dir), _) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let t = dir.join(format!(".artifacts-{id}.tar.gz.part"));
+            (t.clone(), t)
+        }
+        (None, Some(f)) if !to_stdout => (f.clone(), archway_oci::atomic_file::temp_path_for(f)),
+        (None, None) => {
+            let f = PathBuf::from(format!("artifacts-{id}.tar.gz"));
+            let t = archway_oci::atomic_file::temp_path_for(&f);
+            (f, t)
+        }
+        _ => (PathBuf::new(), PathBuf::new()),
+    };
+    if to_stdout {
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = stream.next().await {
+            out.write_all(&chunk.context("downloading the artifacts")?)?;
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut size = 0u64;
+    {
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(anyhow::anyhow!(e).context("downloading the artifacts"));
+                }
+            };
+            size += chunk.len() as u64;
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()?;
+    }
+    match extract {
+        Some(dir) => {
+            let r = archway_runner::artifacts::unpack(&tmp, &dir);
+            let _ = std::fs::remove_file(&tmp);
+            r.with_context(|| format!("unpacking the artifacts into {}", dir.display()))?;
+            eprintln!(
+                "unpacked the artifacts of job {id} ({} KiB) into {}",
+                size.div_ceil(1024),
+                dir.display()
+            );
+        }
+        None => {
+            archway_oci::atomic_file::commit(&tmp, &path)?;
+            eprintln!(
+                "saved the artifacts of job {id} ({} KiB) as {}",
+                size.div_ceil(1024),
+                path.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn when(ms: i64) -> String {
@@ -476,6 +569,22 @@ fn print_job(j: &JobView) {
     }
     if let Some(n) = &j.note {
         println!("{n}");
+    }
+    if let Some(a) = &j.artifacts {
+        if !a.digest.is_empty() {
+            println!(
+                "artifacts: {} KiB ({}){} — archway job artifacts {}",
+                a.size.div_ceil(1024),
+                a.digest,
+                a.expires_at_ms
+                    .map(|e| format!(", expire {}", when(e)))
+                    .unwrap_or_default(),
+                j.id
+            );
+        }
+        if !a.dotenv.is_empty() {
+            println!("dotenv: {}", a.dotenv.join(", "));
+        }
     }
     for a in &j.attempts {
         println!(

@@ -135,6 +135,9 @@ struct ServeArgs {
     /// Log bytes kept per attempt; more is dropped with a marker.
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     max_log_size: u64,
+    /// Largest artifact archive a job may keep (a larger one fails the job).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    max_artifact_size: u64,
     /// Job timeout when the job sets none.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     default_timeout: Duration,
@@ -342,6 +345,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         lease_ttl: a.lease_ttl,
         system_retries: a.system_retries,
         max_log_bytes: a.max_log_size,
+        max_artifact_bytes: a.max_artifact_size,
         default_timeout: a.default_timeout,
         server_url: public.clone(),
         registry: registry_host,

@@ -1079,3 +1079,103 @@ fn a_revoked_runner_stops_with_a_clear_error() {
     assert!(log.contains("refused this runner's token"), "{log}");
     assert!(log.contains("register the runner again"), "{log}");
 }
+
+const ARTIFACT_PIPELINE: &str = r#"
+stages: [build, test]
+build:
+  stage: build
+  image: $CI_REGISTRY/library/busybox:1.35
+  script:
+    - mkdir -p dist
+    - echo "the binary" > dist/app
+    - echo "RELEASE=7" > vars.env
+  artifacts:
+    paths: [dist/]
+    expire_in: 1 week
+    reports:
+      dotenv: vars.env
+use:
+  stage: test
+  image: $CI_REGISTRY/library/busybox:1.35
+  needs: [build]
+  script:
+    - cat dist/app
+    - echo "release $RELEASE"
+"#;
+
+#[test]
+fn artifacts_are_stored_by_the_server_passed_by_needs_and_downloadable() {
+    let server = ServerProcess::start(&[]);
+    server.push_busybox();
+    let _runner = RunnerProcess::start(&server, "r", &["--platform", "linux/amd64"]);
+    let r = repo(&[(".gitlab-ci.yml", ARTIFACT_PIPELINE)]);
+    let out = pipeline_run(&server, r.path(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = server.json(&["pipeline", "show", "1"]);
+    let build = job_id(&p, "build");
+    let use_log = server.log(job_id(&p, "use"));
+    assert!(
+        use_log.contains("Downloading the artifacts of build"),
+        "{use_log}"
+    );
+    assert!(use_log.contains("the binary"), "{use_log}");
+    assert!(use_log.contains("release 7"), "{use_log}");
+    let j = server.job(build);
+    assert!(
+        j["artifacts"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{j}"
+    );
+    assert_eq!(j["artifacts"]["dotenv"], serde_json::json!(["RELEASE"]));
+    assert!(j["artifacts"]["expires_at_ms"].as_i64().unwrap() > 0);
+    let shown = ok(server.cli().args(["job", "show", &build.to_string()]));
+    assert!(
+        shown.contains(&format!("archway job artifacts {build}")),
+        "{shown}"
+    );
+
+    // Downloaded as an archive, and unpacked.
+    let dl = tempfile::tempdir().unwrap();
+    let archive = dl.path().join("a.tar.gz");
+    ok(server
+        .cli()
+        .args(["job", "artifacts", &build.to_string(), "-o"])
+        .arg(&archive));
+    let bytes = fs::read(&archive).unwrap();
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&bytes)),
+        j["artifacts"]["digest"].as_str().unwrap()
+    );
+    ok(server
+        .cli()
+        .args(["job", "artifacts", &build.to_string(), "--extract"])
+        .arg(dl.path().join("x")));
+    assert_eq!(
+        fs::read_to_string(dl.path().join("x/dist/app")).unwrap(),
+        "the binary\n"
+    );
+    assert!(dl.path().join("x/vars.env").is_file());
+    // A job without artifacts says so.
+    let out = server
+        .cli()
+        .args(["job", "artifacts", &job_id(&p, "use").to_string()])
+        .current_dir(dl.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no artifacts"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    archway_oci::Digest::sha256(data).hex().to_owned()
+}

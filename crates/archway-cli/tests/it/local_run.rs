@@ -266,3 +266,87 @@ fn a_pipeline_lint_rejects_is_refused_before_anything_runs() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("REGISTRY=HOST[/PREFIX]"), "{stderr}");
 }
+
+const ARTIFACTS: &str = r#"
+stages: [build, test]
+build:
+  stage: build
+  image: busybox:1.35
+  script:
+    - mkdir -p out/lib
+    - echo bin > out/app
+    - echo obj > out/lib/x.o
+    - echo so > out/lib/x.so
+    - echo "VERSION=1.2.3" > build.env
+  artifacts:
+    paths: [out/]
+    exclude: ["out/**/*.o"]
+    reports:
+      dotenv: build.env
+test:
+  stage: test
+  image: busybox:1.35
+  script:
+    - test "$(cat out/app)" = bin
+    - test -f out/lib/x.so
+    - test ! -e out/lib/x.o
+    - test "$VERSION" = 1.2.3
+isolated:
+  stage: test
+  image: busybox:1.35
+  dependencies: []
+  script:
+    - test ! -e out/app
+    - test -z "$VERSION"
+"#;
+
+const BAD_ARTIFACTS: &str = r#"
+bad:
+  image: busybox:1.35
+  script:
+    - echo secret > ../outside.txt
+    - echo "not dotenv" > bad.env
+    - echo kept > kept.txt
+  artifacts:
+    paths: [../outside.txt, /etc/passwd, kept.txt]
+    reports:
+      dotenv: bad.env
+"#;
+
+#[test]
+fn artifacts_and_dotenv_variables_pass_to_later_jobs() {
+    let reg = mirror();
+    let env = UserEnv::new();
+    let r = repo(&[(".gitlab-ci.yml", ARTIFACTS)]);
+    let out = local_run(&env, r.path(), &reg, &[]);
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("pipeline 1 success"), "{stdout}");
+
+    // Paths outside the project are refused (a warning in the log, as gitlab-runner does),
+    // and a report that is not dotenv fails the job, saying where.
+    fs::write(r.path().join(".gitlab-ci.yml"), BAD_ARTIFACTS).unwrap();
+    let out = local_run(&env, r.path(), &reg, &[]);
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(
+            "WARNING: artifacts:paths `../outside.txt`: outside the project directory; ignored"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("WARNING: artifacts:paths `/etc/passwd`: outside the project directory"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the dotenv report is invalid: bad.env:1: not KEY=VALUE"),
+        "{stderr}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("bad ") && l.ends_with("failed: script_failure")),
+        "{stdout}"
+    );
+}

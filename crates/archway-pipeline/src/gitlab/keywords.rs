@@ -382,6 +382,25 @@ pub(super) fn parse_services(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars) -> Vec<Se
         .collect()
 }
 
+/// `artifacts:reports`: dotenv and junit are used; GitLab's other report types are accepted
+/// (their files are kept only if `paths` names them).
+fn parse_reports(ctx: &mut Ctx<'_>, n: &Node, a: &mut Artifacts) {
+    let Some(entries) = n.as_map() else {
+        ctx.error(
+            &n.span,
+            format!("artifacts:reports must be a mapping, found {}", n.kind()),
+        );
+        return;
+    };
+    for (k, v) in entries {
+        match key_name(k).as_str() {
+            "dotenv" => a.dotenv = string_list(ctx, v, "artifacts:reports:dotenv"),
+            "junit" => a.junit = string_list(ctx, v, "artifacts:reports:junit"),
+            _ => {}
+        }
+    }
+}
+
 pub(super) fn parse_artifacts(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars) -> Option<Artifacts> {
     let Some(entries) = n.as_map() else {
         ctx.error(
@@ -418,7 +437,11 @@ pub(super) fn parse_artifacts(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars) -> Optio
                 a.when = s;
             }
             "name" => a.name = expect_str(ctx, v, "artifacts:name").map(|s| vars.expand(&s)),
-            "untracked" | "reports" | "expose_as" | "public" | "access" => {}
+            "untracked" => {
+                a.untracked = expect_bool(ctx, v, "artifacts:untracked").unwrap_or(false)
+            }
+            "reports" => parse_reports(ctx, v, &mut a),
+            "expose_as" | "public" | "access" => {}
             other => {
                 let options = [
                     "paths",

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use sqlx::{Any, Row, Transaction};
 
 use archway_api::{
-    AttemptOutcome, AttemptView, FailureReason, FinishAttempt, JobDefinition, JobPayload,
-    JobStatus, JobVariable, JobView, LogAck, PipelineStatus, PipelineView, PlatformOffer,
-    RegisterRunner, RegisteredRunner, RunnerRef, RunnerView, SubmitPipeline, When,
+    ArtifactRef, ArtifactsView, AttemptOutcome, AttemptView, FailureReason, FinishAttempt,
+    JobDefinition, JobPayload, JobStatus, JobVariable, JobView, LogAck, PipelineStatus,
+    PipelineView, PlatformOffer, RegisterRunner, RegisteredRunner, RunnerRef, RunnerView,
+    SubmitPipeline, VarDef, When,
 };
 
 use crate::db::{Db, DbError, now_ms};
@@ -39,6 +40,8 @@ pub struct CoordinatorConfig {
     pub system_retries: u32,
     /// Log bytes kept per attempt.
     pub max_log_bytes: u64,
+    /// Largest artifact archive a job may keep.
+    pub max_artifact_bytes: u64,
     /// Job timeout when the job names none.
     pub default_timeout: Duration,
     /// The server's URL as jobs reach it (`CI_SERVER_URL`).
@@ -55,6 +58,7 @@ impl Default for CoordinatorConfig {
             lease_ttl: Duration::from_secs(15),
             system_retries: 2,
             max_log_bytes: 4 * 1024 * 1024,
+            max_artifact_bytes: 1024 * 1024 * 1024,
             default_timeout: Duration::from_secs(3600),
             server_url: "http://127.0.0.1:8700".into(),
             registry: "127.0.0.1:8700".into(),

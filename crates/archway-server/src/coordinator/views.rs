@@ -347,7 +347,26 @@ pub(super) fn job_view(r: &sqlx::any::AnyRow) -> Result<JobView, CoordError> {
         run_after_ms: r.try_get("run_after_ms")?,
         attempts: Vec::new(),
         note: None,
+        artifacts: artifacts_view(r)?,
     })
+}
+
+fn artifacts_view(r: &sqlx::any::AnyRow) -> Result<Option<ArtifactsView>, CoordError> {
+    let digest: Option<String> = r.try_get("artifact_digest")?;
+    let dotenv: Option<String> = r.try_get("dotenv")?;
+    if digest.is_none() && dotenv.is_none() {
+        return Ok(None);
+    }
+    let vars: Vec<VarDef> = match dotenv {
+        Some(d) => parse_json(&d, "dotenv variables")?,
+        None => Vec::new(),
+    };
+    Ok(Some(ArtifactsView {
+        digest: digest.unwrap_or_default(),
+        size: r.try_get::<Option<i64>, _>("artifact_size")?.unwrap_or(0) as u64,
+        expires_at_ms: r.try_get("artifact_expires_ms")?,
+        dotenv: vars.into_iter().map(|v| v.name).collect(),
+    }))
 }
 
 /// Why a pending job waits, when no online runner could take it.
@@ -430,6 +449,7 @@ mod tests {
             run_after_ms: None,
             attempts: vec![],
             note: None,
+            artifacts: None,
         };
         let amd = RunnerView {
             id: 1,
