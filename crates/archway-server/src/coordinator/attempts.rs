@@ -108,9 +108,12 @@ impl Coordinator {
             let spec: String = row.try_get("spec")?;
             let def: JobDefinition = parse_json(&spec, "job spec")?;
             let stage_idx: i64 = row.try_get("stage_idx")?;
-            let (artifacts, dotenv) = self
-                .dependencies(&mut tx, pipeline_id, &def, stage_idx)
-                .await?;
+            let (artifacts, dotenv) = if fixed.has_artifacts {
+                self.dependencies(&mut tx, pipeline_id, &def, stage_idx)
+                    .await?
+            } else {
+                (Vec::new(), Vec::new())
+            };
             let mut payload = self.payload(
                 def,
                 pipeline_id,
@@ -276,6 +279,7 @@ impl Coordinator {
             source,
             masked,
             secrets,
+            has_artifacts: _,
         } = fixed.clone();
         let (namespace, name) = project.rsplit_once('/').unwrap_or(("", &project));
         let project_dir = format!("/builds/{project}");

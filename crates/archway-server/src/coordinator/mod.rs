@@ -132,6 +132,9 @@ pub(super) struct PipelineFixed {
     pub(super) source: Option<String>,
     pub(super) masked: Vec<String>,
     pub(super) secrets: BTreeMap<String, String>,
+    /// Some job of the pipeline keeps artifacts (or dotenv reports): only then do claims
+    /// look for its jobs' dependencies.
+    pub(super) has_artifacts: bool,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -211,6 +214,14 @@ impl Coordinator {
             source: row.try_get("source")?,
             masked: parse_json(&row.try_get::<String, _>("masked")?, "masked")?,
             secrets: parse_json(&row.try_get::<String, _>("secrets")?, "secrets")?,
+            // Job specs never change after submission.
+            has_artifacts: sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM jobs WHERE pipeline_id = $1 AND spec LIKE '%\"artifacts\":%'",
+            )
+            .bind(pipeline_id)
+            .fetch_one(&self.db.read)
+            .await?
+                > 0,
         };
         self.pipelines_fixed.insert(pipeline_id, p.clone());
         Ok(p)
