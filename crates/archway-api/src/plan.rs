@@ -31,8 +31,50 @@ pub fn names_job(name: &str, job: &str) -> bool {
 }
 
 /// The jobs of `pipeline`, ready to submit, and the pipeline-wide variables.
+///
+/// Each job also gets the predefined variables only the plan knows, before its own (which
+/// override them): `CI_PIPELINE_SOURCE`, `CI_DEFAULT_BRANCH`, and `CI_NODE_INDEX` /
+/// `CI_NODE_TOTAL` for the instances of a `parallel:` or `parallel:matrix` job.
 pub fn job_definitions(pipeline: &Pipeline) -> Vec<JobDefinition> {
-    pipeline.jobs.iter().map(job_definition).collect()
+    pipeline
+        .jobs
+        .iter()
+        .map(|job| {
+            let mut def = job_definition(job);
+            let mut pre = vec![
+                VarDef {
+                    name: "CI_PIPELINE_SOURCE".into(),
+                    value: pipeline.context.source.clone(),
+                },
+                VarDef {
+                    name: "CI_DEFAULT_BRANCH".into(),
+                    value: pipeline.context.default_branch.clone(),
+                },
+            ];
+            let siblings: Vec<&graph::Job> = pipeline
+                .jobs
+                .iter()
+                .filter(|j| j.base_name == job.base_name)
+                .collect();
+            if siblings.len() > 1 || job.name != job.base_name {
+                let index = siblings
+                    .iter()
+                    .position(|j| j.name == job.name)
+                    .unwrap_or(0);
+                pre.push(VarDef {
+                    name: "CI_NODE_INDEX".into(),
+                    value: (index + 1).to_string(),
+                });
+                pre.push(VarDef {
+                    name: "CI_NODE_TOTAL".into(),
+                    value: siblings.len().to_string(),
+                });
+            }
+            pre.append(&mut def.variables);
+            def.variables = pre;
+            def
+        })
+        .collect()
 }
 
 fn job_definition(job: &graph::Job) -> JobDefinition {
@@ -140,6 +182,25 @@ mod tests {
             "{diags:?}"
         );
         p.expect("a pipeline")
+    }
+
+    #[test]
+    fn jobs_get_the_predefined_variables_only_the_plan_knows() {
+        let p = plan("build:\n  parallel: 3\n  script: [x]\nlint:\n  script: [x]\n");
+        let jobs = job_definitions(&p);
+        let var = |j: &JobDefinition, n: &str| {
+            j.variables
+                .iter()
+                .find(|v| v.name == n)
+                .map(|v| v.value.clone())
+        };
+        let second = jobs.iter().find(|j| j.name == "build 2/3").unwrap();
+        assert_eq!(var(second, "CI_NODE_INDEX").as_deref(), Some("2"));
+        assert_eq!(var(second, "CI_NODE_TOTAL").as_deref(), Some("3"));
+        assert_eq!(var(second, "CI_PIPELINE_SOURCE").as_deref(), Some("push"));
+        assert_eq!(var(second, "CI_DEFAULT_BRANCH").as_deref(), Some("main"));
+        let lint = jobs.iter().find(|j| j.name == "lint").unwrap();
+        assert_eq!(var(lint, "CI_NODE_INDEX"), None);
     }
 
     #[test]

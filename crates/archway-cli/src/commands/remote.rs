@@ -957,6 +957,24 @@ async fn submit_and_follow(
         git(root, &["log", "-1", "--format=%B"]).unwrap_or_default()
     };
     let project = a.project.clone().unwrap_or_else(|| project_name(root));
+    // CI_COMMIT_TIMESTAMP: the commit's (HEAD's for a working tree), else now.
+    let timestamp = in_git
+        .then(|| git(root, &["log", "-1", "--format=%cI"]))
+        .flatten()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| {
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+        });
+    let mut jobs = jobs;
+    for j in &mut jobs {
+        j.variables.insert(
+            0,
+            archway_api::VarDef {
+                name: "CI_COMMIT_TIMESTAMP".into(),
+                value: timestamp.clone(),
+            },
+        );
+    }
     let data = snapshot(root, dirty, in_git)?;
     let digest = archway_oci::Digest::sha256(&data).to_string();
     if !client.has_source(&digest).await? {

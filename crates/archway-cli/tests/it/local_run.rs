@@ -78,6 +78,9 @@ build:
   script:
     - echo "built on $(uname -m) emulated=$ARCHWAY_EMULATED"
     - test "$ARCHWAY_PLATFORM" = "linux/$ARCH"
+    - test "$CI_NODE_TOTAL" = 2 && test -n "$CI_NODE_INDEX"
+    - test "$CI_PIPELINE_SOURCE" = push && test "$CI_DEFAULT_BRANCH" = main
+    - test -n "$CI_COMMIT_TIMESTAMP"
     - if [ "$ARCH" = arm64 ]; then test "$(uname -m)" = aarch64; else test "$(uname -m)" = x86_64; fi
 test:
   stage: test
