@@ -5,7 +5,7 @@
 
 use archway_pipeline::graph::{self, Pipeline};
 
-use crate::types::{ArtifactsDef, ImageDef, JobDefinition, VarDef, When};
+use crate::types::{ArtifactsDef, CacheDef, ImageDef, JobDefinition, VarDef, When};
 
 /// Whether `job` (a concrete job name) is the job `name` refers to in `needs:` or
 /// `dependencies:`: the same name, or an instance of it (`build: [arm64]` of a matrix,
@@ -148,6 +148,16 @@ fn job_definition(job: &graph::Job) -> JobDefinition {
             ),
             (None, None) => None,
         },
+        cache: job
+            .cache
+            .iter()
+            .map(|c| CacheDef {
+                key: c.key.clone(),
+                paths: c.paths.clone(),
+                policy: c.policy.clone(),
+                when: c.when.clone(),
+            })
+            .collect(),
     }
 }
 

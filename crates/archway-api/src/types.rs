@@ -310,6 +310,29 @@ pub struct JobDefinition {
     /// the earlier stages (GitLab's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dependencies: Option<Vec<String>>,
+    /// `cache:` entries (kept by each runner).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache: Vec<CacheDef>,
+}
+
+/// One `cache:` entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheDef {
+    /// The key; `files:A,B` (after an optional `PREFIX-`) means "from these files'
+    /// contents", as `cache:key:files`.
+    pub key: String,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// pull-push (default), pull or push.
+    #[serde(default = "pull_push")]
+    pub policy: String,
+    /// on_success (default), on_failure or always: when it is saved.
+    #[serde(default = "on_success")]
+    pub when: String,
+}
+
+fn pull_push() -> String {
+    "pull-push".into()
 }
 
 /// A job's `artifacts:`.
@@ -499,6 +522,8 @@ pub struct JobPayload {
     /// Largest artifact archive the server accepts.
     #[serde(default)]
     pub max_artifact_bytes: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache: Vec<CacheDef>,
 }
 
 impl JobPayload {

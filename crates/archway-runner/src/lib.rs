@@ -3,6 +3,7 @@
 //!
 //! * [`agent`]: the main loop, job tasks and log uploaders;
 //! * [`artifacts`]: which files `artifacts:` keeps, their archive, dotenv reports;
+//! * [`cache`]: `cache:` keys, where each runner keeps caches, when they are restored and saved;
 //! * [`executor`]: the `Executor` trait, its I/O, and the no-op and recording executors;
 //! * [`sandbox`]: the real executor (the job's image in an ephemeral sandbox);
 //! * [`mask`]: streaming secret masking;
@@ -13,6 +14,7 @@
 
 pub mod agent;
 pub mod artifacts;
+pub mod cache;
 pub mod config;
 pub mod control;
 pub mod executor;

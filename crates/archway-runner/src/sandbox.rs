@@ -28,8 +28,8 @@ use archway_client::{Client, ClientOptions, Credentials, Location};
 use archway_oci::{Digest, Platform};
 use archway_sandbox::{Exit, ExtraMount, Network, RunSpec, Sandbox};
 
-use crate::artifacts;
 use crate::executor::{ExecResult, Executor, JobIo, LogSink};
+use crate::{artifacts, cache};
 
 /// How long `after_script` may run (gitlab-runner's default).
 const AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -41,6 +41,8 @@ pub struct SandboxExecutor {
     store: Arc<Store>,
     /// Source snapshots fetched before, by digest.
     sources_dir: PathBuf,
+    /// Job caches (`cache:`), per project and key.
+    caches_dir: PathBuf,
     /// Used when a job names no image.
     pub default_image: Option<String>,
     /// Registries reached over plain HTTP besides loopback ones.
@@ -61,6 +63,7 @@ impl SandboxExecutor {
             sandbox,
             store,
             sources_dir: cache_dir.join("sources"),
+            caches_dir: cache_dir.join("caches"),
             default_image: None,
             insecure_registries: Vec::new(),
             ci_registry: None,
@@ -361,6 +364,36 @@ impl Executor for SandboxExecutor {
                 () = io.cancel.cancelled() => return ExecResult::Canceled,
             }
         }
+        // Caches, restored before the script.
+        let mut caches = Vec::new();
+        for def in &job.cache {
+            match cache::resolve_key(def, &src) {
+                Ok(key) => {
+                    let path = cache::archive_path(&self.caches_dir, &job.project, &key);
+                    if cache::restores(def) {
+                        let (p, dest) = (path.clone(), src.clone());
+                        let restored = tokio::task::spawn_blocking(move || {
+                            p.is_file().then(|| artifacts::unpack(&p, &dest))
+                        })
+                        .await;
+                        match restored {
+                            Ok(Some(Ok(()))) => io.log.note(&format!("Restored the cache {key}")),
+                            Ok(None) => io.log.note(&format!("No cache {key} yet")),
+                            Ok(Some(Err(e))) => io
+                                .log
+                                .note(&format!("WARNING: cannot restore the cache {key}: {e}")),
+                            Err(e) => io
+                                .log
+                                .note(&format!("WARNING: cannot restore the cache {key}: {e}")),
+                        }
+                    }
+                    caches.push((def.clone(), key, path));
+                }
+                Err(e) => io
+                    .log
+                    .note(&format!("WARNING: {e}; this cache is not used")),
+            }
+        }
         let scripts = io.work_dir.join("scripts");
         let bash = has_bash(&rootfs);
         let shell = if bash { "bash" } else { "sh" };
@@ -480,6 +513,13 @@ impl Executor for SandboxExecutor {
             }
         }
         watcher.abort();
+        if result != ExecResult::Canceled {
+            for (def, key, path) in caches {
+                if cache::saves(&def, result == ExecResult::Success) {
+                    self.save_cache(&io, &def, &key, &path, &src).await;
+                }
+            }
+        }
         match &job.artifacts {
             Some(a) if result != ExecResult::Canceled => {
                 self.keep_artifacts(job, &io, a, &src, &checked_out, result)
@@ -491,6 +531,61 @@ impl Executor for SandboxExecutor {
 }
 
 impl SandboxExecutor {
+    /// Saves the cache `key` (its `paths` in the project directory); a failure is a warning.
+    async fn save_cache(
+        &self,
+        io: &JobIo,
+        def: &archway_api::CacheDef,
+        key: &str,
+        path: &Path,
+        project: &Path,
+    ) {
+        let selection_def = ArtifactsDef {
+            paths: def.paths.clone(),
+            ..ArtifactsDef::default()
+        };
+        let (project, path) = (project.to_owned(), path.to_owned());
+        let r = tokio::task::spawn_blocking(move || {
+            let s = artifacts::select(&project, &selection_def, &BTreeSet::new());
+            if s.files.is_empty() {
+                return Ok((s, 0));
+            }
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = archway_oci::atomic_file::temp_path_for(&path);
+            let size = artifacts::archive(&project, &s.files, &tmp)?;
+            archway_oci::atomic_file::commit(&tmp, &path)?;
+            Ok::<_, std::io::Error>((s, size))
+        })
+        .await;
+        match r {
+            Ok(Ok((s, size))) => {
+                for w in &s.warnings {
+                    io.log.note(&format!("WARNING: cache: {w}"));
+                }
+                if s.files.is_empty() {
+                    io.log.note(&format!(
+                        "WARNING: no files matched the cache paths ({}); the cache {key} is not saved",
+                        def.paths.join(", ")
+                    ));
+                } else {
+                    io.log.note(&format!(
+                        "Saved the cache {key}: {} files, {} KiB",
+                        s.files.len(),
+                        size.div_ceil(1024)
+                    ));
+                }
+            }
+            Ok(Err(e)) => io
+                .log
+                .note(&format!("WARNING: cannot save the cache {key}: {e}")),
+            Err(e) => io
+                .log
+                .note(&format!("WARNING: cannot save the cache {key}: {e}")),
+        }
+    }
+
     /// Downloads job `job_id`'s artifacts and unpacks them into the project directory.
     async fn download_artifacts(&self, io: &JobIo, job_id: i64, dest: &Path) -> Result<(), String> {
         let tmp = io.work_dir.join(format!("artifacts-of-{job_id}.tar.gz"));

@@ -245,6 +245,7 @@ fn job(name: &str, stage: &str) -> JobDefinition {
         resource_group: None,
         artifacts: None,
         dependencies: None,
+        cache: vec![],
     }
 }
 

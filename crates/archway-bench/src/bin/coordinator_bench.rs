@@ -264,6 +264,7 @@ fn job(name: &str) -> JobDefinition {
         resource_group: None,
         artifacts: None,
         dependencies: None,
+        cache: vec![],
     }
 }
 

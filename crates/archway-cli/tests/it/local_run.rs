@@ -353,3 +353,48 @@ fn artifacts_and_dotenv_variables_pass_to_later_jobs() {
         "{stdout}"
     );
 }
+
+const CACHED: &str = r#"
+deps:
+  image: busybox:1.35
+  cache:
+    key: deps-$CI_COMMIT_REF_SLUG
+    paths: [.deps/]
+  script:
+    - if [ -f .deps/made ]; then got=hit; else got=miss; mkdir -p .deps; echo "$CI_PIPELINE_ID" > .deps/made; fi
+    - echo "cache $got"
+    - test "$got" = "$EXPECT"
+readonly:
+  image: busybox:1.35
+  cache:
+    key: other
+    paths: [.other/]
+    policy: pull
+  script:
+    - test ! -e .other/x
+    - mkdir -p .other && touch .other/x
+"#;
+
+#[test]
+fn caches_are_restored_by_the_next_run_and_bad_keys_are_refused() {
+    let reg = mirror();
+    let env = UserEnv::new();
+    let r = repo(&[(".gitlab-ci.yml", CACHED)]);
+    for expect in ["miss", "hit", "hit"] {
+        let out = local_run(&env, r.path(), &reg, &["--var", &format!("EXPECT={expect}")]);
+        let (stdout, stderr) = texts(&out);
+        assert!(out.status.success(), "expected a cache {expect}:\n{stdout}\n{stderr}");
+    }
+    fs::write(
+        r.path().join(".gitlab-ci.yml"),
+        "bad:\n  image: busybox:1.35\n  cache:\n    key: ../escape\n    paths: [x]\n  script:\n    - exit 3\n",
+    )
+    .unwrap();
+    let out = local_run(&env, r.path(), &reg, &[]);
+    let (_, stderr) = texts(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("WARNING: cache key `../escape`: the key cannot contain `/`"),
+        "{stderr}"
+    );
+}

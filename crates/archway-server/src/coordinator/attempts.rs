@@ -383,6 +383,7 @@ impl Coordinator {
             source,
             max_log_bytes: self.config.max_log_bytes,
             artifacts: def.artifacts,
+            cache: def.cache,
             dependencies: Vec::new(),
             max_artifact_bytes: self.config.max_artifact_bytes,
         })
