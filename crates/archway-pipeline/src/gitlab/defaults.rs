@@ -113,6 +113,17 @@ pub(super) fn parse_inherit(ctx: &mut Ctx<'_>, node: &Node) -> Inherit {
 }
 
 pub(super) fn apply_default(job: &Node, default: Option<&Node>, inh: &Inherit) -> Node {
+    apply_default_only(job, default, inh, None)
+}
+
+/// [`apply_default`], limited to the keywords in `only` when given (a trigger job takes only
+/// `interruptible`).
+pub(super) fn apply_default_only(
+    job: &Node,
+    default: Option<&Node>,
+    inh: &Inherit,
+    only: Option<&[&str]>,
+) -> Node {
     let Some(default) = default else {
         return job.clone();
     };
@@ -126,6 +137,9 @@ pub(super) fn apply_default(job: &Node, default: Option<&Node>, inh: &Inherit) -
             continue;
         }
         if inh.default.as_ref().is_some_and(|l| !l.contains(&name)) {
+            continue;
+        }
+        if only.is_some_and(|o| !o.contains(&name.as_str())) {
             continue;
         }
         if !out.iter().any(|(jk, _)| key_name(jk) == name) {
