@@ -2,14 +2,38 @@
 //!
 //! Pure. The front end has already expanded matrices, resolved `needs` to concrete job names
 //! and evaluated rules; this only keeps what scheduling and execution need.
+//!
+//! Jobs that run no script on a runner — trigger jobs (`trigger:`, child or multi-project
+//! pipelines) and jobs that only mirror an upstream pipeline — are left out of the job
+//! definitions: the wire type has no field for them yet, and the coordinator does not run
+//! downstream pipelines. Callers must check [`runs_on_a_runner`] and refuse (as `archway
+//! pipeline run` does) rather than submit a pipeline with jobs missing. When the coordinator
+//! runs child pipelines it takes them from the graph (`graph::Job::trigger`, see
+//! `graph::ChildPipeline` for the contract).
 
 use archway_pipeline::graph::{self, Pipeline};
 
 use crate::types::{ImageDef, JobDefinition, VarDef, When};
 
-/// The jobs of `pipeline`, ready to submit, and the pipeline-wide variables.
+/// Whether a planned job is one a runner executes (not a trigger job, not an upstream
+/// pipeline's mirror).
+pub fn runs_on_a_runner(job: &graph::Job) -> bool {
+    job.trigger.is_none()
+        && !job
+            .external_needs
+            .iter()
+            .any(|n| matches!(n, graph::ExternalNeed::Upstream { .. }))
+}
+
+/// The jobs of `pipeline` a runner executes, ready to submit (see the module comment for
+/// the jobs left out).
 pub fn job_definitions(pipeline: &Pipeline) -> Vec<JobDefinition> {
-    pipeline.jobs.iter().map(job_definition).collect()
+    pipeline
+        .jobs
+        .iter()
+        .filter(|j| runs_on_a_runner(j))
+        .map(job_definition)
+        .collect()
 }
 
 fn job_definition(job: &graph::Job) -> JobDefinition {

@@ -131,7 +131,7 @@ pub enum PipelineCommand {
     ///   archway pipeline run .gitlab-ci.yml --var DEPLOY=1 --masked-var API_KEY=$API_KEY
     ///   archway pipeline run --dirty --detach --format json
     #[command(verbatim_doc_comment)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List recent pipelines.
     List {
         #[arg(long)]
@@ -244,7 +244,7 @@ pub enum JobCommand {
 pub fn pipeline(cmd: PipelineCommand) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     match cmd {
-        PipelineCommand::Run(a) => rt.block_on(run(a)),
+        PipelineCommand::Run(a) => rt.block_on(run(*a)),
         PipelineCommand::List {
             project,
             limit,
@@ -573,6 +573,29 @@ async fn run(mut a: RunArgs) -> anyhow::Result<ExitCode> {
     let Some(pipeline) = pipeline else {
         return Ok(ExitCode::FAILURE);
     };
+    // The coordinator does not run trigger jobs yet; submitting the rest would drop them.
+    let waiting: Vec<&str> = pipeline
+        .jobs
+        .iter()
+        .filter(|j| !archway_api::plan::runs_on_a_runner(j))
+        .map(|j| j.name.as_str())
+        .collect();
+    if !waiting.is_empty() {
+        eprintln!(
+            "{}: {} trigger or start another pipeline ({}); the server cannot run downstream pipelines yet, so nothing was submitted",
+            file.display(),
+            if waiting.len() == 1 {
+                "this job would"
+            } else {
+                "these jobs would"
+            },
+            waiting.join(", ")
+        );
+        eprintln!(
+            "  hint: `archway plan` shows the child pipelines; run their jobs in this pipeline meanwhile"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     if !pipeline.runs || pipeline.jobs.is_empty() {
         eprintln!(
             "{}: no jobs to run (workflow:rules or every job's rules excluded them)",
