@@ -9,7 +9,7 @@ use globset::Glob;
 use super::inputs::{self, Caller};
 use super::rules::{eval_rule_conditions, flatten_list};
 use super::variables::predefined;
-use super::{Ctx, deep_merge, key_name, normalize_path, remove_key};
+use super::{Ctx, deep_merge, key_name, normalize_path, remove_key, unknown_keys};
 use crate::RemoteError;
 use crate::diag::{Diagnostic, Span};
 use crate::graph::Origin;
@@ -213,20 +213,9 @@ pub(super) fn parse_item(ctx: &mut Ctx<'_>, node: &Node, vars: &Vars) -> Option<
             ("remote", node.clone())
         }
         Value::Str(_) => ("local", node.clone()),
-        Value::Map(entries) => {
-            let unknown: Vec<String> = entries
-                .iter()
-                .map(|(k, _)| key_name(k))
-                .filter(|k| !ITEM_KEYS.contains(&k.as_str()))
-                .collect();
-            if !unknown.is_empty() {
-                ctx.error(
-                    &span,
-                    format!(
-                        "include config contains unknown keys: {}",
-                        unknown.join(", ")
-                    ),
-                );
+        Value::Map(_) => {
+            if let Some(d) = unknown_keys(node, ITEM_KEYS, "include") {
+                ctx.diags.push(d);
                 return None;
             }
             let kinds: Vec<&str> = KINDS

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use regex::Regex;
 
-use super::{Ctx, key_name};
+use super::{Ctx, key_name, unknown_keys};
 use crate::diag::{Diagnostic, Span, did_you_mean};
 use crate::vars::Vars;
 use crate::yaml::{Documents, Node, Value};
@@ -165,23 +165,12 @@ pub(super) fn apply(
 /// `header` → the declared inputs, with GitLab's header validations.
 fn parse_header(ctx: &mut Ctx<'_>, header: &Node) -> Vec<InputSpec> {
     let mut specs = Vec::new();
-    let Some(entries) = header.as_map() else {
+    if header.as_map().is_none() {
         ctx.error(&header.span, "header config should be a hash");
         return specs;
-    };
-    let unknown: Vec<String> = entries
-        .iter()
-        .map(|(k, _)| key_name(k))
-        .filter(|k| k != "spec")
-        .collect();
-    if !unknown.is_empty() {
-        ctx.error(
-            &header.span,
-            format!(
-                "header config contains unknown keys: {}",
-                unknown.join(", ")
-            ),
-        );
+    }
+    if let Some(d) = unknown_keys(header, &["spec"], "header") {
+        ctx.diags.push(d);
     }
     let Some(spec) = header.get("spec") else {
         return specs;
@@ -229,22 +218,8 @@ fn parse_header(ctx: &mut Ctx<'_>, header: &Node) -> Vec<InputSpec> {
         match &v.value {
             Value::Null => {}
             Value::Map(entries) => {
-                let unknown: Vec<String> = entries
-                    .iter()
-                    .map(|(k, _)| key_name(k))
-                    .filter(|k| !INPUT_KEYS.contains(&k.as_str()))
-                    .collect();
-                if !unknown.is_empty() {
-                    let d = Diagnostic::error(
-                        &v.span,
-                        format!("{loc} config contains unknown keys: {}", unknown.join(", ")),
-                    );
-                    ctx.diags.push(
-                        match did_you_mean(&unknown[0], INPUT_KEYS.iter().copied()) {
-                            Some(h) => d.with_hint(format!("did you mean `{h}`?")),
-                            None => d,
-                        },
-                    );
+                if let Some(d) = unknown_keys(v, INPUT_KEYS, &loc) {
+                    ctx.diags.push(d);
                 }
                 for (ik, iv) in entries {
                     match key_name(ik).as_str() {

@@ -4,7 +4,7 @@
 
 use archway_oci::duration::parse_duration;
 
-use super::{Ctx, key_name};
+use super::{Ctx, key_name, unknown_keys};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::graph::{AllowFailure, Artifacts, Cache, Image, Retry, Service};
 use crate::vars::Vars;
@@ -511,20 +511,13 @@ pub(super) fn parse_cache(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars, loc: &str) -
         for (k, v) in entries {
             match key_name(k).as_str() {
                 "key" => match &v.value {
-                    Value::Map(key_entries) => {
-                        let unknown: Vec<String> = key_entries
-                            .iter()
-                            .map(|(k, _)| key_name(k))
-                            .filter(|k| !["files", "prefix", "files_commits"].contains(&k.as_str()))
-                            .collect();
-                        if !unknown.is_empty() {
-                            ctx.error(
-                                &v.span,
-                                format!(
-                                    "{loc}:key config contains unknown keys: {}",
-                                    unknown.join(", ")
-                                ),
-                            );
+                    Value::Map(_) => {
+                        if let Some(d) = unknown_keys(
+                            v,
+                            &["files", "prefix", "files_commits"],
+                            &format!("{loc}:key"),
+                        ) {
+                            ctx.diags.push(d);
                         }
                         let files_node = v.get("files").or_else(|| v.get("files_commits"));
                         let files = match files_node {

@@ -90,6 +90,27 @@ fn key_name(k: &Node) -> String {
     k.scalar_text().unwrap_or_default()
 }
 
+/// GitLab's `AllowedKeysValidator`: the keys of mapping `n` outside `allowed`, as its error
+/// ("LOC config contains unknown keys: a, b", at `n`, with a did-you-mean hint for the first).
+fn unknown_keys(n: &Node, allowed: &[&str], loc: &str) -> Option<Diagnostic> {
+    let unknown: Vec<String> = n
+        .as_map()
+        .unwrap_or_default()
+        .iter()
+        .map(|(k, _)| key_name(k))
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .collect();
+    let first = unknown.first()?;
+    let d = Diagnostic::error(
+        &n.span,
+        format!("{loc} config contains unknown keys: {}", unknown.join(", ")),
+    );
+    Some(match did_you_mean(first, allowed.iter().copied()) {
+        Some(h) => d.with_hint(format!("did you mean `{h}`?")),
+        None => d,
+    })
+}
+
 /// GitLab's deep merge: mappings merge key by key (recursively), anything else is replaced.
 fn deep_merge(base: &Node, over: &Node) -> Node {
     match (&base.value, &over.value) {

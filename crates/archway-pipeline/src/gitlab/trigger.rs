@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use super::includes::{Item, Location, include_vars, parse_item};
 use super::job::Planned;
 use super::keywords::JOB_KEYWORDS;
-use super::{Ctx, Shared, key_name, plan_document};
+use super::{Ctx, Shared, key_name, plan_document, unknown_keys};
 use crate::FileSource;
 use crate::diag::{Diagnostic, Span};
 use crate::graph::{
@@ -222,23 +222,12 @@ pub(super) fn parse_trigger(ctx: &mut Ctx<'_>, name: &str, n: &Node) -> Option<R
     } else {
         &["project", "branch", "strategy", "forward", "inputs"]
     };
-    let unknown: Vec<String> = n
-        .as_map()
-        .unwrap_or_default()
-        .iter()
-        .map(|(k, _)| key_name(k))
-        .filter(|k| !allowed.contains(&k.as_str()))
-        .collect();
-    if !unknown.is_empty() {
-        ctx.error_hint(
-            &n.span,
-            format!("{loc} config contains unknown keys: {}", unknown.join(", ")),
-            if child {
-                "a child pipeline trigger takes include, strategy and forward"
-            } else {
-                "a multi-project trigger takes project, branch, strategy, forward and inputs"
-            },
-        );
+    if let Some(d) = unknown_keys(n, allowed, &loc) {
+        ctx.diags.push(d.with_hint(if child {
+            "a child pipeline trigger takes include, strategy and forward"
+        } else {
+            "a multi-project trigger takes project, branch, strategy, forward and inputs"
+        }));
         return None;
     }
     let strategy = match n.get("strategy") {
