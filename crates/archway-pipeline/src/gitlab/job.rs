@@ -122,10 +122,28 @@ pub(super) fn plan_instance(
             ),
         );
     }
-    if let Some(s) = &start_in
-        && parse_duration(s).is_none()
+    let loc = format!("jobs:{}", inst.base);
+    if let Some(s) = &start_in {
+        match parse_duration(s) {
+            None => ctx.error(&node.span, format!("start_in `{s}` is not a duration")),
+            // GitLab's limit on a delay.
+            Some(d) if d.as_secs() > 7 * 24 * 3600 => ctx.error(
+                &node.span,
+                format!("{loc} start in should not exceed the limit"),
+            ),
+            Some(_) => {}
+        }
+    }
+    if when != When::Delayed
+        && matches!(kind, Kind::Script)
+        && node.get("rules").is_none()
+        && let Some(s) = node.get("start_in")
     {
-        ctx.error(&node.span, format!("start_in `{s}` is not a duration"));
+        ctx.error_hint(
+            &s.span,
+            format!("{loc} start in must be blank"),
+            "`start_in` goes with `when: delayed`",
+        );
     }
     // Manual jobs may fail by default, as in GitLab.
     let allow_failure = allow_failure.unwrap_or(AllowFailure {

@@ -209,10 +209,18 @@ pub(super) fn job_rules(
     let mut needs_node = node.get("needs").cloned();
 
     if let Some(rules) = node.get("rules") {
-        if node.get("only").is_some() || node.get("except").is_some() {
-            ctx.error(
+        let disallowed: Vec<&str> = ["only", "except", "start_in"]
+            .into_iter()
+            .filter(|k| node.get(k).is_some())
+            .collect();
+        if !disallowed.is_empty() {
+            ctx.error_hint(
                 &rules.span,
-                "a job cannot use `rules` together with `only`/`except`",
+                format!(
+                    "{loc} config key may not be used with `rules`: {}",
+                    disallowed.join(", ")
+                ),
+                "with `rules`, say it in the rules (`when`, `start_in`) instead",
             );
         }
         let list = rule_list(ctx, rules, &loc)?;
