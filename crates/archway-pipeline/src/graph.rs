@@ -375,14 +375,18 @@ impl ChildInclude {
 ///    variables, a [`crate::FileSource`] over the parent's commit that also answers
 ///    `artifact()` from the generating job's artifacts). [`pipeline`](Self::pipeline) is
 ///    that same plan made ahead of time; it may be used as is when [`Self::is_static`];
-/// 3. creates the child pipeline (`CI_PIPELINE_SOURCE=parent_pipeline`, same commit and ref,
-///    `CI_PARENT_PIPELINE_ID` set); if planning failed or the child has no jobs, the trigger
-///    job fails with the diagnostics as its reason;
+/// 3. creates the child pipeline from that plan (same project, commit and ref; the plan's
+///    context says `CI_PIPELINE_SOURCE=parent_pipeline`); if planning failed (an error
+///    diagnostic) or the child has no jobs, the trigger job fails with the diagnostics as its
+///    reason; a child's own trigger jobs are handled the same way, one level deeper;
 /// 4. with a [`strategy`](Self::strategy), keeps the trigger job running until the child
 ///    finishes and gives it the child's status (success, failed, canceled); without one,
 ///    the trigger job succeeds once the child is created.
 ///
 /// Canceling the parent cancels its children; retrying the trigger job creates a new child.
+/// In the child, a job's [`ExternalNeed::Pipeline`] (`needs:pipeline:job`) names a job of
+/// the parent (or a sibling) by pipeline id: the coordinator expands `pipeline` with that
+/// job's variables and gives it the named job's artifacts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ChildPipeline {
     /// The child's configuration, merged in this order (at most 3 entries).
