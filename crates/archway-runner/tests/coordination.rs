@@ -418,6 +418,7 @@ async fn a_dead_runners_job_is_requeued_elsewhere_and_its_late_reports_are_refus
                 exit_code: Some(1),
                 reason: None,
                 log_bytes: 0,
+                log_tail: None,
             },
         )
         .await

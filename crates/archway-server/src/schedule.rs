@@ -379,7 +379,7 @@ mod tests {
             false,
         );
         let arm = offer(2, &["arm64", "aarch64"], &[("linux/arm64", false)], true);
-        let offers = vec![amd.clone(), arm.clone()];
+        let offers = [amd.clone(), arm.clone()];
         // arm64: the native arm runner, although the emulating one waits longer.
         assert_eq!(
             pick_runner(

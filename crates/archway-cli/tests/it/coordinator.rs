@@ -1035,3 +1035,47 @@ fn metrics_need_the_admin_token_and_their_labels_stay_bounded() {
         assert!(text.contains(series), "{series} missing:\n{text}");
     }
 }
+
+#[test]
+fn a_revoked_runner_stops_with_a_clear_error() {
+    let server = ServerProcess::start(&[]);
+    let mut runner = RunnerProcess::start(&server, "doomed", &["--platform", "linux/amd64"]);
+    let id =
+        serde_json::from_str::<serde_json::Value>(&fs::read_to_string(&runner.config).unwrap())
+            .unwrap()["id"]
+            .to_string();
+    // Online first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server
+        .json(&["runner", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["online"] == true)
+    {
+        assert!(Instant::now() < deadline, "the runner never came online");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut revoke = archway();
+    revoke
+        .args(["server", "token", "revoke-runner", &id, "--data"])
+        .arg(&server.data);
+    ok(&mut revoke);
+    let mut child = runner.child.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revoked runner kept running:\n{}",
+            runner.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let log = runner.log_text();
+    assert!(log.contains("refused this runner's token"), "{log}");
+    assert!(log.contains("register the runner again"), "{log}");
+}

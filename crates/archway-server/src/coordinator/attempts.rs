@@ -2,6 +2,7 @@
 //! lost leases, delayed jobs, the restart grace.
 
 use super::*;
+use base64::Engine as _;
 
 impl Coordinator {
     // --- dispatch --------------------------------------------------------------------------
@@ -159,7 +160,6 @@ impl Coordinator {
             masked,
             secrets,
         } = fixed.clone();
-        let is_tag = is_tag;
         let (namespace, name) = project.rsplit_once('/').unwrap_or(("", &project));
         let project_dir = format!("/builds/{project}");
         let server = self.config.server_url.trim_end_matches('/');
@@ -302,11 +302,28 @@ impl Coordinator {
         data: &[u8],
     ) -> Result<LogAck, CoordError> {
         let mut tx = self.begin().await?;
+        let ack = self
+            .append_log_tx(&mut tx, attempt_id, offset, data)
+            .await?;
+        tx.commit().await?;
+        self.events.log_appended(&self.db).await;
+        Ok(ack)
+    }
+
+    /// [`Coordinator::append_log`] inside a transaction (also used by an attempt's end, which
+    /// may carry the last bytes of its log).
+    pub(super) async fn append_log_tx(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        attempt_id: i64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<LogAck, CoordError> {
         let row = sqlx::query(
             "SELECT state, log_received, log_stored, log_truncated FROM attempts WHERE id = $1",
         )
         .bind(attempt_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?
         .ok_or_else(|| CoordError::NotFound(format!("no attempt {attempt_id}")))?;
         let state: String = row.try_get("state")?;
@@ -332,7 +349,7 @@ impl Coordinator {
                 .bind(attempt_id)
                 .bind(stored as i64)
                 .bind(keep.to_vec())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             new_stored += keep.len() as u64;
         }
@@ -341,18 +358,14 @@ impl Coordinator {
                 "\n[archway] the job log reached the {} limit; the rest was dropped\n",
                 human_bytes(self.config.max_log_bytes)
             );
+            let len = marker.len() as u64;
             sqlx::query("INSERT INTO log_chunks (attempt_id, pos, data) VALUES ($1, $2, $3)")
                 .bind(attempt_id)
                 .bind(new_stored as i64)
                 .bind(marker.into_bytes())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
-            new_stored = sqlx::query_scalar::<_, i64>(
-                "SELECT coalesce(sum(length(data)), 0) FROM log_chunks WHERE attempt_id = $1",
-            )
-            .bind(attempt_id)
-            .fetch_one(&mut *tx)
-            .await? as u64;
+            new_stored += len;
             new_truncated = true;
         }
         let new_received = received + fresh.len() as u64;
@@ -363,10 +376,8 @@ impl Coordinator {
         .bind(new_stored as i64)
         .bind(i64::from(new_truncated))
         .bind(attempt_id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        tx.commit().await?;
-        self.events.log_appended(&self.db).await;
         Ok(LogAck {
             received: new_received,
         })
@@ -392,6 +403,19 @@ impl Coordinator {
             return Err(CoordError::Fenced(format!(
                 "attempt {attempt_id} is already {state}; this report is ignored"
             )));
+        }
+        // The end report may carry the log's last bytes (one request for a short job).
+        let mut appended = false;
+        if let Some(tail) = &report.log_tail {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(&tail.data)
+                .map_err(|e| CoordError::BadRequest(format!("log_tail is not base64: {e}")))?;
+            if data.len() > 1024 * 1024 {
+                return Err(CoordError::TooLarge("log_tail may be at most 1 MiB".into()));
+            }
+            self.append_log_tx(&mut tx, attempt_id, tail.offset, &data)
+                .await?;
+            appended = !data.is_empty();
         }
         let job_id: i64 = row.try_get("job_id")?;
         let pipeline_id: i64 = row.try_get("pipeline_id")?;
@@ -478,6 +502,9 @@ impl Coordinator {
         let ready = self.advance_tx(&mut tx, pipeline_id).await?
             | matches!(outcome, AttemptOutcome::HandedBack);
         tx.commit().await?;
+        if appended {
+            self.events.log_appended(&self.db).await;
+        }
         self.after_commit(ready, &[]).await;
         Ok(())
     }
