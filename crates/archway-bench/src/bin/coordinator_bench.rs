@@ -262,6 +262,7 @@ fn job(name: &str) -> JobDefinition {
         timeout_secs: None,
         interruptible: false,
         resource_group: None,
+        trigger: None,
     }
 }
 

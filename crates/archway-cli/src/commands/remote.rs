@@ -343,6 +343,9 @@ fn duration(j: &JobView) -> String {
 }
 
 fn runner_of(j: &JobView) -> String {
+    if let Some(child) = j.downstream_pipeline_id {
+        return format!("child pipeline {child}");
+    }
     j.attempts
         .last()
         .map(|a| {
@@ -573,26 +576,24 @@ async fn run(mut a: RunArgs) -> anyhow::Result<ExitCode> {
     let Some(pipeline) = pipeline else {
         return Ok(ExitCode::FAILURE);
     };
-    // The coordinator does not run trigger jobs yet; submitting the rest would drop them.
-    let waiting: Vec<&str> = pipeline
+    // Jobs the coordinator cannot run (dynamic children, other projects' pipelines):
+    // submitting the rest would silently drop them.
+    let refused: Vec<String> = pipeline
         .jobs
         .iter()
-        .filter(|j| !archway_api::plan::runs_on_a_runner(j))
-        .map(|j| j.name.as_str())
+        .filter_map(archway_api::plan::not_submittable)
         .collect();
-    if !waiting.is_empty() {
+    if !refused.is_empty() {
+        for why in &refused {
+            eprintln!("{}: {why}", file.display());
+        }
         eprintln!(
-            "{}: {} trigger or start another pipeline ({}); the server cannot run downstream pipelines yet, so nothing was submitted",
+            "{}: the server cannot run {}, so nothing was submitted",
             file.display(),
-            if waiting.len() == 1 {
-                "this job would"
-            } else {
-                "these jobs would"
-            },
-            waiting.join(", ")
+            if refused.len() == 1 { "this job" } else { "these jobs" }
         );
         eprintln!(
-            "  hint: `archway plan` shows the child pipelines; run their jobs in this pipeline meanwhile"
+            "  hint: `archway plan` shows the child pipelines; run these jobs in this pipeline meanwhile"
         );
         return Ok(ExitCode::FAILURE);
     }
