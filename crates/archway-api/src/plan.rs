@@ -251,4 +251,125 @@ late:
         assert_eq!(late.when, When::Delayed);
         assert_eq!(late.start_in_secs, Some(30));
     }
+
+    fn plan_with(text: &str, files: &[(&str, &str)]) -> Pipeline {
+        let files = MemoryFiles(
+            files
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let (p, diags) = archway_pipeline::plan(
+            ".gitlab-ci.yml",
+            text,
+            &files,
+            &Context::push_to("main"),
+        );
+        assert!(
+            diags
+                .iter()
+                .all(|d| d.severity != archway_pipeline::Severity::Error),
+            "{diags:?}"
+        );
+        p.expect("a pipeline")
+    }
+
+    #[test]
+    fn a_static_child_goes_with_its_trigger_job() {
+        let p = plan_with(
+            r#"
+stages: [build, test]
+build:
+  stage: build
+  script: [make]
+child:
+  stage: test
+  variables:
+    PARENT_PIPELINE_ID: $CI_PIPELINE_ID
+  trigger:
+    include: ci/child.yml
+    strategy: depend
+nowait:
+  stage: test
+  trigger:
+    include: [{local: ci/empty.yml}]
+"#,
+            &[
+                (
+                    "ci/child.yml",
+                    "unit:\n  script: [make test]\nlint:\n  stage: build\n  script: [make lint]\n",
+                ),
+                (
+                    "ci/empty.yml",
+                    "never:\n  script: [x]\n  rules: [{if: $NOPE}]\n",
+                ),
+            ],
+        );
+        assert!(p.jobs.iter().all(|j| not_submittable(j).is_none()));
+        let jobs = job_definitions(&p);
+        assert_eq!(jobs.len(), 3);
+        let child = jobs.iter().find(|j| j.name == "child").unwrap();
+        assert!(child.script.is_empty());
+        let t = child.trigger.as_deref().unwrap();
+        assert!(t.depend);
+        assert_eq!(t.file, "ci/child.yml");
+        let mut names: Vec<_> = t.jobs.iter().map(|j| j.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["lint", "unit"]);
+        assert!(t.variables.iter().any(|v| v.name == "PARENT_PIPELINE_ID"
+            && v.value == "$CI_PIPELINE_ID"));
+        // The passed-down variable reaches the child's jobs as planned, for the coordinator
+        // to expand.
+        let unit = t.jobs.iter().find(|j| j.name == "unit").unwrap();
+        assert!(unit.variables.iter().any(|v| v.name == "PARENT_PIPELINE_ID"
+            && v.value == "$CI_PIPELINE_ID"));
+        // A child whose rules leave no job goes with no jobs (the trigger job fails there).
+        let nowait = jobs.iter().find(|j| j.name == "nowait").unwrap();
+        let t = nowait.trigger.as_deref().unwrap();
+        assert!(!t.depend);
+        assert!(t.jobs.is_empty());
+        assert!(jobs.iter().find(|j| j.name == "build").unwrap().trigger.is_none());
+    }
+
+    #[test]
+    fn what_the_coordinator_cannot_run_is_named_not_dropped() {
+        let p = plan_with(
+            r#"
+stages: [generate, run]
+generate:
+  stage: generate
+  script: [./gen.sh]
+  artifacts: {paths: [child.yml]}
+dynamic:
+  stage: run
+  needs: [generate]
+  trigger:
+    include: [{artifact: child.yml, job: generate}]
+other-project:
+  stage: run
+  trigger: group/docs
+cross-project:
+  stage: run
+  needs: [{project: group/config, job: render, ref: main}]
+  script: [./deploy.sh]
+"#,
+            &[],
+        );
+        let why = |n: &str| not_submittable(p.job(n).unwrap());
+        assert_eq!(why("generate"), None);
+        assert!(
+            why("dynamic").unwrap().contains("dynamic child pipeline")
+                && why("dynamic").unwrap().contains("artifacts between jobs"),
+            "{:?}",
+            why("dynamic")
+        );
+        assert!(why("other-project").unwrap().contains("project `group/docs`"));
+        assert!(
+            why("cross-project")
+                .unwrap()
+                .contains("job `render` of project `group/config`")
+        );
+        let names: Vec<_> = job_definitions(&p).into_iter().map(|j| j.name).collect();
+        assert_eq!(names, ["generate"]);
+    }
 }

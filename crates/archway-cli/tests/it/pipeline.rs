@@ -438,24 +438,36 @@ fn plan_shows_child_pipelines_in_every_format_and_takes_inputs() {
 }
 
 #[test]
-fn pipeline_run_refuses_trigger_jobs_until_the_server_runs_them() {
-    let out = archway()
-        .current_dir(corpus("trigger-child"))
-        .args([
-            "pipeline",
-            "run",
-            "--server",
-            "http://127.0.0.1:9",
-            "--token",
-            "x",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+fn pipeline_run_refuses_jobs_the_server_cannot_run_and_says_why() {
+    let run = |case: &str| {
+        let out = archway()
+            .current_dir(corpus(case))
+            .args([
+                "pipeline",
+                "run",
+                "--server",
+                "http://127.0.0.1:9",
+                "--token",
+                "x",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run("trigger-dynamic");
     assert!(
-        err.contains("these jobs would trigger or start another pipeline (frontend, backend)")
+        err.contains("job `run-generated` triggers a dynamic child pipeline")
+            && err.contains("the server does not pass artifacts between jobs yet")
             && err.contains("nothing was submitted"),
+        "{err}"
+    );
+    let err = run("trigger-multi-project");
+    assert!(
+        err.contains("job `docs` triggers a pipeline of project `group/docs`")
+            && err.contains("job `deploy` needs job `render` of project `group/config`")
+            && err.contains("job `mirror-upstream` mirrors the upstream pipeline of project `group/upstream`")
+            && err.contains("the server cannot run these jobs, so nothing was submitted"),
         "{err}"
     );
 }
