@@ -37,7 +37,11 @@ pub fn not_submittable(job: &graph::Job) -> Option<String> {
                     job.name
                 ));
             }
-            graph::ExternalNeed::Project { project, job: other, .. } => {
+            graph::ExternalNeed::Project {
+                project,
+                job: other,
+                ..
+            } => {
                 return Some(format!(
                     "job `{}` needs job `{other}` of project `{project}`, which needs a server that hosts that project",
                     job.name
@@ -73,7 +77,8 @@ pub fn not_submittable(job: &graph::Job) -> Option<String> {
                 c.not_planned.as_deref().unwrap_or("no reason given")
             )),
             Some(child) => child.jobs.iter().find_map(|j| {
-                not_submittable(j).map(|why| format!("in the child pipeline of `{}`: {why}", job.name))
+                not_submittable(j)
+                    .map(|why| format!("in the child pipeline of `{}`: {why}", job.name))
             }),
         },
     }
@@ -259,12 +264,8 @@ late:
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         );
-        let (p, diags) = archway_pipeline::plan(
-            ".gitlab-ci.yml",
-            text,
-            &files,
-            &Context::push_to("main"),
-        );
+        let (p, diags) =
+            archway_pipeline::plan(".gitlab-ci.yml", text, &files, &Context::push_to("main"));
         assert!(
             diags
                 .iter()
@@ -316,19 +317,31 @@ nowait:
         let mut names: Vec<_> = t.jobs.iter().map(|j| j.name.as_str()).collect();
         names.sort();
         assert_eq!(names, ["lint", "unit"]);
-        assert!(t.variables.iter().any(|v| v.name == "PARENT_PIPELINE_ID"
-            && v.value == "$CI_PIPELINE_ID"));
+        assert!(
+            t.variables
+                .iter()
+                .any(|v| v.name == "PARENT_PIPELINE_ID" && v.value == "$CI_PIPELINE_ID")
+        );
         // The passed-down variable reaches the child's jobs as planned, for the coordinator
         // to expand.
         let unit = t.jobs.iter().find(|j| j.name == "unit").unwrap();
-        assert!(unit.variables.iter().any(|v| v.name == "PARENT_PIPELINE_ID"
-            && v.value == "$CI_PIPELINE_ID"));
+        assert!(
+            unit.variables
+                .iter()
+                .any(|v| v.name == "PARENT_PIPELINE_ID" && v.value == "$CI_PIPELINE_ID")
+        );
         // A child whose rules leave no job goes with no jobs (the trigger job fails there).
         let nowait = jobs.iter().find(|j| j.name == "nowait").unwrap();
         let t = nowait.trigger.as_deref().unwrap();
         assert!(!t.depend);
         assert!(t.jobs.is_empty());
-        assert!(jobs.iter().find(|j| j.name == "build").unwrap().trigger.is_none());
+        assert!(
+            jobs.iter()
+                .find(|j| j.name == "build")
+                .unwrap()
+                .trigger
+                .is_none()
+        );
     }
 
     #[test]
@@ -363,7 +376,11 @@ cross-project:
             "{:?}",
             why("dynamic")
         );
-        assert!(why("other-project").unwrap().contains("project `group/docs`"));
+        assert!(
+            why("other-project")
+                .unwrap()
+                .contains("project `group/docs`")
+        );
         assert!(
             why("cross-project")
                 .unwrap()

@@ -371,10 +371,10 @@ impl ChildInclude {
 ///
 /// 1. expands [`variables`](Self::variables) with the trigger job's variables (predefined
 ///    ones included: `PARENT_PIPELINE_ID: $CI_PIPELINE_ID` becomes the parent's id);
-/// 2. plans the child with [`crate::plan_child`] (parent context, this value, the expanded
-///    variables, a [`crate::FileSource`] over the parent's commit that also answers
-///    `artifact()` from the generating job's artifacts). [`pipeline`](Self::pipeline) is
-///    that same plan made ahead of time; it may be used as is when [`Self::is_static`];
+/// 2. takes the child's plan: [`pipeline`](Self::pipeline), made ahead of time, for a child
+///    that is not dynamic; for a dynamic one, [`crate::plan_child`] (parent context, this
+///    value, the expanded variables, a [`crate::FileSource`] over the parent's commit that
+///    also answers `artifact()` from the generating job's artifacts);
 /// 3. creates the child pipeline from that plan (same project, commit and ref; the plan's
 ///    context says `CI_PIPELINE_SOURCE=parent_pipeline`); if planning failed (an error
 ///    diagnostic) or the child has no jobs, the trigger job fails with the diagnostics as its
@@ -387,6 +387,11 @@ impl ChildInclude {
 /// In the child, a job's [`ExternalNeed::Pipeline`] (`needs:pipeline:job`) names a job of
 /// the parent (or a sibling) by pipeline id: the coordinator expands `pipeline` with that
 /// job's variables and gives it the named job's artifacts.
+///
+/// Archway's coordinator (`archway-server`, fed by `archway_api::plan`) does all of this for
+/// children that are not dynamic, expanding in step 1 the trigger job's ids
+/// (`CI_PIPELINE_ID`, `CI_PIPELINE_IID`, `CI_JOB_ID`, `CI_JOB_NAME`, `CI_JOB_STAGE`) only.
+/// Dynamic children and `needs:pipeline:job` artifacts wait for artifacts between jobs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ChildPipeline {
     /// The child's configuration, merged in this order (at most 3 entries).

@@ -980,12 +980,22 @@ async fn child_pipelines_run_and_a_depend_trigger_job_waits_for_its_child(b: Bac
     child_test.variables = vec![passed.clone()];
     let mut depend = trigger_job("depend", "test", true, vec![child_build, child_test]);
     depend.trigger.as_mut().unwrap().variables = vec![passed];
-    let nowait = trigger_job("nowait", "test", false, vec![job("nowait-child-job", "build")]);
+    let nowait = trigger_job(
+        "nowait",
+        "test",
+        false,
+        vec![job("nowait-child-job", "build")],
+    );
     let p = h
         .admin
         .submit_pipeline(&pipeline(
             &["build", "test", "deploy"],
-            vec![job("build", "build"), depend, nowait, job("deploy", "deploy")],
+            vec![
+                job("build", "build"),
+                depend,
+                nowait,
+                job("deploy", "deploy"),
+            ],
         ))
         .await
         .unwrap();
@@ -994,7 +1004,10 @@ async fn child_pipelines_run_and_a_depend_trigger_job_waits_for_its_child(b: Bac
     let view = |n: &str| done.jobs.iter().find(|j| j.name == n).unwrap().clone();
     // Trigger jobs never reach a runner; each created one child pipeline.
     let ran = r.exec.names();
-    assert!(!ran.iter().any(|n| n == "depend" || n == "nowait"), "{ran:?}");
+    assert!(
+        !ran.iter().any(|n| n == "depend" || n == "nowait"),
+        "{ran:?}"
+    );
     assert_eq!(ran.first().map(String::as_str), Some("build"));
     assert_eq!(ran.last().map(String::as_str), Some("deploy"));
     let depend = view("depend");
@@ -1007,20 +1020,40 @@ async fn child_pipelines_run_and_a_depend_trigger_job_waits_for_its_child(b: Bac
         .unwrap();
     assert_eq!(child.parent_job_id, Some(depend.id));
     assert_eq!(child.status, PipelineStatus::Success);
-    assert_eq!((child.project.as_str(), child.sha.as_str()), ("team/app", "0123456789abcdef"));
+    assert_eq!(
+        (child.project.as_str(), child.sha.as_str()),
+        ("team/app", "0123456789abcdef")
+    );
     assert_eq!(child.file, "ci/depend.yml");
     // `depend` finished only after its child did, and `deploy` started after that.
-    let child_end = child.jobs.iter().filter_map(|j| j.finished_at_ms).max().unwrap();
+    let child_end = child
+        .jobs
+        .iter()
+        .filter_map(|j| j.finished_at_ms)
+        .max()
+        .unwrap();
     assert!(depend.finished_at_ms.unwrap() >= child_end);
     assert!(view("deploy").started_at_ms.unwrap() >= depend.finished_at_ms.unwrap());
     let runs = r.exec.runs.lock().unwrap().clone();
     let payload = |n: &str| runs.iter().find(|j| j.name == n).unwrap().clone();
     let parent_id = p.id.to_string();
     let child_id = child.id.to_string();
-    assert_eq!(payload("child-build").var("PARENT_PIPELINE_ID"), Some(parent_id.as_str()));
-    assert_eq!(payload("child-test").var("PARENT_PIPELINE_ID"), Some(parent_id.as_str()));
-    assert_eq!(payload("child-build").var("CI_PIPELINE_ID"), Some(child_id.as_str()));
-    assert_eq!(payload("child-build").var("OWN_ID"), Some(child_id.as_str()));
+    assert_eq!(
+        payload("child-build").var("PARENT_PIPELINE_ID"),
+        Some(parent_id.as_str())
+    );
+    assert_eq!(
+        payload("child-test").var("PARENT_PIPELINE_ID"),
+        Some(parent_id.as_str())
+    );
+    assert_eq!(
+        payload("child-build").var("CI_PIPELINE_ID"),
+        Some(child_id.as_str())
+    );
+    assert_eq!(
+        payload("child-build").var("OWN_ID"),
+        Some(child_id.as_str())
+    );
     // Without `strategy: depend`, the trigger job succeeded once its child was created,
     // and the child's failure stays the child's.
     let nowait = view("nowait");
@@ -1084,7 +1117,11 @@ async fn a_failed_child_fails_its_depend_trigger_job_until_retried(b: Backend) {
     assert_eq!(depend.status, JobStatus::Failed);
     assert!(depend.downstream_pipeline_id.unwrap() > first_child);
     assert_eq!(
-        r.exec.names().iter().filter(|n| *n == "child-fails").count(),
+        r.exec
+            .names()
+            .iter()
+            .filter(|n| *n == "child-fails")
+            .count(),
         2
     );
     r.task.abort();
@@ -1113,7 +1150,9 @@ async fn canceling_the_parent_cancels_its_child_pipeline(b: Backend) {
         ))
         .await
         .unwrap();
-    let depend = h.wait_job(job_id(&p, "depend"), JobStatus::Running, T).await;
+    let depend = h
+        .wait_job(job_id(&p, "depend"), JobStatus::Running, T)
+        .await;
     let child = h
         .admin
         .pipeline(depend.downstream_pipeline_id.unwrap())

@@ -590,7 +590,11 @@ async fn run(mut a: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "{}: the server cannot run {}, so nothing was submitted",
             file.display(),
-            if refused.len() == 1 { "this job" } else { "these jobs" }
+            if refused.len() == 1 {
+                "this job"
+            } else {
+                "these jobs"
+            }
         );
         eprintln!(
             "  hint: `archway plan` shows the child pipelines; run these jobs in this pipeline meanwhile"

@@ -466,7 +466,9 @@ fn pipeline_run_refuses_jobs_the_server_cannot_run_and_says_why() {
     assert!(
         err.contains("job `docs` triggers a pipeline of project `group/docs`")
             && err.contains("job `deploy` needs job `render` of project `group/config`")
-            && err.contains("job `mirror-upstream` mirrors the upstream pipeline of project `group/upstream`")
+            && err.contains(
+                "job `mirror-upstream` mirrors the upstream pipeline of project `group/upstream`"
+            )
             && err.contains("the server cannot run these jobs, so nothing was submitted"),
         "{err}"
     );

@@ -173,20 +173,24 @@ impl Coordinator {
                 for child in children {
                     runners.extend(self.cancel_pipeline_tx(&mut tx, child).await?);
                 }
-                runners.extend(sqlx::query_scalar::<_, i64>(
-                    "SELECT runner_id FROM attempts WHERE job_id = $1 AND state = 'running'",
-                )
-                .bind(job_id)
-                .fetch_all(&mut *tx)
-                .await?);
+                runners.extend(
+                    sqlx::query_scalar::<_, i64>(
+                        "SELECT runner_id FROM attempts WHERE job_id = $1 AND state = 'running'",
+                    )
+                    .bind(job_id)
+                    .fetch_all(&mut *tx)
+                    .await?,
+                );
                 sqlx::query("UPDATE attempts SET cancel_requested = 1 WHERE job_id = $1 AND state = 'running'")
                     .bind(job_id)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query("UPDATE jobs SET status = 'canceling' WHERE id = $1 AND status = 'running'")
-                    .bind(job_id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE jobs SET status = 'canceling' WHERE id = $1 AND status = 'running'",
+                )
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
             }
             s => {
                 return Err(CoordError::Conflict(format!(
@@ -374,10 +378,7 @@ fn validate_jobs(stage_list: &[String], jobs: &[JobDefinition]) -> Result<(), Co
         match &j.trigger {
             Some(t) => {
                 if !j.script.is_empty() {
-                    return bad(format!(
-                        "job `{}` has both a script and a trigger",
-                        j.name
-                    ));
+                    return bad(format!("job `{}` has both a script and a trigger", j.name));
                 }
                 validate_jobs(&t.stages, &t.jobs).map_err(|e| match e {
                     CoordError::BadRequest(m) => {
@@ -408,8 +409,7 @@ fn validate_jobs(stage_list: &[String], jobs: &[JobDefinition]) -> Result<(), Co
         }
     }
     // Cycles through `needs` (stage order cannot cycle).
-    let index: HashMap<&str, &JobDefinition> =
-        jobs.iter().map(|j| (j.name.as_str(), j)).collect();
+    let index: HashMap<&str, &JobDefinition> = jobs.iter().map(|j| (j.name.as_str(), j)).collect();
     let mut state: HashMap<&str, u8> = HashMap::new();
     for start in jobs.iter().map(|j| j.name.as_str()) {
         let mut stack = vec![(start, false)];
