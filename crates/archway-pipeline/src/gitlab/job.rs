@@ -15,7 +15,7 @@ use super::needs::{RawNeed, parse_needs};
 use super::rules::{RuleOutcome, job_rules};
 use super::trigger::{RawTrigger, plan_trigger};
 use super::variables::job_variables;
-use crate::diag::Span;
+use crate::diag::{Diagnostic, Span};
 use crate::graph::{AllowFailure, ExternalNeed, Job, Origin, When, platform_for_tag};
 use crate::vars::Vars;
 use crate::yaml::{Node, Value};
@@ -113,19 +113,19 @@ pub(super) fn plan_instance(
         &inst.base,
         !matches!(kind, Kind::Script),
     )?;
+    let loc = format!("jobs:{}", inst.base);
     if when == When::Delayed && start_in.is_none() {
-        ctx.error(
-            &node.span,
-            format!(
-                "job `{}` is `when: delayed` but has no `start_in`",
-                inst.name
-            ),
+        ctx.diags.push(
+            Diagnostic::error(&node.span, format!("{loc} start in can't be blank"))
+                .with_hint("`when: delayed` needs `start_in`, e.g. `start_in: 30 minutes`"),
         );
     }
-    let loc = format!("jobs:{}", inst.base);
     if let Some(s) = &start_in {
         match parse_duration(s) {
-            None => ctx.error(&node.span, format!("start_in `{s}` is not a duration")),
+            None => ctx.diags.push(
+                Diagnostic::error(&node.span, format!("{loc} start in should be a duration"))
+                    .with_hint(format!("`{s}` is not one; e.g. `30 minutes`, `1 day`")),
+            ),
             // GitLab's limit on a delay.
             Some(d) if d.as_secs() > 7 * 24 * 3600 => ctx.error(
                 &node.span,
@@ -167,7 +167,23 @@ pub(super) fn plan_instance(
     let environment = node
         .get("environment")
         .and_then(|e| match &e.value {
-            Value::Map(_) => e.get("name").and_then(Node::scalar_text),
+            Value::Map(_) => {
+                let eloc = format!("jobs:{}:environment", inst.base);
+                if let Some(a) = e.get("action")
+                    && let Some(action) = a.scalar_text()
+                    && !ENVIRONMENT_ACTIONS.contains(&action.as_str())
+                {
+                    ctx.error(
+                        &a.span,
+                        format!("{eloc} action should be start, stop, prepare, verify, or access"),
+                    );
+                }
+                let name = e.get("name").and_then(Node::scalar_text);
+                if name.as_deref().is_none_or(str::is_empty) {
+                    ctx.error(&e.span, format!("{eloc} name can't be blank"));
+                }
+                name
+            }
             _ => expect_str(ctx, e, "environment"),
         })
         .map(|e| vars.expand(&e));
@@ -262,15 +278,15 @@ fn plan_script_job(ctx: &mut Ctx<'_>, inst: &Instance, node: &Node, vars: &Vars,
 
     job.retry = node
         .get("retry")
-        .map(|r| parse_retry(ctx, r))
+        .map(|r| parse_retry(ctx, r, &format!("{loc}:retry")))
         .unwrap_or_default();
     job.timeout = node.get("timeout").and_then(|t| {
         let s = expect_str(ctx, t, "timeout")?;
         let d = parse_duration(&s).map(|d| d.as_secs());
         if d.is_none() {
-            ctx.error(
-                &t.span,
-                format!("timeout `{s}` is not a duration (e.g. `1h 30m`, `90 minutes`)"),
+            ctx.diags.push(
+                Diagnostic::error(&t.span, format!("{loc} timeout should be a duration"))
+                    .with_hint(format!("`{s}` is not one; e.g. `1h 30m`, `90 minutes`")),
             );
         }
         d
@@ -282,7 +298,7 @@ fn plan_script_job(ctx: &mut Ctx<'_>, inst: &Instance, node: &Node, vars: &Vars,
         .unwrap_or_default();
     job.artifacts = node
         .get("artifacts")
-        .and_then(|a| parse_artifacts(ctx, a, vars));
+        .and_then(|a| parse_artifacts(ctx, a, vars, &format!("{loc}:artifacts")));
     job.cache = node
         .get("cache")
         .map(|c| {
@@ -296,6 +312,9 @@ fn plan_script_job(ctx: &mut Ctx<'_>, inst: &Instance, node: &Node, vars: &Vars,
         })
         .unwrap_or_default();
 }
+/// `environment:action` values GitLab accepts.
+const ENVIRONMENT_ACTIONS: [&str; 5] = ["start", "stop", "prepare", "verify", "access"];
+
 /// A job's `tags` (expanded; empty ones warned about and dropped) and the platform they ask for.
 fn job_tags(
     ctx: &mut Ctx<'_>,

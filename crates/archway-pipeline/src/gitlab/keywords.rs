@@ -252,7 +252,7 @@ pub(super) const RETRY_WHEN: &[&str] = &[
     "data_integrity_failure",
 ];
 
-pub(super) fn parse_retry(ctx: &mut Ctx<'_>, n: &Node) -> Retry {
+pub(super) fn parse_retry(ctx: &mut Ctx<'_>, n: &Node, loc: &str) -> Retry {
     let check_max = |ctx: &mut Ctx<'_>, m: &Node| match m.value {
         Value::Int(i) if (0..=2).contains(&i) => i as u32,
         _ => {
@@ -271,15 +271,21 @@ pub(super) fn parse_retry(ctx: &mut Ctx<'_>, n: &Node) -> Retry {
                 .get("when")
                 .map(|w| string_list(ctx, w, "retry:when"))
                 .unwrap_or_default();
-            for w in &when {
-                if !RETRY_WHEN.contains(&w.as_str()) {
-                    let d = Diagnostic::error(&n.span, format!("`{w}` is not a valid retry:when"));
-                    ctx.diags
-                        .push(match did_you_mean(w, RETRY_WHEN.iter().copied()) {
-                            Some(h) => d.with_hint(format!("did you mean `{h}`?")),
-                            None => d,
-                        });
-                }
+            let unknown: Vec<&str> = when
+                .iter()
+                .map(String::as_str)
+                .filter(|w| !RETRY_WHEN.contains(w))
+                .collect();
+            if !unknown.is_empty() {
+                let d = Diagnostic::error(
+                    &n.span,
+                    format!("{loc} when contains unknown values: {}", unknown.join(", ")),
+                );
+                ctx.diags
+                    .push(match did_you_mean(unknown[0], RETRY_WHEN.iter().copied()) {
+                        Some(h) => d.with_hint(format!("did you mean `{h}`?")),
+                        None => d,
+                    });
             }
             Retry { max, when }
         }
@@ -372,7 +378,12 @@ pub(super) fn parse_services(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars) -> Vec<Se
         .collect()
 }
 
-pub(super) fn parse_artifacts(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars) -> Option<Artifacts> {
+pub(super) fn parse_artifacts(
+    ctx: &mut Ctx<'_>,
+    n: &Node,
+    vars: &Vars,
+    loc: &str,
+) -> Option<Artifacts> {
     let Some(entries) = n.as_map() else {
         ctx.error(
             &n.span,
@@ -391,7 +402,12 @@ pub(super) fn parse_artifacts(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars) -> Optio
             "expire_in" => {
                 let s = expect_str(ctx, v, "artifacts:expire_in").unwrap_or_default();
                 if s != "never" && parse_duration(&s).is_none() {
-                    ctx.error(&v.span, format!("artifacts:expire_in `{s}` is not a duration (e.g. `1 week`, `30 days`, `never`)"));
+                    ctx.diags.push(
+                        Diagnostic::error(&v.span, format!("{loc} expire in should be a duration"))
+                            .with_hint(format!(
+                                "`{s}` is not one; e.g. `1 week`, `30 days`, `never`"
+                            )),
+                    );
                 }
                 a.expire_in = Some(s);
             }
@@ -481,6 +497,9 @@ fn percent_decode(s: &str) -> String {
 
 /// `cache:` (one mapping or a list of them). `loc` names it as GitLab does: `jobs:build:cache`
 /// or `default:cache`.
+/// GitLab's `ci_max_caches_per_job` default.
+const MAX_CACHES: usize = 4;
+
 pub(super) fn parse_cache(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars, loc: &str) -> Vec<Cache> {
     let items: Vec<&Node> = match &n.value {
         Value::Seq(s) => s.iter().collect(),
@@ -496,6 +515,12 @@ pub(super) fn parse_cache(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars, loc: &str) -
             return Vec::new();
         }
     };
+    if items.len() > MAX_CACHES {
+        ctx.error(
+            &n.span,
+            format!("{loc} config no more than {MAX_CACHES} caches can be created"),
+        );
+    }
     let mut out = Vec::new();
     for i in items {
         let Some(entries) = i.as_map() else {

@@ -315,9 +315,12 @@ fn build(ctx: &mut Ctx<'_>, root: &Node) -> Option<Pipeline> {
         }
     }
     if defined_names.is_empty() && !ctx.diags.iter().any(Diagnostic::is_error) {
-        ctx.error(
-            &root.span,
-            "the pipeline defines no jobs (hidden `.jobs` do not run)",
+        ctx.diags.push(
+            Diagnostic::error(
+                &root.span,
+                "jobs config should contain at least one visible job",
+            )
+            .with_hint("hidden jobs (`.name:`) are templates and do not run"),
         );
     }
     // GitLab creates no pipeline when the rules leave no job to run.
@@ -413,14 +416,21 @@ fn check_stages_exist(ctx: &mut Ctx<'_>, planned: &[job::Planned], stages: &[Str
             let d = Diagnostic::error(
                 &p.stage_span,
                 format!(
-                    "job `{}` is in stage `{}`, which is not in `stages`",
-                    p.job.base_name, p.job.stage
+                    "{} job: chosen stage does not exist; available stages are {}",
+                    p.job.name,
+                    stages.join(", ")
                 ),
             );
             ctx.diags.push(
                 match did_you_mean(&p.job.stage, stages.iter().map(String::as_str)) {
-                    Some(h) => d.with_hint(format!("did you mean `{h}`?")),
-                    None => d.with_hint(format!("stages are: {}", stages.join(", "))),
+                    Some(h) => d.with_hint(format!(
+                        "`{}` is not in `stages`; did you mean `{h}`?",
+                        p.job.stage
+                    )),
+                    None => d.with_hint(format!(
+                        "add `{}` to `stages`, or put the job in one of them",
+                        p.job.stage
+                    )),
                 },
             );
         }

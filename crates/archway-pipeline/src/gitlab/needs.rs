@@ -322,10 +322,7 @@ pub(super) fn resolve_edges(
                     .map(|(n, ..)| n)
                     .collect();
                 if matching.is_empty() {
-                    let msg = format!(
-                        "job `{}` lists `{d}` in dependencies, which is not in this pipeline",
-                        p.job.name
-                    );
+                    let msg = format!("{} job: undefined dependency: {d}", p.job.name);
                     let dd = Diagnostic::error(&span, msg);
                     ctx.diags.push(
                         match did_you_mean(&d, defined_names.iter().map(String::as_str)) {
@@ -342,12 +339,17 @@ pub(super) fn resolve_edges(
                         .map(|x| x.2.clone())
                         .unwrap_or_default();
                     if stage_index(&st) >= my_stage && p.job.needs.is_none() {
-                        ctx.error(
-                            &span,
-                            format!(
-                                "job `{}` depends on `{m}`, which is not in an earlier stage",
-                                p.job.name
-                            ),
+                        ctx.diags.push(
+                            Diagnostic::error(
+                                &span,
+                                format!(
+                                    "{} job: dependency {m} is not defined in current or prior stages",
+                                    p.job.name
+                                ),
+                            )
+                            .with_hint(format!(
+                                "`dependencies` names jobs of earlier stages (or jobs in `needs`); `{m}` is in stage `{st}`"
+                            )),
                         );
                     }
                     out.push(m.clone());
