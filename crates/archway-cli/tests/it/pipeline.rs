@@ -104,7 +104,7 @@ fn lint_reports_positioned_errors_and_fails() {
     let out = in_dir(&dir, &["lint"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(".gitlab-ci.yml:4:3: error: unknown keyword `scirpt` in job `build`\n  hint: did you mean `script`?"), "{err}");
+    assert!(err.contains(".gitlab-ci.yml:4:3: error: jobs:build config contains unknown keys: scirpt\n  hint: did you mean `script`?"), "{err}");
     assert!(err.contains("errors, 0 warnings"), "{err}");
 
     let out = in_dir(&dir, &["lint", "--format", "json"]);

@@ -328,7 +328,7 @@ fn job_tags(
             if t.as_seq().is_none() {
                 ctx.error_hint(
                     &t.span,
-                    format!("tags must be a list, found {}", t.kind()),
+                    format!("jobs:{job}:tags config should be an array of strings"),
                     "write `tags: [amd64]`",
                 );
                 return Vec::new();

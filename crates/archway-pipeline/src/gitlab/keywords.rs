@@ -253,10 +253,26 @@ pub(super) const RETRY_WHEN: &[&str] = &[
 ];
 
 pub(super) fn parse_retry(ctx: &mut Ctx<'_>, n: &Node, loc: &str) -> Retry {
+    // GitLab: `retry: 3` is "retry config …", `retry: {max: 3}` is "retry max …".
     let check_max = |ctx: &mut Ctx<'_>, m: &Node| match m.value {
         Value::Int(i) if (0..=2).contains(&i) => i as u32,
+        Value::Int(i) => {
+            let what = if std::ptr::eq(m, n) { "config" } else { "max" };
+            let bound = if i < 0 {
+                "greater than or equal to 0"
+            } else {
+                "less than or equal to 2"
+            };
+            ctx.error(&m.span, format!("{loc} {what} must be {bound}"));
+            0
+        }
         _ => {
-            ctx.error(&m.span, "retry must be 0, 1 or 2");
+            let what = if std::ptr::eq(m, n) { "config" } else { "max" };
+            ctx.error_hint(
+                &m.span,
+                format!("{loc} {what} is not a number"),
+                "retry is 0, 1 or 2 (or `{max: 2, when: [...]}`)",
+            );
             0
         }
     };
@@ -416,9 +432,7 @@ pub(super) fn parse_artifacts(
                 if !["on_success", "on_failure", "always"].contains(&s.as_str()) {
                     ctx.error(
                         &v.span,
-                        format!(
-                            "artifacts:when must be on_success, on_failure or always, not `{s}`"
-                        ),
+                        format!("{loc} when should be on_success, on_failure or always"),
                     );
                 }
                 a.when = s;
@@ -675,7 +689,10 @@ pub(super) fn check_job_keywords(ctx: &mut Ctx<'_>, name: &str, node: &Node) {
     for (k, _) in node.as_map().unwrap_or_default() {
         let kw = key_name(k);
         if !JOB_KEYWORDS.contains(&kw.as_str()) {
-            let d = Diagnostic::error(&k.span, format!("unknown keyword `{kw}` in job `{name}`"));
+            let d = Diagnostic::error(
+                &k.span,
+                format!("jobs:{name} config contains unknown keys: {kw}"),
+            );
             ctx.diags
                 .push(match did_you_mean(&kw, JOB_KEYWORDS.iter().copied()) {
                     Some(h) => d.with_hint(format!("did you mean `{h}`?")),
