@@ -250,11 +250,11 @@ pub(super) fn resolve_edges(
                         continue;
                     }
                     if excluded.contains(&job) || defined_names.contains(&job) {
-                        ctx.error_hint(&span, format!("job `{}` needs `{job}`, which is not in this pipeline (its rules exclude it)", p.job.name), "mark the need `optional: true`, or align the rules");
+                        ctx.error_hint(&span, format!("'{}' job needs '{job}' job, but '{job}' does not exist in the pipeline. This might be because of the only, except, or rules keywords. To need a job that sometimes does not exist in the pipeline, use needs:optional.", p.job.name), "mark the need `optional: true`, or align the rules");
                     } else {
                         let d = Diagnostic::error(
                             &span,
-                            format!("job `{}` needs `{job}`, which is not defined", p.job.name),
+                            format!("{} job: undefined need: {job}", p.job.name),
                         );
                         ctx.diags.push(
                             match did_you_mean(&job, defined_names.iter().map(String::as_str)) {
@@ -271,11 +271,15 @@ pub(super) fn resolve_edges(
                         continue;
                     }
                     if stage_index(&t.2) > my_stage {
-                        ctx.error(
+                        ctx.error_hint(
                             &span,
                             format!(
-                                "job `{}` (stage {}) needs `{}`, which is in the later stage {}",
-                                p.job.name, p.job.stage, t.0, t.2
+                                "{} job: need {} is not defined in current or prior stages",
+                                p.job.name, t.0
+                            ),
+                            format!(
+                                "`{}` is in stage `{}`, after this job's stage `{}`",
+                                t.0, t.2, p.job.stage
                             ),
                         );
                         continue;
