@@ -45,7 +45,10 @@ pub(super) fn global_default(ctx: &mut Ctx<'_>, root: &Node) -> Option<Node> {
         for (k, _) in d.as_map().unwrap_or_default() {
             let name = key_name(k);
             if !DEFAULT_KEYWORDS.contains(&name.as_str()) {
-                let d = Diagnostic::error(&k.span, format!("`{name}` cannot be set in `default:`"));
+                let d = Diagnostic::error(
+                    &k.span,
+                    format!("default config contains unknown keys: {name}"),
+                );
                 ctx.diags.push(
                     match did_you_mean(&name, DEFAULT_KEYWORDS.iter().copied()) {
                         Some(h) if h != name => d.with_hint(format!("did you mean `{h}`?")),

@@ -303,7 +303,7 @@ fn build(ctx: &mut Ctx<'_>, root: &Node) -> Option<Pipeline> {
             && node.get("script").is_none()
             && node.get("run").is_none()
         {
-            ctx.error_hint(&node.span, format!("job `{name}` has no `script`"), "every job needs a script; a job meant only as a template should be hidden: `.name:`");
+            ctx.error_hint(&node.span, format!("jobs:{name} config should implement the script:, run:, or trigger: keyword"), "every job needs a script; a job meant only as a template should be hidden: `.name:`");
             continue;
         }
         for inst in matrix::matrix_instances(ctx, name, &node) {
