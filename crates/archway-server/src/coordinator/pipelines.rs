@@ -532,3 +532,100 @@ pub(super) async fn insert_pipeline_tx(
     }
     Ok(pipeline_id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use archway_api::TriggerDefinition;
+
+    fn job(name: &str, stage: &str) -> JobDefinition {
+        JobDefinition {
+            name: name.into(),
+            stage: stage.into(),
+            image: None,
+            before_script: vec![],
+            script: vec!["true".into()],
+            after_script: vec![],
+            variables: vec![],
+            tags: vec![],
+            platform: None,
+            needs: None,
+            when: When::OnSuccess,
+            start_in_secs: None,
+            allow_failure: false,
+            allow_failure_exit_codes: vec![],
+            retry_max: 0,
+            retry_when: vec![],
+            timeout_secs: None,
+            interruptible: false,
+            resource_group: None,
+            trigger: None,
+        }
+    }
+
+    fn trigger(name: &str, jobs: Vec<JobDefinition>) -> JobDefinition {
+        let mut j = job(name, "test");
+        j.script.clear();
+        j.trigger = Some(Box::new(TriggerDefinition {
+            depend: true,
+            file: "ci/child.yml".into(),
+            stages: vec!["test".into()],
+            jobs,
+            variables: vec![],
+        }));
+        j
+    }
+
+    fn submit(jobs: Vec<JobDefinition>) -> SubmitPipeline {
+        SubmitPipeline {
+            project: "team/app".into(),
+            git_ref: "main".into(),
+            tag: false,
+            sha: String::new(),
+            commit_message: String::new(),
+            source: None,
+            file: ".gitlab-ci.yml".into(),
+            stages: vec!["test".into()],
+            jobs,
+            variables: vec![],
+            masked: vec![],
+            secrets: Default::default(),
+        }
+    }
+
+    fn refused(req: &SubmitPipeline, max_jobs: usize) -> String {
+        match validate_pipeline(req, max_jobs) {
+            Err(CoordError::BadRequest(m)) => m,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn trigger_jobs_and_their_children_are_checked_like_pipelines() {
+        // Two levels of children are GitLab's limit; a third is refused.
+        let grandchild = trigger("to-grandchild", vec![job("leaf", "test")]);
+        let ok = submit(vec![trigger("to-child", vec![grandchild.clone()])]);
+        validate_pipeline(&ok, 100).unwrap();
+        let too_deep = submit(vec![trigger(
+            "to-child",
+            vec![trigger(
+                "to-grandchild",
+                vec![trigger("deeper", vec![job("leaf", "test")])],
+            )],
+        )]);
+        assert!(refused(&too_deep, 100).contains("3 levels deep"));
+        // The job limit counts the children's jobs.
+        assert!(refused(&ok, 2).contains("3 jobs (child pipelines' included)"));
+        // A trigger job runs no script; a child's jobs are checked as a pipeline's are.
+        let mut both = trigger("both", vec![job("leaf", "test")]);
+        both.script = vec!["echo".into()];
+        assert!(refused(&submit(vec![both]), 100).contains("both a script and a trigger"));
+        let bad_child = submit(vec![trigger("t", vec![job("leaf", "nowhere")])]);
+        assert_eq!(
+            refused(&bad_child, 100),
+            "the child pipeline of `t`: job `leaf` is in stage `nowhere`, which `stages` does not list"
+        );
+        // A child with no jobs is accepted: its trigger job fails when it starts, as in GitLab.
+        validate_pipeline(&submit(vec![trigger("empty", vec![])]), 100).unwrap();
+    }
+}
