@@ -165,12 +165,14 @@ pub enum FailureReason {
     ApiFailure,
     RunnerUnsupported,
     DataIntegrityFailure,
+    /// A trigger job's child pipeline could not be created (it has no jobs to run).
+    DownstreamPipelineCreationFailed,
     #[serde(other)]
     UnknownFailure,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 9] = [
+    pub const ALL: [FailureReason; 10] = [
         FailureReason::ScriptFailure,
         FailureReason::RunnerSystemFailure,
         FailureReason::StuckOrTimeoutFailure,
@@ -179,6 +181,7 @@ impl FailureReason {
         FailureReason::ApiFailure,
         FailureReason::RunnerUnsupported,
         FailureReason::DataIntegrityFailure,
+        FailureReason::DownstreamPipelineCreationFailed,
         FailureReason::UnknownFailure,
     ];
 
@@ -192,6 +195,9 @@ impl FailureReason {
             FailureReason::ApiFailure => "api_failure",
             FailureReason::RunnerUnsupported => "runner_unsupported",
             FailureReason::DataIntegrityFailure => "data_integrity_failure",
+            FailureReason::DownstreamPipelineCreationFailed => {
+                "downstream_pipeline_creation_failed"
+            }
             FailureReason::UnknownFailure => "unknown_failure",
         }
     }
@@ -313,6 +319,10 @@ pub struct JobDefinition {
     /// `cache:` entries (kept by each runner).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cache: Vec<CacheDef>,
+    /// A trigger job (`trigger: include:`): it runs no script; when it starts, the
+    /// coordinator creates this child pipeline instead of giving it to a runner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Box<TriggerDefinition>>,
 }
 
 /// One `cache:` entry.
@@ -371,6 +381,28 @@ pub struct ArtifactRef {
     pub job_id: i64,
     pub job_name: String,
     pub size: u64,
+}
+
+/// What a trigger job starts: a child pipeline of the same project, commit and source,
+/// planned by the client (see `archway_pipeline::graph::ChildPipeline`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerDefinition {
+    /// `strategy: depend` (or `mirror`): the trigger job runs until the child finishes and
+    /// takes its status; otherwise it succeeds once the child is created.
+    #[serde(default)]
+    pub depend: bool,
+    /// The child's configuration, for display (`ci/child.yml`, or several joined by `, `).
+    pub file: String,
+    pub stages: Vec<String>,
+    /// The child's jobs; empty when the child has none to run (the trigger job then fails,
+    /// as in GitLab).
+    pub jobs: Vec<JobDefinition>,
+    /// The variables passed down (`graph::ChildPipeline::variables`; each child job's
+    /// `variables` already holds them). `$CI_PIPELINE_ID`,
+    /// `$CI_PIPELINE_IID`, `$CI_JOB_ID`, `$CI_JOB_NAME` and `$CI_JOB_STAGE` in their values are
+    /// the trigger job's, expanded by the coordinator when it creates the child.
+    #[serde(default)]
+    pub variables: Vec<VarDef>,
 }
 
 /// A pipeline to run: the planned job graph plus where its source is.
@@ -642,6 +674,9 @@ pub struct JobView {
     /// Why a pending job is not running, e.g. `no runner with tags [arm64]; connected: …`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// A trigger job's newest child pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream_pipeline_id: Option<i64>,
     /// The job's artifacts, when it kept some.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifacts: Option<ArtifactsView>,
@@ -673,6 +708,9 @@ pub struct PipelineView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<i64>,
     pub stages: Vec<String>,
+    /// The trigger job that created this child pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_job_id: Option<i64>,
     /// Jobs (only in single-pipeline answers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<JobView>,

@@ -370,6 +370,8 @@ pub fn plan(file: &str, text: &str, context: &Context) -> (Option<Pipeline>, Vec
             cache: Vec::new(),
             resource_group: None,
             environment,
+            trigger: None,
+            external_needs: Vec::new(),
             span: node.span.clone(),
         });
     }

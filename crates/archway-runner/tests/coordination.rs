@@ -246,6 +246,7 @@ fn job(name: &str, stage: &str) -> JobDefinition {
         artifacts: None,
         dependencies: None,
         cache: vec![],
+        trigger: None,
     }
 }
 
@@ -936,6 +937,243 @@ async fn log_appends_are_idempotent_and_the_stored_log_is_capped(b: Backend) {
     r.task.abort();
 }
 
+/// A trigger job of a child pipeline with `jobs` (`depend`: it takes the child's status).
+fn trigger_job(name: &str, stage: &str, depend: bool, jobs: Vec<JobDefinition>) -> JobDefinition {
+    let mut j = job(name, stage);
+    j.script = vec![];
+    j.trigger = Some(Box::new(archway_api::TriggerDefinition {
+        depend,
+        file: format!("ci/{name}.yml"),
+        stages: vec!["build".into(), "test".into()],
+        jobs,
+        variables: vec![],
+    }));
+    j
+}
+
+async fn child_pipelines_run_and_a_depend_trigger_job_waits_for_its_child(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
+    let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
+    r.exec.act(
+        "nowait-child-job",
+        Act {
+            result: ExecResult::Failed {
+                exit_code: Some(1),
+                reason: archway_api::FailureReason::ScriptFailure,
+            },
+            ..Act::default()
+        },
+    );
+    // The child's jobs hold the variable passed down as planned (`$CI_PIPELINE_ID`, the
+    // parent's id once the trigger job starts); a child job's own use of it is its own.
+    let passed = archway_api::VarDef {
+        name: "PARENT_PIPELINE_ID".into(),
+        value: "$CI_PIPELINE_ID".into(),
+    };
+    let mut child_build = job("child-build", "build");
+    child_build.variables = vec![
+        passed.clone(),
+        archway_api::VarDef {
+            name: "OWN_ID".into(),
+            value: "$CI_PIPELINE_ID".into(),
+        },
+    ];
+    let mut child_test = job("child-test", "test");
+    child_test.variables = vec![passed.clone()];
+    let mut depend = trigger_job("depend", "test", true, vec![child_build, child_test]);
+    depend.trigger.as_mut().unwrap().variables = vec![passed];
+    let nowait = trigger_job(
+        "nowait",
+        "test",
+        false,
+        vec![job("nowait-child-job", "build")],
+    );
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(
+            &["build", "test", "deploy"],
+            vec![
+                job("build", "build"),
+                depend,
+                nowait,
+                job("deploy", "deploy"),
+            ],
+        ))
+        .await
+        .unwrap();
+    let done = h.wait_pipeline(p.id, T).await;
+    assert_eq!(done.status, PipelineStatus::Success, "{done:#?}");
+    let view = |n: &str| done.jobs.iter().find(|j| j.name == n).unwrap().clone();
+    // Trigger jobs never reach a runner; each created one child pipeline.
+    let ran = r.exec.names();
+    assert!(
+        !ran.iter().any(|n| n == "depend" || n == "nowait"),
+        "{ran:?}"
+    );
+    assert_eq!(ran.first().map(String::as_str), Some("build"));
+    assert_eq!(ran.last().map(String::as_str), Some("deploy"));
+    let depend = view("depend");
+    assert_eq!(depend.status, JobStatus::Success);
+    assert!(depend.attempts.is_empty());
+    let child = h
+        .admin
+        .pipeline(depend.downstream_pipeline_id.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(child.parent_job_id, Some(depend.id));
+    assert_eq!(child.status, PipelineStatus::Success);
+    assert_eq!(
+        (child.project.as_str(), child.sha.as_str()),
+        ("team/app", "0123456789abcdef")
+    );
+    assert_eq!(child.file, "ci/depend.yml");
+    // `depend` finished only after its child did, and `deploy` started after that.
+    let child_end = child
+        .jobs
+        .iter()
+        .filter_map(|j| j.finished_at_ms)
+        .max()
+        .unwrap();
+    assert!(depend.finished_at_ms.unwrap() >= child_end);
+    assert!(view("deploy").started_at_ms.unwrap() >= depend.finished_at_ms.unwrap());
+    let runs = r.exec.runs.lock().unwrap().clone();
+    let payload = |n: &str| runs.iter().find(|j| j.name == n).unwrap().clone();
+    let parent_id = p.id.to_string();
+    let child_id = child.id.to_string();
+    assert_eq!(
+        payload("child-build").var("PARENT_PIPELINE_ID"),
+        Some(parent_id.as_str())
+    );
+    assert_eq!(
+        payload("child-test").var("PARENT_PIPELINE_ID"),
+        Some(parent_id.as_str())
+    );
+    assert_eq!(
+        payload("child-build").var("CI_PIPELINE_ID"),
+        Some(child_id.as_str())
+    );
+    assert_eq!(
+        payload("child-build").var("OWN_ID"),
+        Some(child_id.as_str())
+    );
+    // Without `strategy: depend`, the trigger job succeeded once its child was created,
+    // and the child's failure stays the child's.
+    let nowait = view("nowait");
+    assert_eq!(nowait.status, JobStatus::Success);
+    let nowait_child = h
+        .admin
+        .pipeline(nowait.downstream_pipeline_id.unwrap())
+        .await
+        .unwrap();
+    let nowait_child = h.wait_pipeline(nowait_child.id, T).await;
+    assert_eq!(nowait_child.status, PipelineStatus::Failed);
+    r.task.abort();
+}
+
+async fn a_failed_child_fails_its_depend_trigger_job_until_retried(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
+    let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
+    r.exec.act(
+        "child-fails",
+        Act {
+            result: ExecResult::Failed {
+                exit_code: Some(2),
+                reason: archway_api::FailureReason::ScriptFailure,
+            },
+            ..Act::default()
+        },
+    );
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(
+            &["test", "deploy"],
+            vec![
+                trigger_job("depend", "test", true, vec![job("child-fails", "test")]),
+                trigger_job("empty", "test", false, vec![]),
+                job("deploy", "deploy"),
+            ],
+        ))
+        .await
+        .unwrap();
+    let done = h.wait_pipeline(p.id, T).await;
+    assert_eq!(done.status, PipelineStatus::Failed, "{done:#?}");
+    let view = |p: &PipelineView, n: &str| p.jobs.iter().find(|j| j.name == n).unwrap().clone();
+    let depend = view(&done, "depend");
+    assert_eq!(depend.status, JobStatus::Failed);
+    assert_eq!(view(&done, "deploy").status, JobStatus::Skipped);
+    // A child with no job to run fails its trigger job, as in GitLab.
+    let empty = view(&done, "empty");
+    assert_eq!(empty.status, JobStatus::Failed);
+    assert_eq!(
+        empty.failure_reason,
+        Some(archway_api::FailureReason::DownstreamPipelineCreationFailed)
+    );
+    assert_eq!(empty.downstream_pipeline_id, None);
+    // Retrying the trigger job creates a new child; it fails again, and so does the job.
+    let first_child = depend.downstream_pipeline_id.unwrap();
+    h.admin.job_action(depend.id, "retry").await.unwrap();
+    let again = h.wait_pipeline(p.id, T).await;
+    let depend = view(&again, "depend");
+    assert_eq!(depend.status, JobStatus::Failed);
+    assert!(depend.downstream_pipeline_id.unwrap() > first_child);
+    assert_eq!(
+        r.exec
+            .names()
+            .iter()
+            .filter(|n| *n == "child-fails")
+            .count(),
+        2
+    );
+    r.task.abort();
+}
+
+async fn canceling_the_parent_cancels_its_child_pipeline(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
+    let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
+    r.exec.act(
+        "child-slow",
+        Act {
+            duration: Duration::from_secs(3600),
+            ..Act::default()
+        },
+    );
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(
+            &["test", "deploy"],
+            vec![
+                trigger_job("depend", "test", true, vec![job("child-slow", "build")]),
+                job("deploy", "deploy"),
+            ],
+        ))
+        .await
+        .unwrap();
+    let depend = h
+        .wait_job(job_id(&p, "depend"), JobStatus::Running, T)
+        .await;
+    let child = h
+        .admin
+        .pipeline(depend.downstream_pipeline_id.unwrap())
+        .await
+        .unwrap();
+    h.wait_job(job_id(&child, "child-slow"), JobStatus::Running, T)
+        .await;
+    h.admin.cancel_pipeline(p.id).await.unwrap();
+    let child = h.wait_pipeline(child.id, T).await;
+    assert_eq!(child.status, PipelineStatus::Canceled, "{child:#?}");
+    assert_eq!(child.jobs[0].status, JobStatus::Canceled);
+    let done = h.wait_pipeline(p.id, T).await;
+    assert_eq!(done.status, PipelineStatus::Canceled, "{done:#?}");
+    assert!(done.jobs.iter().all(|j| j.status == JobStatus::Canceled));
+    r.task.abort();
+}
+
 /// Each scenario as a test on both databases.
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
@@ -1071,5 +1309,8 @@ on_both_databases!(
     a_newer_pipeline_cancels_an_older_interruptible_one,
     delayed_jobs_start_after_their_delay_or_when_played,
     log_appends_are_idempotent_and_the_stored_log_is_capped,
-    artifacts_are_read_only_within_their_pipeline_and_only_a_running_attempt_sets_them
+    artifacts_are_read_only_within_their_pipeline_and_only_a_running_attempt_sets_them,
+    child_pipelines_run_and_a_depend_trigger_job_waits_for_its_child,
+    a_failed_child_fails_its_depend_trigger_job_until_retried,
+    canceling_the_parent_cancels_its_child_pipeline
 );

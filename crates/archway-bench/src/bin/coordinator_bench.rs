@@ -265,6 +265,7 @@ fn job(name: &str) -> JobDefinition {
         artifacts: None,
         dependencies: None,
         cache: vec![],
+        trigger: None,
     }
 }
 

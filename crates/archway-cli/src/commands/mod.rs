@@ -3,6 +3,7 @@
 pub mod build;
 pub mod common;
 pub mod image;
+pub mod includes;
 pub mod local;
 pub mod login;
 pub mod manifest;

@@ -490,6 +490,9 @@ fn duration(j: &JobView) -> String {
 }
 
 fn runner_of(j: &JobView) -> String {
+    if let Some(child) = j.downstream_pipeline_id {
+        return format!("child pipeline {child}");
+    }
     j.attempts
         .last()
         .map(|a| {
@@ -743,6 +746,31 @@ async fn run(mut a: RunArgs) -> anyhow::Result<ExitCode> {
     let Some(pipeline) = pipeline else {
         return Ok(ExitCode::FAILURE);
     };
+    // Jobs the coordinator cannot run (dynamic children, other projects' pipelines):
+    // submitting the rest would silently drop them.
+    let refused: Vec<String> = pipeline
+        .jobs
+        .iter()
+        .filter_map(archway_api::plan::not_submittable)
+        .collect();
+    if !refused.is_empty() {
+        for why in &refused {
+            eprintln!("{}: {why}", file.display());
+        }
+        eprintln!(
+            "{}: the server cannot run {}, so nothing was submitted",
+            file.display(),
+            if refused.len() == 1 {
+                "this job"
+            } else {
+                "these jobs"
+            }
+        );
+        eprintln!(
+            "  hint: `archway plan` shows the child pipelines; run these jobs in this pipeline meanwhile"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     if !pipeline.runs || pipeline.jobs.is_empty() {
         eprintln!(
             "{}: no jobs to run (workflow:rules or every job's rules excluded them)",

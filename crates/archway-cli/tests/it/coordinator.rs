@@ -662,6 +662,38 @@ fn cancel_stops_the_jobs_process() {
 }
 
 #[test]
+fn a_child_pipeline_runs_and_its_depend_trigger_job_takes_its_status() {
+    let server = ServerProcess::start(&[]);
+    server.push_busybox();
+    let _runner = RunnerProcess::start(&server, "r", &["--platform", "linux/amd64"]);
+    let r = repo(&[
+        (
+            ".gitlab-ci.yml",
+            "stages: [build, child, deploy]\ndefault:\n  image: $CI_REGISTRY/library/busybox:1.35\nbuild:\n  stage: build\n  script: [echo built]\nchild:\n  stage: child\n  variables:\n    PARENT_PIPELINE_ID: $CI_PIPELINE_ID\n  trigger:\n    include: ci/child.yml\n    strategy: depend\ndeploy:\n  stage: deploy\n  script: [echo deployed]\n",
+        ),
+        (
+            "ci/child.yml",
+            "default:\n  image: $CI_REGISTRY/library/busybox:1.35\nchild-test:\n  rules:\n    - if: $CI_PIPELINE_SOURCE == \"parent_pipeline\"\n  script: ['echo \"child of $PARENT_PIPELINE_ID in $CI_PIPELINE_ID\"']\n",
+        ),
+    ]);
+    let out = pipeline_run(&server, r.path(), &["--project", "team/app"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("pipeline 1 success"), "{stdout}");
+    assert!(stdout.contains("child pipeline 2"), "{stdout}");
+    let p = server.json(&["pipeline", "show", "1"]);
+    let child = server.job(job_id(&p, "child"));
+    assert_eq!(child["status"], "success");
+    assert_eq!(child["downstream_pipeline_id"], 2);
+    let c = server.json(&["pipeline", "show", "2"]);
+    assert_eq!(c["status"], "success");
+    assert_eq!(c["parent_job_id"], child["id"]);
+    let log = server.log(job_id(&c, "child-test"));
+    assert!(log.contains("child of 1 in 2"), "{log}");
+}
+
+#[test]
 fn masked_variables_never_reach_the_log() {
     let server = ServerProcess::start(&[]);
     server.push_busybox();

@@ -257,7 +257,7 @@ fn a_pipeline_lint_rejects_is_refused_before_anything_runs() {
     let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
-        stderr.contains(".gitlab-ci.yml:3:10: error: job `job` is in stage `nope`"),
+        stderr.contains(".gitlab-ci.yml:3:10: error: job job: chosen stage does not exist"),
         "{stderr}"
     );
     assert!(stderr.contains("nothing was run"), "{stderr}");
@@ -376,25 +376,38 @@ readonly:
 "#;
 
 #[test]
-fn caches_are_restored_by_the_next_run_and_bad_keys_are_refused() {
+fn caches_are_restored_by_the_next_run_and_bad_keys_are_refused_before_running() {
     let reg = mirror();
     let env = UserEnv::new();
     let r = repo(&[(".gitlab-ci.yml", CACHED)]);
     for expect in ["miss", "hit", "hit"] {
-        let out = local_run(&env, r.path(), &reg, &["--var", &format!("EXPECT={expect}")]);
+        let out = local_run(
+            &env,
+            r.path(),
+            &reg,
+            &["--var", &format!("EXPECT={expect}")],
+        );
         let (stdout, stderr) = texts(&out);
-        assert!(out.status.success(), "expected a cache {expect}:\n{stdout}\n{stderr}");
+        assert!(
+            out.status.success(),
+            "expected a cache {expect}:\n{stdout}\n{stderr}"
+        );
     }
     fs::write(
         r.path().join(".gitlab-ci.yml"),
         "bad:\n  image: busybox:1.35\n  cache:\n    key: ../escape\n    paths: [x]\n  script:\n    - exit 3\n",
     )
     .unwrap();
+    // GitLab refuses the key when it reads the file; so does `archway lint`, before anything
+    // runs (the runner checks keys again, for values only known at run time).
     let out = local_run(&env, r.path(), &reg, &[]);
     let (_, stderr) = texts(&out);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("WARNING: cache key `../escape`: the key cannot contain `/`"),
+        stderr.contains(
+            ".gitlab-ci.yml:4:10: error: jobs:bad:cache:key config cannot contain the \"/\" character"
+        ),
         "{stderr}"
     );
+    assert!(stderr.contains("nothing was run"), "{stderr}");
 }

@@ -12,7 +12,7 @@ impl Coordinator {
         let rows = sqlx::query(
             "SELECT j.id, j.tags, j.platform, j.resource_group, p.project FROM jobs j \
              JOIN pipelines p ON p.id = j.pipeline_id \
-             WHERE j.status = 'pending' ORDER BY j.id LIMIT $1",
+             WHERE j.status = 'pending' AND j.is_trigger = 0 ORDER BY j.id LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.db.read)

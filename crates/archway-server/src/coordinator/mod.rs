@@ -252,6 +252,19 @@ impl Coordinator {
         pipeline_id: i64,
     ) -> Result<(), CoordError> {
         if self.db.dialect == crate::db::Dialect::Postgres {
+            // A child pipeline's ancestors first: locks are always taken from the top-level
+            // pipeline down, so a child's job ending (child, then parent to mirror its status)
+            // cannot deadlock with the parent's cancel (parent, then child).
+            let parent: Option<i64> = sqlx::query_scalar(
+                "SELECT j.pipeline_id FROM pipelines p JOIN jobs j ON j.id = p.parent_job_id \
+                 WHERE p.id = $1",
+            )
+            .bind(pipeline_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some(parent) = parent {
+                Box::pin(self.lock_pipeline(tx, parent)).await?;
+            }
             sqlx::query("SELECT id FROM pipelines WHERE id = $1 FOR UPDATE")
                 .bind(pipeline_id)
                 .execute(&mut **tx)
@@ -260,11 +273,31 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Decides the created jobs of a pipeline, starts its trigger jobs that became pending
+    /// (creating their child pipelines), recomputes its status (and, for a child pipeline
+    /// that finished, its `depend` trigger job's); true if a job became pending.
     pub(super) async fn advance_tx(
         &self,
         tx: &mut Transaction<'static, Any>,
         pipeline_id: i64,
     ) -> Result<bool, CoordError> {
+        let mut ready = false;
+        loop {
+            let (r, triggered) = self.advance_once_tx(tx, pipeline_id).await?;
+            ready |= r;
+            if !triggered {
+                return Ok(ready);
+            }
+        }
+    }
+
+    /// One round of [`Self::advance_tx`]; `.1` is true if trigger jobs were started (their
+    /// new states may let more jobs run: another round decides).
+    async fn advance_once_tx(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        pipeline_id: i64,
+    ) -> Result<(bool, bool), CoordError> {
         // Two attempts of one pipeline ending at once must not both decide on a snapshot
         // that lacks the other's result (write skew): the pipeline row serialises them. The
         // later one reads after the earlier one committed, so it sees both. (SQLite has one
@@ -312,10 +345,31 @@ impl Coordinator {
                 s.status = *status;
             }
         }
-        let row = sqlx::query("SELECT status, cancel_requested FROM pipelines WHERE id = $1")
-            .bind(pipeline_id)
-            .fetch_one(&mut **tx)
-            .await?;
+        // Trigger jobs never go to a runner: starting one creates its child pipeline.
+        let triggers: Vec<(i64, String)> = sqlx::query(
+            "SELECT id, spec FROM jobs WHERE pipeline_id = $1 AND status = 'pending' AND is_trigger = 1",
+        )
+        .bind(pipeline_id)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("id")?, r.try_get("spec")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+        if !triggers.is_empty() {
+            for (job_id, spec) in triggers {
+                ready |= self
+                    .start_trigger_tx(tx, pipeline_id, job_id, &spec, now)
+                    .await?;
+            }
+            return Ok((ready, true));
+        }
+        let row = sqlx::query(
+            "SELECT status, cancel_requested, parent_job_id FROM pipelines WHERE id = $1",
+        )
+        .bind(pipeline_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        let parent_job: Option<i64> = row.try_get("parent_job_id")?;
         let old: String = row.try_get("status")?;
         let cancel_requested = row.try_get::<i64, _>("cancel_requested")? != 0;
         let new = schedule::pipeline_status(&states, cancel_requested);
@@ -327,8 +381,174 @@ impl Coordinator {
                 .execute(&mut **tx)
                 .await?;
             tracing::info!(pipeline = pipeline_id, status = %new, "pipeline status");
+            if let Some(job) = parent_job
+                && new.is_final()
+            {
+                self.finish_trigger_tx(tx, job, pipeline_id, new, now)
+                    .await?;
+            }
         }
-        Ok(ready)
+        Ok((ready, false))
+    }
+
+    /// Starts a pending trigger job: creates its child pipeline (same project, commit, ref
+    /// and source; the variables passed down expanded with the trigger job's ids) and
+    /// decides the child's first jobs. A `depend` trigger job then runs until the child
+    /// finishes ([`Self::finish_trigger_tx`]); any other succeeds now. A child with no job
+    /// to run fails the trigger job, as in GitLab. True if a child job became pending.
+    async fn start_trigger_tx(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        pipeline_id: i64,
+        job_id: i64,
+        spec: &str,
+        now: i64,
+    ) -> Result<bool, CoordError> {
+        let def: JobDefinition = parse_json(spec, "job spec")?;
+        let Some(trigger) = def.trigger else {
+            return Err(CoordError::Db(DbError::Corrupt(format!(
+                "job {job_id} is marked as a trigger job but has no trigger"
+            ))));
+        };
+        sqlx::query("UPDATE jobs SET started_ms = $1 WHERE id = $2")
+            .bind(now)
+            .bind(job_id)
+            .execute(&mut **tx)
+            .await?;
+        if trigger.jobs.is_empty() {
+            set_job_final(
+                tx,
+                job_id,
+                JobStatus::Failed,
+                Some(FailureReason::DownstreamPipelineCreationFailed),
+                None,
+                def.allow_failure,
+                now,
+            )
+            .await?;
+            return Ok(false);
+        }
+        let row = sqlx::query(
+            "SELECT project, git_ref, is_tag, sha, commit_message, source, masked, secrets \
+             FROM pipelines WHERE id = $1",
+        )
+        .bind(pipeline_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        let header = pipelines::PipelineHeader {
+            project: row.try_get("project")?,
+            git_ref: row.try_get("git_ref")?,
+            is_tag: row.try_get::<i64, _>("is_tag")? != 0,
+            sha: row.try_get("sha")?,
+            commit_message: row.try_get("commit_message")?,
+            source: row.try_get("source")?,
+            masked: row.try_get("masked")?,
+            secrets: row.try_get("secrets")?,
+        };
+        // `PARENT_PIPELINE_ID: $CI_PIPELINE_ID` means the parent's id: the trigger job's
+        // predefined variables are known only now. A child job whose variable still holds
+        // the passed-down value as planned gets the expanded one.
+        let known = |name: &str| match name {
+            "CI_PIPELINE_ID" | "CI_PIPELINE_IID" => Some(pipeline_id.to_string()),
+            "CI_JOB_ID" => Some(job_id.to_string()),
+            "CI_JOB_NAME" => Some(def.name.clone()),
+            "CI_JOB_STAGE" => Some(def.stage.clone()),
+            _ => None,
+        };
+        let expanded: HashMap<&str, (&str, String)> = trigger
+            .variables
+            .iter()
+            .filter(|v| v.value.contains('$'))
+            .map(|v| {
+                (
+                    v.name.as_str(),
+                    (
+                        v.value.as_str(),
+                        archway_pipeline::vars::expand_known(&v.value, &known),
+                    ),
+                )
+            })
+            .collect();
+        let mut variables = trigger.variables.clone();
+        let mut jobs = trigger.jobs.clone();
+        for v in variables
+            .iter_mut()
+            .chain(jobs.iter_mut().flat_map(|j| j.variables.iter_mut()))
+        {
+            if let Some((raw, value)) = expanded.get(v.name.as_str())
+                && v.value == *raw
+            {
+                v.value = value.clone();
+            }
+        }
+        let child = pipelines::insert_pipeline_tx(
+            tx,
+            &header,
+            &trigger.file,
+            &trigger.stages,
+            &variables,
+            &jobs,
+            Some(job_id),
+            now,
+        )
+        .await?;
+        tracing::info!(
+            pipeline = pipeline_id,
+            job = job_id,
+            child,
+            "trigger job created a child pipeline"
+        );
+        if trigger.depend {
+            sqlx::query("UPDATE jobs SET status = 'running' WHERE id = $1")
+                .bind(job_id)
+                .execute(&mut **tx)
+                .await?;
+        } else {
+            set_job_final(tx, job_id, JobStatus::Success, None, None, false, now).await?;
+        }
+        Box::pin(self.advance_tx(tx, child)).await
+    }
+
+    /// A child pipeline finished: its `depend` trigger job takes its status (if the child
+    /// is the job's newest and the job still waits for it), and the parent is decided again.
+    async fn finish_trigger_tx(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        job_id: i64,
+        child: i64,
+        child_status: PipelineStatus,
+        now: i64,
+    ) -> Result<(), CoordError> {
+        let newest: Option<i64> =
+            sqlx::query_scalar("SELECT max(id) FROM pipelines WHERE parent_job_id = $1")
+                .bind(job_id)
+                .fetch_one(&mut **tx)
+                .await?;
+        if newest != Some(child) {
+            return Ok(());
+        }
+        let row = sqlx::query("SELECT pipeline_id, status, spec FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        let parent: i64 = row.try_get("pipeline_id")?;
+        let status = status_of(&row.try_get::<String, _>("status")?)?;
+        let def: JobDefinition = parse_json(&row.try_get::<String, _>("spec")?, "job spec")?;
+        if !matches!(status, JobStatus::Running | JobStatus::Canceling)
+            || !def.trigger.is_some_and(|t| t.depend)
+        {
+            return Ok(());
+        }
+        let (status, allowed) = match child_status {
+            PipelineStatus::Success => (JobStatus::Success, false),
+            PipelineStatus::Failed => (JobStatus::Failed, def.allow_failure),
+            PipelineStatus::Canceled => (JobStatus::Canceled, false),
+            PipelineStatus::Skipped => (JobStatus::Skipped, false),
+            _ => return Ok(()),
+        };
+        set_job_final(tx, job_id, status, None, None, allowed, now).await?;
+        Box::pin(self.advance_tx(tx, parent)).await?;
+        Ok(())
     }
 }
 
