@@ -15,3 +15,4 @@ mod registry_abuse;
 mod sandbox;
 mod spec;
 mod support;
+mod tls;
