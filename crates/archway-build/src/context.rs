@@ -24,8 +24,8 @@ pub enum ContextError {
     Ignore { pattern: String, message: String },
     #[error("`{0}` is not in the build context (check the path, and .dockerignore)")]
     NotFound(String),
-    #[error("`{0}` points outside the build context")]
-    Outside(String),
+    #[error("no source files were specified: {} match nothing", .0.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))]
+    NoSources(Vec<String>),
     #[error("invalid pattern `{pattern}`: {message}")]
     Pattern { pattern: String, message: String },
     #[error("--chown={0}: use numeric ids (uid[:gid])")]
@@ -151,6 +151,11 @@ impl Tree {
         Self::scan(root, &Ignore::default(), true)
     }
 
+    /// Scans a directory taken as it is, owned by root in the image (a git checkout).
+    pub fn plain(root: &Path) -> Result<Tree, ContextError> {
+        Self::scan(root, &Ignore::default(), false)
+    }
+
     fn scan(root: &Path, ignore: &Ignore, keep_owners: bool) -> Result<Tree, ContextError> {
         let mut entries = BTreeMap::new();
         let mut stack = vec![PathBuf::new()];
@@ -195,11 +200,13 @@ impl Tree {
     }
 
     /// The entries a COPY source names: an exact path, or a glob.
+    ///
+    /// BuildKit's rules: a source is relative to the root of the tree whatever the `WORKDIR`,
+    /// and `..` cannot climb above it (`../x` is the tree's own `x`, see [`clamp_to_root`]). An
+    /// exact path must exist. A glob may match nothing (an empty result) as long as the
+    /// directory it searches exists; BuildKit stats that directory and fails without it.
     pub fn select(&self, source: &str) -> Result<Vec<&ContextEntry>, ContextError> {
-        let clean = clean_rel(source);
-        if clean.starts_with("..") {
-            return Err(ContextError::Outside(source.to_owned()));
-        }
+        let clean = clamp_to_root(source);
         if clean.is_empty() {
             return Ok(self
                 .entries
@@ -215,15 +222,20 @@ impl Tree {
                     message: e.to_string(),
                 })?
                 .compile_matcher();
-            let hits: Vec<&ContextEntry> = self
+            // The directory the glob searches: its components before the first wildcard.
+            let literal: Vec<&str> = clean
+                .split('/')
+                .take_while(|c| !c.contains(['*', '?', '[']))
+                .collect();
+            let dir = literal.join("/");
+            if !dir.is_empty() && !self.entries.get(&dir).is_some_and(|e| e.kind == Kind::Dir) {
+                return Err(ContextError::NotFound(source.to_owned()));
+            }
+            return Ok(self
                 .entries
                 .values()
                 .filter(|e| g.is_match(&e.rel))
-                .collect();
-            if hits.is_empty() {
-                return Err(ContextError::NotFound(source.to_owned()));
-            }
-            return Ok(hits);
+                .collect());
         }
         self.entries
             .get(&clean)
@@ -260,6 +272,20 @@ pub fn clean_rel(p: &str) -> String {
     out.join("/")
 }
 
+/// A source path as BuildKit reads it: relative to the tree's root (a leading `/` too), with
+/// `..` stopping at the root (BuildKit joins the path onto `/` and cleans it), so `../x` and
+/// `/x` both name the tree's `x` and nothing outside the tree is ever reached.
+pub fn clamp_to_root(p: &str) -> String {
+    let clean = clean_rel(p);
+    let parts: Vec<&str> = clean.split('/').skip_while(|c| *c == "..").collect();
+    parts.join("/")
+}
+
+/// Whether a source path climbs above the tree's root before [`clamp_to_root`] stops it.
+pub fn climbs_above_root(p: &str) -> bool {
+    clean_rel(p) == ".." || clean_rel(p).starts_with("../")
+}
+
 /// Absolute destination inside the image, from `dest` and the current working directory.
 pub fn resolve_dest(dest: &str, workdir: &str) -> String {
     let joined = if dest.starts_with('/') {
@@ -287,7 +313,7 @@ pub fn parse_chown(s: &str) -> Result<(u64, u64), ContextError> {
 }
 
 /// Adds parent directories of `path` (not the root) as root-owned 0755 entries.
-fn add_parents(entries: &mut BTreeMap<String, LayerEntry>, path: &str) {
+pub(crate) fn add_parents(entries: &mut BTreeMap<String, LayerEntry>, path: &str) {
     let mut acc = String::new();
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     for p in &parts[..parts.len().saturating_sub(1)] {
@@ -300,6 +326,7 @@ fn add_parents(entries: &mut BTreeMap<String, LayerEntry>, path: &str) {
             mode: 0o755,
             uid: 0,
             gid: 0,
+            mtime: None,
         });
     }
 }
@@ -312,6 +339,9 @@ pub struct CopyOptions {
     /// ADD: unpack local tar archives into the destination.
     pub unpack_archives: bool,
     pub exclude: Vec<String>,
+    /// Sources of the same instruction handled elsewhere (heredocs, URLs, git): with any, the
+    /// destination is a directory, as with several sources here.
+    pub other_sources: usize,
 }
 
 /// The layer entries one COPY produces, keyed by path inside the image (no leading `/`).
@@ -325,6 +355,11 @@ pub fn copy_entries(
     let mut selected = Vec::new();
     for s in sources {
         selected.extend(tree.select(s)?);
+    }
+    // Globs that match nothing are allowed beside other sources (BuildKit's empty wildcard);
+    // an instruction whose sources all match nothing copies nothing, which is an error.
+    if selected.is_empty() && !sources.is_empty() && opts.other_sources == 0 {
+        return Err(ContextError::NoSources(sources.to_vec()));
     }
     let excluded: Vec<GlobMatcher> = opts
         .exclude
@@ -341,7 +376,7 @@ pub fn copy_entries(
         })
         .collect::<Result<_, _>>()?;
     let multiple = selected.len() > 1
-        || sources.len() > 1
+        || sources.len() + opts.other_sources > 1
         || sources.iter().any(|s| s.contains(['*', '?', '[']));
     let dest_is_dir = dest.ends_with('/') || multiple;
     let dest_clean = clean_rel(dest);
@@ -350,8 +385,20 @@ pub fn copy_entries(
             return o;
         }
         if tree.keep_owners {
+            // Rootless with one id, unpacked files are the caller's, who is root in the
+            // sandbox: read them back as root's (as root, or with subordinate ids, the
+            // caller is 0 already and owners are as unpacked).
+            let (me_u, me_g) = (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            );
             fs::symlink_metadata(&e.abs)
-                .map(|m| (u64::from(m.uid()), u64::from(m.gid())))
+                .map(|m| {
+                    (
+                        u64::from(if m.uid() == me_u { 0 } else { m.uid() }),
+                        u64::from(if m.gid() == me_g { 0 } else { m.gid() }),
+                    )
+                })
                 .unwrap_or((0, 0))
         } else {
             (0, 0)
@@ -377,6 +424,7 @@ pub fn copy_entries(
                 mode,
                 uid,
                 gid,
+                mtime: None,
             },
         );
     };
@@ -397,6 +445,7 @@ pub fn copy_entries(
                         mode: 0o755,
                         uid,
                         gid,
+                        mtime: None,
                     });
                 }
                 for child in tree.below(&e.rel) {
@@ -508,6 +557,7 @@ fn unpack_into(
                 mode,
                 uid,
                 gid,
+                mtime: None,
             },
         );
     }
@@ -531,6 +581,9 @@ pub fn entries_key_cached(
     for (path, e) in entries {
         d.update(path.as_bytes());
         d.update(format!("\0{:o}\0{}\0{}\0", e.mode, e.uid, e.gid).as_bytes());
+        if let Some(t) = e.mtime {
+            d.update(format!("mtime:{t}\0").as_bytes());
+        }
         match &e.data {
             EntryData::Dir => d.update(b"dir"),
             EntryData::Symlink(t) => d.update(format!("symlink:{}", t.display()).as_bytes()),
@@ -690,9 +743,26 @@ mod tests {
         assert!(t.select("secret.key").is_err());
         assert_eq!(t.select("src/*.rs").unwrap().len(), 1);
         assert_eq!(t.select("./index.html").unwrap()[0].rel, "index.html");
+        // `..` stops at the root, as in BuildKit: `../index.html` is the context's own.
+        assert_eq!(t.select("../index.html").unwrap()[0].rel, "index.html");
+        assert_eq!(
+            t.select("/src/../../index.html").unwrap()[0].rel,
+            "index.html"
+        );
+        assert!(climbs_above_root("../etc/passwd") && !climbs_above_root("a/../b"));
         assert!(matches!(
             t.select("../etc/passwd"),
-            Err(ContextError::Outside(_))
+            Err(ContextError::NotFound(_))
+        ));
+        // A glob may match nothing when its directory exists, not when it does not.
+        assert!(t.select("src/*.nope").unwrap().is_empty());
+        assert!(matches!(
+            t.select("nodir/*.rs"),
+            Err(ContextError::NotFound(_))
+        ));
+        assert!(matches!(
+            t.select("index.html/*"),
+            Err(ContextError::NotFound(_))
         ));
         let ig = Ignore::parse("**/*.log\n!important.log\n").unwrap();
         assert!(ig.is_ignored("a/b/c.log") && !ig.is_ignored("important.log"));
