@@ -20,6 +20,7 @@ pub mod dispatch;
 pub mod error;
 pub mod events;
 pub mod metrics;
+pub mod registry_auth;
 pub mod schedule;
 pub mod sources;
 #[cfg(feature = "testing")]
@@ -55,6 +56,8 @@ pub struct ServerConfig {
     pub max_source_bytes: u64,
     /// Serve `/metrics` without a token (when it is on a separate, private listener).
     pub open_metrics: bool,
+    /// Registry repositories anyone may pull (globs, `*` matches `/` too), e.g. `library/*`.
+    pub public_repos: Vec<String>,
 }
 
 impl ServerConfig {
@@ -66,6 +69,7 @@ impl ServerConfig {
             poll_wait: archway_api::client::POLL_WAIT,
             max_source_bytes: 1024 * 1024 * 1024,
             open_metrics: false,
+            public_repos: Vec::new(),
         }
     }
 }
@@ -141,9 +145,15 @@ impl Server {
             path: reg_root.display().to_string(),
             message: e.to_string(),
         })?;
+        let auth = registry_auth::registry_auth(coord.clone(), &config.public_repos).map_err(
+            |message| OpenError::Registry {
+                path: "--public-repos".into(),
+                message,
+            },
+        )?;
         let registry = Arc::new(Registry::new(
             Arc::new(storage),
-            None,
+            Some(auth),
             RegistryConfig::default(),
         ));
         let sources = sources::SourceStore::open(&config.data_dir, config.max_source_bytes)?;

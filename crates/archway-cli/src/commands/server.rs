@@ -145,6 +145,11 @@ struct ServeArgs {
     /// Job timeout when the job sets none.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     default_timeout: Duration,
+    /// Registry repositories anyone may pull, without credentials (repeatable glob, `*`
+    /// matches `/` too), e.g. `library/*` for shared base images. Other repositories need an
+    /// admin token, a runner token (pull) or a job token (its own project).
+    #[arg(long = "public-repos", value_name = "GLOB")]
+    public_repos: Vec<String>,
     /// Serve /metrics without a token on this separate (private) address instead.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
@@ -363,6 +368,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         ..CoordinatorConfig::default()
     };
     config.open_metrics = a.metrics_listen.is_some();
+    config.public_repos = a.public_repos.clone();
     let (server, bootstrap) = Server::open(config).await?;
     if let Some(b) = bootstrap {
         eprintln!(
