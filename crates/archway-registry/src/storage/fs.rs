@@ -1,7 +1,8 @@
 //! The filesystem backend: the embedded default.
 //!
 //! ```text
-//! ROOT/blobs/<alg>/<hex[..2]>/<hex>                           blob content (immutable)
+//! ROOT/blobs/<alg>/<hex[..2]>/<hex>                           blob content (immutable;
+//!                                                               sha256's 256 prefixes made at open)
 //! ROOT/repositories/<name>/_layers/<alg>/<hex>                  blob link (empty file)
 //! ROOT/repositories/<name>/_manifests/revisions/<alg>/<hex>     manifest link (media type)
 //! ROOT/repositories/<name>/_manifests/tags/<tag>                tag (digest)
@@ -180,14 +181,31 @@ impl FsStorage {
     /// Opens (creating if needed) a storage root.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root: PathBuf = root.into();
+        let dir_syncs = Arc::new(DirSyncs::default());
         for sub in ["blobs", "repositories", "uploads"] {
             let d = root.join(sub);
-            fs::create_dir_all(&d).map_err(ctx(&d))?;
+            dir_syncs.create_dir_all(&d).map_err(ctx(&d))?;
+        }
+        // The 256 sha256 prefix directories exist from the start (made durable once), so a
+        // blob commit never pays for a new directory's durability on top of its own.
+        let sha256 = root.join("blobs").join(Algorithm::Sha256.as_str());
+        dir_syncs.create_dir_all(&sha256).map_err(ctx(&sha256))?;
+        let mut created = false;
+        for prefix in 0..=255u8 {
+            let d = sha256.join(format!("{prefix:02x}"));
+            match fs::create_dir(&d) {
+                Ok(()) => created = true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(ctx(&d)(e)),
+            }
+        }
+        if created {
+            dir_syncs.sync(&sha256).map_err(ctx(&sha256))?;
         }
         Ok(FsStorage {
             root: Arc::new(root),
             uploads: Arc::default(),
-            dir_syncs: Arc::default(),
+            dir_syncs,
         })
     }
 
