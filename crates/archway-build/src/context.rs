@@ -28,8 +28,15 @@ pub enum ContextError {
     NoSources(Vec<String>),
     #[error("invalid pattern `{pattern}`: {message}")]
     Pattern { pattern: String, message: String },
-    #[error("--chown={0}: use numeric ids (uid[:gid])")]
+    #[error("--chown={0}: expected user[:group], names or numeric ids")]
     Chown(String),
+    #[error("--chown={spec}: {what} `{name}` is not in the destination's {file}")]
+    ChownUnknown {
+        spec: String,
+        what: &'static str,
+        name: String,
+        file: &'static str,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ContextError + '_ {
@@ -309,6 +316,112 @@ pub fn parse_chown(s: &str) -> Result<(u64, u64), ContextError> {
     match (u.parse(), g.parse()) {
         (Ok(u), Ok(g)) => Ok((u, g)),
         _ => Err(ContextError::Chown(s.to_owned())),
+    }
+}
+
+/// Whether `--chown=<s>` names a user or group (and so needs the destination's files).
+pub fn chown_uses_names(s: &str) -> bool {
+    let (u, g) = s.split_once(':').unwrap_or((s, ""));
+    [u, g]
+        .iter()
+        .any(|p| !p.is_empty() && p.parse::<u64>().is_err())
+}
+
+/// Resolves `--chown=user[:group]` as BuildKit does (`readUser` in its file op): a numeric
+/// uid alone is also the gid; a user name takes its uid and primary gid from `/etc/passwd` of
+/// the destination `rootfs`; a group, by number or by name from its `/etc/group`, replaces
+/// the gid. A name the files do not hold is an error (the Dockerfile reference: the build
+/// fails on the COPY), never a silent root.
+pub fn resolve_chown(s: &str, rootfs: &Path) -> Result<(u64, u64), ContextError> {
+    let bad = || ContextError::Chown(s.to_owned());
+    let (user, group) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    if user.is_empty() || group.is_some_and(str::is_empty) {
+        return Err(bad());
+    }
+    let unknown = |what, name: &str, file| ContextError::ChownUnknown {
+        spec: s.to_owned(),
+        what,
+        name: name.to_owned(),
+        file,
+    };
+    let (uid, mut gid) = match user.parse::<u64>() {
+        Ok(uid) => (uid, uid),
+        Err(_) => {
+            let passwd = read_in_root(rootfs, "etc/passwd")?;
+            line_fields(&passwd, user)
+                .and_then(|f| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
+                .ok_or_else(|| unknown("user", user, "/etc/passwd"))?
+        }
+    };
+    if let Some(group) = group {
+        gid = match group.parse::<u64>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let groups = read_in_root(rootfs, "etc/group")?;
+                line_fields(&groups, group)
+                    .and_then(|f| f.get(2)?.parse().ok())
+                    .ok_or_else(|| unknown("group", group, "/etc/group"))?
+            }
+        };
+    }
+    Ok((uid, gid))
+}
+
+/// The fields of the first `name:…` line of a passwd or group file.
+fn line_fields<'t>(text: &'t str, name: &str) -> Option<Vec<&'t str>> {
+    text.lines()
+        .map(|l| l.trim_end().split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&name))
+}
+
+/// Reads `rel` inside `root`, following symlinks within the root (an absolute target is taken
+/// from the root, `..` stops there), as a container would see it. Missing: empty.
+fn read_in_root(root: &Path, rel: &str) -> Result<String, ContextError> {
+    let mut parts: Vec<String> = Vec::new();
+    let mut pending: Vec<String> = rel.split('/').rev().map(str::to_owned).collect();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "" | "." => continue,
+            ".." => {
+                parts.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(&parts);
+        candidate.push(&part);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(ContextError::Io {
+                        path: candidate,
+                        source: std::io::Error::other("too many symbolic links"),
+                    });
+                }
+                let target = std::fs::read_link(&candidate).map_err(io(&candidate))?;
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    parts.clear();
+                }
+                pending.extend(target.split('/').rev().map(str::to_owned));
+            }
+            Ok(_) => parts.push(part),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+            Err(e) => return Err(io(&candidate)(e)),
+        }
+    }
+    let mut path = root.to_path_buf();
+    path.extend(&parts);
+    match std::fs::read(&path) {
+        Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(io(&path)(e)),
     }
 }
 
@@ -714,6 +827,69 @@ impl FileHashCache {
             }
         }
         archway_oci::atomic_file::write(file, text.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod chown_tests {
+    use super::*;
+
+    fn rootfs() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::create_dir_all(d.path().join("usr/share/base")).unwrap();
+        std::fs::write(
+            d.path().join("usr/share/base/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnode:x:1000:1001::/home/node:/bin/sh\n",
+        )
+        .unwrap();
+        // An absolute link resolves inside the root, as in the container.
+        std::os::unix::fs::symlink("/usr/share/base/passwd", d.path().join("etc/passwd")).unwrap();
+        std::fs::write(d.path().join("etc/group"), "root:x:0:\nstaff:x:50:node\n").unwrap();
+        d
+    }
+
+    #[test]
+    fn names_resolve_in_the_destination_as_buildkit_does() {
+        let r = rootfs();
+        let cases = [
+            ("node", (1000, 1001)),
+            ("node:staff", (1000, 50)),
+            ("node:7", (1000, 7)),
+            ("5:staff", (5, 50)),
+            ("5", (5, 5)),
+            ("root:root", (0, 0)),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(resolve_chown(spec, r.path()).unwrap(), want, "{spec}");
+            assert_eq!(
+                chown_uses_names(spec),
+                spec.chars().any(char::is_alphabetic)
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_names_and_missing_files_fail() {
+        let r = rootfs();
+        for (spec, msg) in [
+            (
+                "nobody",
+                "--chown=nobody: user `nobody` is not in the destination's /etc/passwd",
+            ),
+            (
+                "node:wheel",
+                "--chown=node:wheel: group `wheel` is not in the destination's /etc/group",
+            ),
+            (
+                "node:",
+                "--chown=node:: expected user[:group], names or numeric ids",
+            ),
+        ] {
+            assert_eq!(resolve_chown(spec, r.path()).unwrap_err().to_string(), msg);
+        }
+        let empty = tempfile::tempdir().unwrap();
+        assert!(resolve_chown("node", empty.path()).is_err());
     }
 }
 

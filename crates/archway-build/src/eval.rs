@@ -362,21 +362,13 @@ pub fn evaluate(df: &Dockerfile, opts: &EvalOptions<'_>) -> (Option<Evaluated>, 
                     let mut out_ports = Vec::new();
                     for p in ports {
                         match scope.expand(p) {
-                            Ok(p) => {
-                                let (num, proto) = p.split_once('/').unwrap_or((&p, "tcp"));
-                                let range_ok = num.split('-').all(|n| n.parse::<u16>().is_ok());
-                                if !range_ok || !matches!(proto, "tcp" | "udp" | "sctp") {
-                                    diags.push(Diagnostic::error(
-                                        &step.span,
-                                        format!("EXPOSE {p}: expected PORT[-PORT][/tcp|udp|sctp]"),
-                                    ));
-                                }
-                                out_ports.push(if p.contains('/') {
-                                    p
-                                } else {
-                                    format!("{p}/tcp")
-                                });
-                            }
+                            Ok(p) => match expose_ports(&p) {
+                                Some(ports) => out_ports.extend(ports),
+                                None => diags.push(Diagnostic::error(
+                                    &step.span,
+                                    format!("EXPOSE {p}: expected PORT[-PORT][/tcp|udp|sctp]"),
+                                )),
+                            },
                             Err(e) => fail(&mut diags, "EXPOSE", e),
                         }
                     }
@@ -551,7 +543,6 @@ pub fn evaluate(df: &Dockerfile, opts: &EvalOptions<'_>) -> (Option<Evaluated>, 
                             }
                         }
                     };
-                    let mut remote = remote;
                     if let (Some(sum), Some(RemoteSource::Git(g))) = (&checksum, remote.first_mut())
                     {
                         if let Some(in_url) = &g.checksum
@@ -683,10 +674,49 @@ fn resolve_from(df: &Dockerfile, current: usize, f: &str) -> CopyFrom {
     }
 }
 
+/// The `ExposedPorts` keys of one `EXPOSE` argument, as Docker's `nat.ParsePortSpecs` makes
+/// them: the protocol defaults to tcp and a range becomes one key per port
+/// (`8000-8002/udp` → `8000/udp`, `8001/udp`, `8002/udp`). `None` for a malformed one.
+fn expose_ports(spec: &str) -> Option<Vec<String>> {
+    let (num, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+    let proto = proto.to_ascii_lowercase();
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return None;
+    }
+    let (start, end) = match num.split_once('-') {
+        Some((a, b)) => (a.parse::<u16>().ok()?, b.parse::<u16>().ok()?),
+        None => {
+            let n = num.parse::<u16>().ok()?;
+            (n, n)
+        }
+    };
+    if start > end {
+        return None;
+    }
+    Some((start..=end).map(|n| format!("{n}/{proto}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dockerfile::parse;
+
+    #[test]
+    fn exposed_port_ranges_become_one_key_per_port_as_in_docker() {
+        let cases: [(&str, Option<&[&str]>); 7] = [
+            ("80", Some(&["80/tcp"])),
+            ("53/udp", Some(&["53/udp"])),
+            ("8000-8002/tcp", Some(&["8000/tcp", "8001/tcp", "8002/tcp"])),
+            ("9-9/SCTP", Some(&["9/sctp"])),
+            ("8002-8000", None),
+            ("80/icmp", None),
+            ("http", None),
+        ];
+        for (spec, want) in cases {
+            let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(expose_ports(spec), want, "{spec}");
+        }
+    }
 
     fn eval(text: &str, platform: &str, args: &[(&str, &str)]) -> Evaluated {
         let (df, d) = parse("Dockerfile", text);

@@ -502,13 +502,20 @@ impl PlatformBuild<'_> {
             message: format!("{}: {e}", if c.add { "ADD" } else { "COPY" }),
         };
         let dest = context::resolve_dest(&c.dest, &Self::workdir(state));
+        let chown = match c.chown.as_deref() {
+            None => None,
+            // Names are looked up in the destination's /etc/passwd and /etc/group.
+            Some(spec) if context::chown_uses_names(spec) => {
+                let rootfs = self
+                    .b
+                    .store()
+                    .snapshot(&state.layers, self.b.images().unpacking())?;
+                Some(context::resolve_chown(spec, &rootfs).map_err(step_err)?)
+            }
+            Some(spec) => Some(context::parse_chown(spec).map_err(step_err)?),
+        };
         let opts = context::CopyOptions {
-            chown: c
-                .chown
-                .as_deref()
-                .map(context::parse_chown)
-                .transpose()
-                .map_err(step_err)?,
+            chown,
             chmod: c.chmod,
             unpack_archives: c.add && c.from == CopyFrom::Context,
             exclude: c.exclude.clone(),
