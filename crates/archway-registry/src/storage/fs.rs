@@ -408,8 +408,10 @@ impl FsStorage {
         if write_result.is_ok() && !batch.is_empty() {
             write_result = writer.submit(batch).await;
         }
+        // Waited for even after a failure: no task keeps the file open past the request.
+        let finished = writer.finish().await;
         if write_result.is_ok() {
-            write_result = writer.finish().await;
+            write_result = finished;
         }
         match write_result {
             Ok(()) => {
