@@ -13,9 +13,11 @@ require_rust
 # Interop peers the integration tests drive: skopeo, podman, buildah, umoci, docker CLI +
 # engine (dockerd), CNCF distribution (docker-registry) for benchmarks. The build sandbox needs
 # an OCI runtime (runc; crun where cgroups are unified) and util-linux's unshare/setpriv.
-ensure_packages skopeo podman buildah umoci docker.io docker-registry crun runc uidmap apache2-utils util-linux
+ensure_packages skopeo podman buildah umoci docker.io docker-registry crun runc uidmap apache2-utils util-linux git
 # arm64 RUN steps and `archway run --platform linux/arm64` go through qemu-user.
 ensure_binfmt
+# The rootless build test runs as `nobody` with a range of subordinate ids.
+ensure_subids nobody
 # The coordinator's tests run on SQLite and on PostgreSQL: a throwaway cluster for them.
 start_test_postgres
 

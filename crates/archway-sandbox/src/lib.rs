@@ -9,6 +9,7 @@ pub mod changes;
 pub mod doctor;
 pub mod runtime;
 pub mod spec;
+pub mod userns;
 pub mod users;
 
 use std::collections::BTreeMap;
@@ -105,16 +106,22 @@ const HOSTNAME: &str = "archway";
 pub struct Sandbox {
     runtime: Arc<dyn Runtime>,
     rootless: bool,
+    /// Rootless by a namespace of our own (`unshare --map-root-user`); off when this process
+    /// is already root of a user namespace (subordinate ids, or a container).
+    map_root: bool,
     binfmt_dir: PathBuf,
     host: Platform,
 }
 
 impl Sandbox {
-    /// A sandbox over `runtime`; rootless when we are not root.
+    /// A sandbox over `runtime`; rootless when we are not root, or root only of a user
+    /// namespace (then runs stay in that namespace: with subordinate ids it maps many users).
     pub fn new(runtime: Arc<dyn Runtime>) -> Sandbox {
+        let root = rustix::process::geteuid().is_root();
         Sandbox {
             runtime,
-            rootless: !rustix::process::geteuid().is_root(),
+            rootless: !root || userns::in_user_namespace(),
+            map_root: !root,
             binfmt_dir: PathBuf::from(binfmt::BINFMT_DIR),
             host: Platform::host(),
         }
@@ -128,6 +135,7 @@ impl Sandbox {
 
     pub fn with_rootless(mut self, rootless: bool) -> Sandbox {
         self.rootless = rootless;
+        self.map_root = rootless;
         self
     }
 
@@ -251,6 +259,7 @@ impl Sandbox {
                     id: &id,
                     dir,
                     rootless: self.rootless,
+                    map_root: self.map_root,
                     timeout: spec.timeout,
                     cancel,
                 },

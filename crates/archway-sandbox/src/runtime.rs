@@ -44,8 +44,12 @@ pub struct Launch<'a> {
     pub id: &'a str,
     /// The run directory (layout above).
     pub dir: &'a Path,
-    /// Run inside a new user namespace mapping the caller to root.
+    /// Run in a user namespace (overlay with `userxattr`): a new one mapping the caller to
+    /// root when [`Launch::map_root`], else the one this process is in already.
     pub rootless: bool,
+    /// With `rootless`: create the user namespace (`unshare --user --map-root-user`). Off
+    /// when this process is root of a namespace with subordinate ids already.
+    pub map_root: bool,
     pub timeout: Option<Duration>,
     /// Set by someone else to stop the run now (a canceled CI job).
     pub cancel: Option<&'a AtomicBool>,
@@ -94,7 +98,7 @@ impl OciRuntime {
     pub fn command(&self, launch: &Launch<'_>) -> Command {
         let mut cmd = Command::new("setpriv");
         cmd.args(["--pdeathsig", "KILL", "--", "unshare"]);
-        if launch.rootless {
+        if launch.rootless && launch.map_root {
             cmd.args(["--user", "--map-root-user"]);
         }
         cmd.args([
@@ -346,6 +350,7 @@ mod tests {
             id: "archway-1",
             dir: Path::new("/w/run1"),
             rootless: true,
+            map_root: true,
             timeout: None,
             cancel: None,
         });
@@ -384,6 +389,7 @@ mod tests {
             id: "x",
             dir: Path::new("/w"),
             rootless: false,
+            map_root: false,
             timeout: None,
             cancel: None,
         });

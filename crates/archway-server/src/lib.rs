@@ -265,8 +265,20 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_tls(listener, router, None, shutdown).await
+}
+
+/// [`serve`], over HTTPS when `tls` is given (HTTP/2 offered through ALPN; the certificate
+/// and key are reloaded on `SIGHUP` without dropping connections).
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Option<archway_http::TlsConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let config = archway_http::ServeConfig {
         shutdown_grace: Duration::from_secs(10),
+        tls,
         ..archway_http::ServeConfig::default()
     };
     archway_http::serve(listener, router, config, shutdown).await

@@ -11,6 +11,10 @@
 //! * pull: `GET` of pre-pushed blobs, body read to the end;
 //! * manifest GET: `GET /v2/<name>/manifests/<tag>` of one pre-pushed image.
 //!
+//! With `--baseline OTHER_ARCHWAY`, a second archway binary (say, a build of the previous
+//! commit) runs in the same scenarios, so a change is measured before and after in one run,
+//! on the same machine, beside the same distribution.
+//!
 //! Run: `cargo build --release && target/release/registry-bench` (see `--help`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -36,6 +40,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 const MIB: usize = 1024 * 1024;
+/// The row name of the `--baseline` binary.
+const BASELINE: &str = "archway baseline";
 
 /// Archway's registry vs distribution 2.8: push/pull throughput, manifest GETs, latency, RSS.
 #[derive(Debug, Parser)]
@@ -44,6 +50,10 @@ struct Args {
     /// The archway binary (default: next to this program).
     #[arg(long)]
     archway: Option<PathBuf>,
+    /// Another archway binary to run in the same scenarios (reported as `archway baseline`),
+    /// e.g. a build of the commit before a change.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// The distribution binary.
     #[arg(long, default_value = "/usr/bin/docker-registry")]
     distribution: PathBuf,
@@ -440,6 +450,10 @@ fn fmt_ms(d: Duration) -> String {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let archway = archway_binary(args.archway)?;
+    let baseline = match args.baseline {
+        Some(b) if !b.exists() => bail!("baseline {} not found", b.display()),
+        b => b,
+    };
     if !args.distribution.exists() {
         bail!(
             "{} not found; install it with `apt-get install docker-registry`",
@@ -474,33 +488,41 @@ fn main() -> anyhow::Result<()> {
             sc.name,
             humantime::format_duration(args.duration)
         );
-        // Alternate which server goes first so neither always runs on a warmer machine.
-        let order: [&str; 2] = if i % 2 == 0 {
-            ["archway", "distribution"]
-        } else {
-            ["distribution", "archway"]
-        };
+        // Alternate which server goes first so none always runs on a warmer machine.
+        let mut order: Vec<&str> = vec!["archway"];
+        if baseline.is_some() {
+            order.push(BASELINE);
+        }
+        order.push("distribution");
+        if i % 2 == 1 {
+            order.reverse();
+        }
         let mut results = std::collections::HashMap::new();
-        for name in order {
-            let root = work.path().join(format!("{name}-{i}"));
-            let server = if name == "archway" {
-                start_archway_registry(&archway, &root)?
-            } else {
-                start_distribution(&args.distribution, &root)?
+        for &name in &order {
+            let root = work.path().join(format!("{}-{i}", name.replace(' ', "-")));
+            let server = match (name, &baseline) {
+                ("archway", _) => start_archway_registry(&archway, &root)?,
+                (BASELINE, Some(b)) => start_archway_registry(b, &root)?,
+                _ => start_distribution(&args.distribution, &root)?,
             };
             results.insert(name, run_one(&rt, server, &sc, args.duration)?);
             let _ = std::fs::remove_dir_all(&root);
         }
-        let a = &results["archway"];
         let d = &results["distribution"];
         let throughput = |r: &Result1| match sc.kind {
             Kind::ManifestGet => r.samples.ops_per_sec(),
             _ => r.samples.mib_per_sec(),
         };
-        let ratio = throughput(a) / throughput(d).max(1e-9);
-        let p99_ratio = a.samples.quantile(0.99).as_secs_f64()
-            / d.samples.quantile(0.99).as_secs_f64().max(1e-12);
-        for (name, r) in [("archway", a), ("distribution", d)] {
+        let mut shown = vec!["archway"];
+        if baseline.is_some() {
+            shown.push(BASELINE);
+        }
+        shown.push("distribution");
+        for name in shown {
+            let r = &results[name];
+            let ratio = throughput(r) / throughput(d).max(1e-9);
+            let p99_ratio = r.samples.quantile(0.99).as_secs_f64()
+                / d.samples.quantile(0.99).as_secs_f64().max(1e-12);
             rows.push(vec![
                 sc.name.clone(),
                 name.to_owned(),
@@ -510,15 +532,15 @@ fn main() -> anyhow::Result<()> {
                 fmt_ms(r.samples.quantile(0.5)),
                 fmt_ms(r.samples.quantile(0.99)),
                 format!("{:.1}", r.peak_rss as f64 / MIB as f64),
-                if name == "archway" {
+                if name == "distribution" {
+                    String::new()
+                } else {
                     format!("{ratio:.2}x")
-                } else {
-                    String::new()
                 },
-                if name == "archway" {
-                    format!("{p99_ratio:.2}")
-                } else {
+                if name == "distribution" {
                     String::new()
+                } else {
+                    format!("{p99_ratio:.2}")
                 },
             ]);
             json.push(serde_json::json!({

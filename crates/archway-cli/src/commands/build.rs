@@ -13,12 +13,15 @@ use archway_build::{BuildError, BuildEvent, BuildRequest, Builder, ProgressSink,
 use archway_client::copy::{CopyOptions, Selection};
 use archway_client::{Location, copy};
 use archway_oci::Platform;
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use super::common::{Format, RegistryArgs, human_bytes, print_json};
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BuildArgs {
+    #[command(subcommand)]
+    command: Option<BuildCommand>,
     /// Build context directory.
     #[arg(value_name = "CONTEXT")]
     context_pos: Option<PathBuf>,
@@ -85,10 +88,15 @@ pub struct BuildArgs {
     /// Local store for layers, cache and snapshots (default: ~/.cache/archway/build).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// Only check the Dockerfile (all stages, every platform's ARG expansion, context
-    /// files) and print diagnostics, like `docker build --check`.
+    /// Only check the Dockerfile (all stages, every platform's ARG expansion) and print
+    /// diagnostics, like `docker build --check`: no network, and sources missing from the
+    /// context (or a context that is not there) are warnings, not errors.
     #[arg(long)]
     check: bool,
+    /// After the build, prune the build store down to this size, least recently used first
+    /// (BuildKit's GC policy; e.g. 20GB, or 10% of the disk, the default). `0` turns it off.
+    #[arg(long, value_name = "SIZE|N%", env = "ARCHWAY_BUILD_KEEP_STORAGE")]
+    keep_storage: Option<String>,
     /// Kaniko: builds are always reproducible; accepted for compatibility.
     #[arg(long, hide = true)]
     reproducible: bool,
@@ -106,6 +114,48 @@ pub struct BuildArgs {
     format: Format,
     #[command(flatten)]
     registry: RegistryArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum BuildCommand {
+    /// Remove build-store content no running build uses: snapshots, exploded layers, step
+    /// cache, pulled images, cache mounts, downloads (like `docker builder prune -a`).
+    ///
+    /// Examples:
+    ///   archway build prune                              # everything not in use
+    ///   archway build prune --keep-storage 10GB          # least recently used first
+    ///   archway build prune --filter until=24h --dry-run
+    #[command(verbatim_doc_comment)]
+    Prune(PruneArgs),
+    /// Show what the build store holds, by kind, and what a prune could free.
+    Du(DuArgs),
+}
+
+#[derive(Debug, Args)]
+struct PruneArgs {
+    /// Keep the most recently used content up to this size (e.g. 512MB, 10GB).
+    #[arg(long, value_name = "SIZE", value_parser = archway_build::gc::parse_size)]
+    keep_storage: Option<u64>,
+    /// Only remove content unused for this long: `until=DURATION` (e.g. until=24h, until=7d).
+    #[arg(long, value_name = "until=DURATION")]
+    filter: Vec<String>,
+    /// Only report what would be removed.
+    #[arg(long)]
+    dry_run: bool,
+    /// The build store (default: ~/.cache/archway/build).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct DuArgs {
+    /// The build store (default: ~/.cache/archway/build).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
 }
 
 enum Output {
@@ -167,6 +217,19 @@ fn source_date_epoch() -> anyhow::Result<u64> {
 }
 
 pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
+    // Rootless with subordinate ids, the store's trees belong to ids only that namespace
+    // can manage: builds, prune and du all run in it.
+    let note = (a.command.is_none()).then_some("this build");
+    if !a.check
+        && let Some(code) = super::sandbox::rerun_with_subordinate_ids(note)?
+    {
+        return Ok(code);
+    }
+    match a.command {
+        Some(BuildCommand::Prune(p)) => return prune(p),
+        Some(BuildCommand::Du(d)) => return du(d),
+        None => {}
+    }
     let context = a
         .context_pos
         .clone()
@@ -176,7 +239,8 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
                 .map(|c| PathBuf::from(c.trim_start_matches("dir://")))
         })
         .unwrap_or_else(|| PathBuf::from("."));
-    if !context.is_dir() {
+    // `--check` judges the Dockerfile alone: it may run where the context is not.
+    if !context.is_dir() && !a.check {
         bail!("build context {} is not a directory", context.display());
     }
     let dockerfile_path = a.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
@@ -227,8 +291,16 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
     };
 
     if a.check {
-        let tree = archway_build::context::Tree::context(&context)?;
-        let (_, more) = Builder::check(&req, Some(&tree));
+        let tree = if context.is_dir() {
+            Some(archway_build::context::Tree::context(&context)?)
+        } else {
+            eprintln!(
+                "note: build context {} is not here; its files are not checked",
+                context.display()
+            );
+            None
+        };
+        let (_, more) = Builder::lint(&req, tree.as_ref());
         let all: Vec<_> = diags.into_iter().chain(more).collect();
         for d in &all {
             eprintln!("{d}");
@@ -333,6 +405,10 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
                 repository,
                 entries,
             } => eprintln!("cache: {entries} step results in {repository}"),
+            BuildEvent::Pruned { items, bytes } => eprintln!(
+                "build store: removed {items} least recently used items ({}) to stay under its size cap",
+                human_bytes(bytes)
+            ),
         });
         sink
     };
@@ -350,9 +426,13 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    let gc = keep_storage_policy(a.keep_storage.as_deref(), store.root())?;
     let mut builder = Builder::new(store, Arc::new(RegistrySource::new(client.clone())))
         .with_progress(progress)
-        .with_privileged(super::sandbox::privileged());
+        .with_unpacking(super::sandbox::unpacking());
+    if let Some(policy) = gc {
+        builder = builder.with_gc(policy);
+    }
     if let Ok(runner) = &sandbox {
         builder = builder.with_runner(runner.clone());
     }
@@ -462,6 +542,133 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
                     } else {
                         format!(" → {}", delivered.join(", "))
                     }
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The size cap after a build: `--keep-storage` as a size or a percentage of the disk, `0`
+/// for none, BuildKit's default (10% of the disk) without it.
+fn keep_storage_policy(
+    value: Option<&str>,
+    root: &Path,
+) -> anyhow::Result<Option<archway_build::GcPolicy>> {
+    let Some(v) = value.map(str::trim) else {
+        return Ok(Some(archway_build::GcPolicy::default_for(root)));
+    };
+    if let Some(p) = v.strip_suffix('%') {
+        let percent: u64 = p
+            .trim()
+            .parse()
+            .with_context(|| format!("--keep-storage {v}: expected a size or N%"))?;
+        return Ok(Some(archway_build::GcPolicy::percent_of_disk(
+            root, percent,
+        )));
+    }
+    let bytes =
+        archway_build::gc::parse_size(v).map_err(|e| anyhow::anyhow!("--keep-storage: {e}"))?;
+    Ok((bytes > 0).then_some(archway_build::GcPolicy { keep_bytes: bytes }))
+}
+
+fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
+    let mut unused_for = None;
+    for f in &a.filter {
+        match f.split_once('=') {
+            Some(("until", d)) => {
+                unused_for = Some(
+                    archway_oci::duration::parse_duration(d)
+                        .or_else(|| humantime::parse_duration(d).ok())
+                        .with_context(|| {
+                            format!("--filter {f}: `{d}` is not a duration (e.g. 24h, 90m, 7d)")
+                        })?,
+                );
+            }
+            _ => bail!("--filter {f}: the only filter is until=DURATION (e.g. until=24h)"),
+        }
+    }
+    let store = super::sandbox::open_store(a.cache_dir.as_deref())?;
+    let report = store.prune(&archway_build::PruneOptions {
+        keep_storage: a.keep_storage,
+        unused_for,
+        dry_run: a.dry_run,
+    })?;
+    match a.format {
+        Format::Json => print_json(&report)?,
+        Format::Text => {
+            let verb = if report.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            };
+            for r in &report.removed {
+                println!(
+                    "{verb} {} {} ({})",
+                    r.kind_label(),
+                    r.name,
+                    human_bytes(r.bytes)
+                );
+            }
+            println!(
+                "{verb} {} items, {}; the store went from {} to {}{}",
+                report.removed.len(),
+                human_bytes(report.bytes_freed),
+                human_bytes(report.total_before),
+                human_bytes(report.total_after),
+                if report.kept_in_use > 0 {
+                    format!(
+                        " ({} items kept: a running build uses them)",
+                        report.kept_in_use
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn du(a: DuArgs) -> anyhow::Result<ExitCode> {
+    let store = super::sandbox::open_store(a.cache_dir.as_deref())?;
+    let usage = store.disk_usage()?;
+    match a.format {
+        Format::Json => print_json(&usage)?,
+        Format::Text => {
+            println!(
+                "{:<20} {:>7} {:>12} {:>12}",
+                "KIND", "ITEMS", "SIZE", "RECLAIMABLE"
+            );
+            for k in usage.kinds.iter().chain([&usage.blobs]) {
+                println!(
+                    "{:<20} {:>7} {:>12} {:>12}",
+                    k.label,
+                    k.items,
+                    human_bytes(k.bytes),
+                    human_bytes(k.reclaimable)
+                );
+            }
+            if usage.scratch > 0 {
+                println!(
+                    "{:<20} {:>7} {:>12} {:>12}",
+                    "scratch",
+                    "",
+                    human_bytes(usage.scratch),
+                    ""
+                );
+            }
+            println!(
+                "{:<20} {:>7} {:>12} {:>12}",
+                "total",
+                "",
+                human_bytes(usage.total),
+                human_bytes(usage.reclaimable)
+            );
+            if usage.running_builds > 0 {
+                println!(
+                    "{} running builds hold what they use; it is not reclaimable until they end",
+                    usage.running_builds
                 );
             }
         }

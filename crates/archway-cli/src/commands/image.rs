@@ -25,6 +25,7 @@ pub enum ImageCommand {
     /// Examples:
     ///   archway image copy --all oci:./busybox:1.35 127.0.0.1:5000/library/busybox:1.35
     ///   archway image copy --platform linux/arm64 reg.io/app:1.0 oci:./app-arm64:1.0
+    ///   archway image copy --platform linux/arm64 --keep-index reg.io/app:1.0 mirror.io/app:1.0
     #[command(verbatim_doc_comment)]
     Copy(CopyArgs),
     /// Show an image's manifest, platforms, config and layers.
@@ -63,6 +64,11 @@ pub struct CopyArgs {
     /// Copy only this platform's image of an index (e.g. linux/arm64).
     #[arg(long)]
     platform: Option<Platform>,
+    /// With --platform: push the source's index too, unchanged (its digest is kept; its
+    /// other platforms stay absent). The destination must accept sparse indexes
+    /// (`archway registry serve --allow-sparse`).
+    #[arg(long, requires = "platform")]
+    keep_index: bool,
     /// No progress output.
     #[arg(short, long)]
     quiet: bool,
@@ -174,6 +180,7 @@ fn copy_cmd(a: CopyArgs) -> anyhow::Result<ExitCode> {
     let default_platform = a.platform.is_none() && !a.all;
     let selection = match (&a.platform, a.all) {
         (_, true) => Selection::All,
+        (Some(p), false) if a.keep_index => Selection::PlatformKeepingIndex(p.clone()),
         (Some(p), false) => Selection::Platform(p.clone()),
         (None, false) => Selection::Platform(Platform::host()),
     };
@@ -182,8 +189,15 @@ fn copy_cmd(a: CopyArgs) -> anyhow::Result<ExitCode> {
         concurrency: a.registry.concurrency,
         progress: progress(a.quiet || a.format == Format::Json),
     };
-    let report = block_on(copy(&client, &src, &dst, &opts))?
-        .with_context(|| format!("copying {src} to {dst}"))?;
+    let report = block_on(copy(&client, &src, &dst, &opts))?.map_err(|e| {
+        let sparse_refused = a.keep_index && archway_oci::error_chain(&e).contains("MANIFEST_BLOB_UNKNOWN");
+        let e = anyhow::Error::new(e).context(format!("copying {src} to {dst}"));
+        if sparse_refused {
+            e.context("the destination refuses an index whose other platforms it does not have; serve it with `archway registry serve --allow-sparse`")
+        } else {
+            e
+        }
+    })?;
     match a.format {
         Format::Json => print_json(&report)?,
         Format::Text => {

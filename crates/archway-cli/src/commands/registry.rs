@@ -23,7 +23,7 @@ pub enum RegistryCommand {
     ///
     ///   htpasswd -Bbc users.htpasswd alice s3cret
     ///   archway registry serve --listen 0.0.0.0:5000 --root /var/lib/archway \
-    ///       --htpasswd users.htpasswd
+    ///       --htpasswd users.htpasswd --tls-cert registry.crt --tls-key registry.key
     ///
     /// Clients: `skopeo copy --dest-tls-verify=false oci:dir:tag docker://127.0.0.1:5000/x:tag`,
     /// `podman push --tls-verify=false`, `docker push 127.0.0.1:5000/x:tag` (docker treats
@@ -76,6 +76,21 @@ pub struct ServeArgs {
     /// Serve without authentication on a non-loopback address (refused by default).
     #[arg(long, conflicts_with = "htpasswd")]
     allow_unauthenticated: bool,
+    /// Serve HTTPS with this certificate (PEM, intermediates after it); needs --tls-key.
+    /// `kill -HUP` reloads both files without dropping connections. HTTP/2 is offered.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// With --htpasswd on a non-loopback address, serve plain HTTP anyway (passwords and
+    /// tokens then cross the network in clear; refused by default: use --tls-cert/--tls-key).
+    #[arg(long)]
+    allow_insecure: bool,
+    /// Accept indexes whose child manifests, and manifests whose blobs, this registry does not
+    /// have (off by default; what `archway image copy --platform … --keep-index` needs).
+    #[arg(long)]
+    allow_sparse: bool,
     /// Token realm announced to clients (default: http://<the request's Host>/token, https
     /// when a --trusted-proxy says so).
     #[arg(long, value_name = "URL")]
@@ -178,6 +193,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.listen
         );
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(archway_http::TlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    if !args.listen.ip().is_loopback()
+        && args.htpasswd.is_some()
+        && tls.is_none()
+        && !args.allow_insecure
+    {
+        bail!(
+            "refusing to serve {} with --htpasswd over plain HTTP: passwords and tokens would cross the network in clear \
+             (and docker and podman refuse plain-HTTP registries that are not on loopback).\n\
+             Pass --tls-cert FILE --tls-key FILE, listen on 127.0.0.1 behind a TLS-terminating proxy, \
+             or pass --allow-insecure if the network is trusted.",
+            args.listen
+        );
+    }
+    if let Some(t) = &tls {
+        t.load().context("--tls-cert/--tls-key cannot be used")?;
+    }
     let storage = FsStorage::open(&args.root)
         .with_context(|| format!("opening registry storage at {}", args.root.display()))?;
     let auth = match &args.htpasswd {
@@ -195,7 +233,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     args.service.clone(),
                     args.token_realm.clone(),
                 )
-                .with_trusted_proxies(args.trusted_proxy.clone()),
+                .with_trusted_proxies(args.trusted_proxy.clone())
+                .with_tls(tls.is_some()),
             )
         }
     };
@@ -212,6 +251,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             upload_expiry: args.upload_expiry,
             foreign_layer_urls: args.foreign_layer_url.clone(),
             metrics_access,
+            allow_sparse: args.allow_sparse,
         },
     ));
     let serve_config = archway_http::ServeConfig {
@@ -219,6 +259,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         body_read_timeout: args.read_timeout,
         write_timeout: args.write_timeout,
         max_connections: args.max_connections,
+        tls: tls.clone(),
         ..archway_http::ServeConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -230,8 +271,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!(
-        "archway registry listening on http://{addr} (root {}, auth {})",
+        "archway registry listening on {scheme}://{addr} (root {}, auth {})",
         args.root.display(),
         if args.htpasswd.is_some() {
             "htpasswd + tokens"
@@ -248,7 +290,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             metrics_listener.local_addr()?
         );
         let router = registry.clone().metrics_router();
-        let config = serve_config.clone();
+        // The separate metrics address is private by intent: plain HTTP.
+        let config = archway_http::ServeConfig {
+            tls: None,
+            ..serve_config.clone()
+        };
         tokio::spawn(async move {
             if let Err(e) =
                 archway_http::serve(metrics_listener, router, config, std::future::pending()).await

@@ -16,3 +16,4 @@ mod registry_abuse;
 mod sandbox;
 mod spec;
 mod support;
+mod tls;
