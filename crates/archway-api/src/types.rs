@@ -217,9 +217,10 @@ impl fmt::Display for FailureReason {
 }
 
 /// `when:` of a job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum When {
+    #[default]
     OnSuccess,
     OnFailure,
     Always,
@@ -270,7 +271,8 @@ pub struct VarDef {
 }
 
 /// One job of a submitted pipeline: what the scheduler needs and what the runner runs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// (`Default` is an empty job in stage `""` that runs on success, for tests and tools.)
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobDefinition {
     pub name: String,
     pub stage: String,

@@ -542,27 +542,8 @@ mod tests {
         JobDefinition {
             name: name.into(),
             stage: stage.into(),
-            image: None,
-            before_script: vec![],
             script: vec!["true".into()],
-            after_script: vec![],
-            variables: vec![],
-            tags: vec![],
-            platform: None,
-            needs: None,
-            when: When::OnSuccess,
-            start_in_secs: None,
-            allow_failure: false,
-            allow_failure_exit_codes: vec![],
-            retry_max: 0,
-            retry_when: vec![],
-            timeout_secs: None,
-            interruptible: false,
-            resource_group: None,
-            artifacts: None,
-            dependencies: None,
-            cache: vec![],
-            trigger: None,
+            ..JobDefinition::default()
         }
     }
 
