@@ -310,6 +310,22 @@ impl Drop for InFlight {
     }
 }
 
+/// HTTP/2 requests carry the host in the `:authority` pseudo-header (the URI), not in a
+/// `Host` header: give them one, so handlers that read `Host` (token realms, redirects) see
+/// the same thing over HTTP/1.1 and HTTP/2. A `Host` header a client sent is kept.
+fn ensure_host<B>(req: &mut http::Request<B>) {
+    if req.headers().contains_key(http::header::HOST) {
+        return;
+    }
+    if let Some(v) = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+}
+
 /// The per-connection hyper service: request id, peer address and body timeout around the
 /// router; with `in_flight`, requests are counted while they run.
 fn request_service(
@@ -327,6 +343,7 @@ fn request_service(
         let id = RequestId::generate();
         let counted = in_flight.clone().map(InFlight::start);
         let mut req = req.map(|b| Body::new(ReadProgress::new(b, body_read_timeout)));
+        ensure_host(&mut req);
         req.extensions_mut().insert(ConnectInfo(remote));
         req.extensions_mut().insert(id);
         let call = router.clone().oneshot(req);
@@ -372,5 +389,30 @@ impl http_body::Body for CountedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http2_requests_get_a_host_header_from_their_authority() {
+        let mut r = http::Request::builder()
+            .uri("https://reg.example:5000/v2/")
+            .body(())
+            .unwrap();
+        ensure_host(&mut r);
+        assert_eq!(r.headers()[http::header::HOST], "reg.example:5000");
+        let mut r = http::Request::builder()
+            .uri("https://reg.example:5000/v2/")
+            .header(http::header::HOST, "other:1")
+            .body(())
+            .unwrap();
+        ensure_host(&mut r);
+        assert_eq!(r.headers()[http::header::HOST], "other:1");
+        let mut r = http::Request::builder().uri("/v2/").body(()).unwrap();
+        ensure_host(&mut r);
+        assert!(!r.headers().contains_key(http::header::HOST));
     }
 }
