@@ -27,8 +27,8 @@ use tokio::task::JoinHandle;
 pub struct LocalOptions {
     /// State: `coordinator.db`, `registry/`, `sources/`, `runner/`.
     pub data: PathBuf,
-    /// Platforms to start runners for (`[]`: every one this host can run).
-    pub platforms: Vec<String>,
+    /// One runner per offer (see [`offers`]).
+    pub offers: Vec<PlatformOffer>,
     pub mirrors: Vec<Mirror>,
     /// Every tag the pipeline's jobs use.
     pub tags: Vec<String>,
@@ -105,7 +105,7 @@ impl Local {
             std::fs::write(&ignore, "# Archway's local pipeline state\n*\n")
                 .with_context(|| format!("writing {}", ignore.display()))?;
         }
-        let offers = offers(&opts.platforms)?;
+        let offers = opts.offers;
         let sandbox = archway_sandbox::Sandbox::detect(opts.runtime.as_deref())
             .context("running jobs needs an OCI runtime (see `archway doctor`)")?;
 

@@ -803,8 +803,8 @@ async fn run(mut a: RunArgs) -> anyhow::Result<ExitCode> {
 
     let mut local_system = None;
     let client = if local {
+        let offers = super::local::offers(&a.local.platforms)?;
         if !a.local.platforms.is_empty() {
-            let offers = super::local::offers(&a.local.platforms)?;
             let (kept, left_out) = keep_platforms(jobs, &offers);
             if !left_out.is_empty() && a.format == Format::Text {
                 eprintln!(
@@ -821,7 +821,6 @@ async fn run(mut a: RunArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        let offers = super::local::offers(&a.local.platforms)?;
         super::local::place_jobs(&mut jobs, &offers)?;
         let mut tags: Vec<String> = jobs.iter().flat_map(|j| j.tags.clone()).collect();
         tags.sort();
@@ -833,7 +832,7 @@ async fn run(mut a: RunArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| root.join(".archway"));
         let sys = super::local::Local::start(super::local::LocalOptions {
             data: data.clone(),
-            platforms: a.local.platforms.clone(),
+            offers,
             mirrors: a.local.mirrors.clone(),
             tags,
             runtime: a.local.runtime.clone(),
