@@ -51,11 +51,22 @@ pub trait ImageSource: Send + Sync + fmt::Debug {
 #[derive(Clone, Debug)]
 pub struct RegistrySource {
     client: Client,
+    mirrors: Vec<archway_client::mirror::Mirror>,
 }
 
 impl RegistrySource {
     pub fn new(client: Client) -> RegistrySource {
-        RegistrySource { client }
+        RegistrySource {
+            client,
+            mirrors: Vec::new(),
+        }
+    }
+
+    /// Pulls of the mirrored registries try their mirror first and fall back to the registry
+    /// itself when the mirror fails, as dockerd and containerd do. Pushes are not redirected.
+    pub fn with_mirrors(mut self, mirrors: Vec<archway_client::mirror::Mirror>) -> RegistrySource {
+        self.mirrors = mirrors;
+        self
     }
 }
 
@@ -76,6 +87,18 @@ impl ImageSource for RegistrySource {
                 selection: platform.map_or(Selection::All, |p| Selection::Platform(p.clone())),
                 ..CopyOptions::default()
             };
+            if let Location::Registry(r) = from
+                && let Some(m) = archway_client::mirror::rewrite(&self.mirrors, r)
+            {
+                let mirrored = Location::Registry(m.clone());
+                match archway_client::copy(&self.client, &mirrored, &dest, &opts).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => tracing::warn!(
+                        "mirror {m} failed ({}); pulling {r} from its registry",
+                        archway_oci::error_chain(&e)
+                    ),
+                }
+            }
             archway_client::copy(&self.client, from, &dest, &opts).await?;
             Ok(())
         }

@@ -79,6 +79,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Called as `docker`, `podman`, `buildah`, `manifest-tool` or `/kaniko/executor` (the
+    // runner's toolbox links those names to this binary): be that tool.
+    if let Some(tool) = std::env::args()
+        .next()
+        .and_then(|a| commands::toolbox::tool_name(&a))
+    {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        return commands::toolbox::main(tool, &args);
+    }
     let cli = Cli::parse();
     // Servers hold a descriptor per connection and open file, builds many files at once.
     if let Err(e) = archway_http::raise_nofile_limit() {

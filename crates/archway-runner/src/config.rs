@@ -71,6 +71,14 @@ pub struct RunnerConfig {
     /// (e.g. `docker.io=mirror.internal:5000/hub`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub registry_mirrors: Vec<String>,
+    /// Serve Kaniko, docker, podman, buildah and manifest-tool job images with Archway's own
+    /// commands (the toolbox); `false` pulls and runs the real images.
+    #[serde(default = "yes")]
+    pub toolbox: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> u32 {
@@ -222,6 +230,7 @@ mod tests {
             drain_deadline_secs: 90,
             insecure_registries: vec![],
             registry_mirrors: vec![],
+            toolbox: true,
         };
         c.save(&path).unwrap();
         use std::os::unix::fs::PermissionsExt;

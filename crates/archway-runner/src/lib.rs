@@ -6,6 +6,7 @@
 //! * [`cache`]: `cache:` keys, where each runner keeps caches, when they are restored and saved;
 //! * [`executor`]: the `Executor` trait, its I/O, and the no-op and recording executors;
 //! * [`sandbox`]: the real executor (the job's image in an ephemeral sandbox);
+//! * [`toolbox`]: Kaniko, docker, podman, buildah and manifest-tool served by Archway;
 //! * [`mask`]: streaming secret masking;
 //! * [`config`]: `runner.json` and platform detection;
 //! * [`control`]: the local socket `archway runner drain` talks to.
@@ -20,6 +21,7 @@ pub mod control;
 pub mod executor;
 pub mod mask;
 pub mod sandbox;
+pub mod toolbox;
 
 pub use agent::{Agent, AgentEvent, AgentOptions, DrainHandle};
 pub use config::RunnerConfig;

@@ -29,6 +29,7 @@ use archway_oci::{Digest, Platform};
 use archway_sandbox::{Exit, ExtraMount, Network, RunSpec, Sandbox};
 
 use crate::executor::{ExecResult, Executor, JobIo, LogSink};
+use crate::toolbox::{self, Toolbox};
 use crate::{artifacts, cache};
 
 /// How long `after_script` may run (gitlab-runner's default).
@@ -54,6 +55,10 @@ pub struct SandboxExecutor {
     pub runner_token: Option<String>,
     /// Pulls of these registries go to their mirrors (`docker.io=HOST/PREFIX`).
     pub mirrors: Vec<Mirror>,
+    /// Serve Kaniko, docker, podman, buildah and manifest-tool images with Archway's own
+    /// commands (see [`crate::toolbox`]); `None` pulls the real images.
+    pub toolbox: Option<Toolbox>,
+    cache_root: PathBuf,
     privileged: bool,
 }
 
@@ -69,6 +74,8 @@ impl SandboxExecutor {
             ci_registry: None,
             runner_token: None,
             mirrors: Vec::new(),
+            toolbox: None,
+            cache_root: cache_dir.to_owned(),
             privileged: rustix::process::geteuid().is_root(),
         }
     }
@@ -304,27 +311,50 @@ impl Executor for SandboxExecutor {
             );
             return fail(FailureReason::ScriptFailure);
         };
-        let image = match self.mirrored(&image) {
-            Some(m) => {
-                io.log.note(&format!(
-                    "Pulling {image} for {platform} from the mirror {m}"
-                ));
-                m
-            }
-            None => {
-                io.log.note(&format!("Pulling {image} for {platform}"));
-                image
-            }
-        };
-        let (rootfs, config) = tokio::select! {
-            r = self.image(job, &image, &platform) => match r {
-                Ok(x) => x,
+        let tool = self
+            .toolbox
+            .as_ref()
+            .and_then(|t| toolbox::tool_for_image(&image).map(|tool| (t, tool)));
+        let (rootfs, config, run_platform) = if let Some((tb, tool)) = tool {
+            io.log.note(&format!(
+                "Archway toolbox: {image} is not pulled; {} (runner option --no-toolbox pulls real images)",
+                tool.describe()
+            ));
+            match tb.rootfs(&self.cache_root) {
+                Ok(r) => (
+                    r,
+                    archway_oci::config::ImageConfig::default(),
+                    Platform::host(),
+                ),
                 Err(e) => {
-                    io.log.note(&format!("cannot pull {image}: {e}"));
-                    return fail(FailureReason::ImagePullFailure);
+                    io.log.note(&format!("cannot prepare the toolbox: {e}"));
+                    return fail(FailureReason::RunnerSystemFailure);
                 }
-            },
-            () = io.cancel.cancelled() => return ExecResult::Canceled,
+            }
+        } else {
+            let image = match self.mirrored(&image) {
+                Some(m) => {
+                    io.log.note(&format!(
+                        "Pulling {image} for {platform} from the mirror {m}"
+                    ));
+                    m
+                }
+                None => {
+                    io.log.note(&format!("Pulling {image} for {platform}"));
+                    image
+                }
+            };
+            let (rootfs, config) = tokio::select! {
+                r = self.image(job, &image, &platform) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        io.log.note(&format!("cannot pull {image}: {e}"));
+                        return fail(FailureReason::ImagePullFailure);
+                    }
+                },
+                () = io.cancel.cancelled() => return ExecResult::Canceled,
+            };
+            (rootfs, config, platform.clone())
         };
         let project_dir = job
             .var("CI_PROJECT_DIR")
@@ -395,7 +425,11 @@ impl Executor for SandboxExecutor {
             }
         }
         let scripts = io.work_dir.join("scripts");
-        let bash = has_bash(&rootfs);
+        let bash = if tool.is_some() {
+            Path::new("/usr/bin/bash").exists()
+        } else {
+            has_bash(&rootfs)
+        };
         let shell = if bash { "bash" } else { "sh" };
         let main: Vec<String> = job
             .before_script
@@ -420,11 +454,39 @@ impl Executor for SandboxExecutor {
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
         }
+        let job_toolbox = match tool {
+            Some((tb, t)) => {
+                match tb.start(
+                    t,
+                    &io.work_dir.join("toolbox"),
+                    &project_dir,
+                    &src,
+                    &job.platform,
+                ) {
+                    Ok(j) => Some(j),
+                    Err(e) => {
+                        io.log.note(&format!("cannot start the toolbox: {e}"));
+                        return fail(FailureReason::RunnerSystemFailure);
+                    }
+                }
+            }
+            None => None,
+        };
+        for e in job_toolbox.iter().flat_map(|j| &j.env) {
+            if let Some((k, _)) = e.split_once('=') {
+                env.retain(|x| !x.starts_with(&format!("{k}=")));
+            }
+            env.push(e.clone());
+        }
         for v in &job.variables {
             env.retain(|e| !e.starts_with(&format!("{}=", v.name)));
             env.push(format!("{}={}", v.name, v.value));
         }
-        let mounts = vec![
+        let mut mounts: Vec<ExtraMount> = job_toolbox
+            .iter()
+            .flat_map(|j| j.mounts.iter().cloned())
+            .collect();
+        mounts.extend([
             ExtraMount::Bind {
                 host: src.clone(),
                 target: project_dir.clone(),
@@ -435,7 +497,7 @@ impl Executor for SandboxExecutor {
                 target: "/archway".into(),
                 readonly: true,
             },
-        ];
+        ]);
         let user = cfg.user.clone().unwrap_or_default();
         let cancel = Arc::new(AtomicBool::new(false));
         let watcher = {
@@ -448,7 +510,7 @@ impl Executor for SandboxExecutor {
         };
         let exit = self
             .shell(
-                &platform,
+                &run_platform,
                 &rootfs,
                 io.work_dir.join("run"),
                 vec![shell.into(), "/archway/script.sh".into()],
@@ -491,7 +553,7 @@ impl Executor for SandboxExecutor {
             env.push(format!("CI_JOB_STATUS={status}"));
             let after = self
                 .shell(
-                    &platform,
+                    &run_platform,
                     &rootfs,
                     io.work_dir.join("run-after"),
                     vec![shell.into(), "/archway/after_script.sh".into()],
@@ -513,6 +575,7 @@ impl Executor for SandboxExecutor {
             }
         }
         watcher.abort();
+        drop(job_toolbox);
         if result != ExecResult::Canceled {
             for (def, key, path) in caches {
                 if cache::saves(&def, result == ExecResult::Success) {

@@ -106,6 +106,16 @@ pub struct BuildArgs {
     /// Kill a RUN step that runs longer than this (e.g. 20m).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     step_timeout: Option<std::time::Duration>,
+    /// Pull `FROM` images of a registry from a mirror first (repeatable), e.g.
+    /// `docker.io=mirror.internal:5000/hub`, as dockerd's `registry-mirrors`; the registry
+    /// itself is tried when the mirror fails.
+    #[arg(
+        long = "registry-mirror",
+        value_name = "REGISTRY=HOST[/PREFIX]",
+        env = "ARCHWAY_REGISTRY_MIRRORS",
+        value_delimiter = ','
+    )]
+    registry_mirrors: Vec<archway_client::mirror::Mirror>,
     /// No progress output.
     #[arg(short, long)]
     quiet: bool,
@@ -427,9 +437,12 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let gc = keep_storage_policy(a.keep_storage.as_deref(), store.root())?;
-    let mut builder = Builder::new(store, Arc::new(RegistrySource::new(client.clone())))
-        .with_progress(progress)
-        .with_unpacking(super::sandbox::unpacking());
+    let mut builder = Builder::new(
+        store,
+        Arc::new(RegistrySource::new(client.clone()).with_mirrors(a.registry_mirrors.clone())),
+    )
+    .with_progress(progress)
+    .with_unpacking(super::sandbox::unpacking());
     if let Some(policy) = gc {
         builder = builder.with_gc(policy);
     }

@@ -34,6 +34,8 @@ pub struct LocalOptions {
     pub tags: Vec<String>,
     /// The OCI runtime (`runc`, `crun`; default: the first found).
     pub runtime: Option<String>,
+    /// Serve Kaniko/docker/podman/buildah/manifest-tool images with Archway's toolbox.
+    pub toolbox: bool,
 }
 
 /// A running local system.
@@ -172,6 +174,14 @@ impl Local {
             let mut e = SandboxExecutor::new(sandbox.clone(), store.clone(), &cache);
             e.runner_token = Some(reg.token.clone());
             e.mirrors = opts.mirrors.clone();
+            if opts.toolbox {
+                e.toolbox = Some(archway_runner::toolbox::Toolbox {
+                    exe: std::env::current_exe().context("finding the archway binary")?,
+                    store_dir: cache.join("images"),
+                    runtime: opts.runtime.clone(),
+                    mirrors: opts.mirrors.clone(),
+                });
+            }
             let executor: Arc<dyn Executor> = Arc::new(e);
             let agent = Agent::new(
                 AgentOptions {

@@ -13,3 +13,4 @@ pub mod remote;
 pub mod runner;
 pub mod sandbox;
 pub mod server;
+pub mod toolbox;

@@ -239,10 +239,15 @@ pub struct LocalArgs {
     /// with the jobs that need them.
     #[arg(long = "platform", value_name = "OS/ARCH")]
     platforms: Vec<String>,
-    /// Pull job images of REGISTRY from a mirror (repeatable), `REGISTRY=HOST[/PREFIX]`,
-    /// e.g. `docker.io=127.0.0.1:5000/hub`.
+    /// Pull job images, service images and Dockerfile `FROM` images of REGISTRY from a
+    /// mirror (repeatable), `REGISTRY=HOST[/PREFIX]`, e.g. `docker.io=127.0.0.1:5000/hub`.
     #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST[/PREFIX]")]
     mirrors: Vec<archway_client::mirror::Mirror>,
+    /// Run jobs whose image is Kaniko's executor, docker, podman, buildah or manifest-tool
+    /// in the real image instead of Archway's toolbox (which serves `/kaniko/executor`,
+    /// `docker build|buildx|push|manifest`, `podman manifest`… with Archway's builder).
+    #[arg(long)]
+    no_toolbox: bool,
     /// Keep the local server (API and registry) running after the pipeline, until Ctrl-C.
     #[arg(long)]
     keep: bool,
@@ -836,6 +841,7 @@ async fn run(mut a: RunArgs) -> anyhow::Result<ExitCode> {
             mirrors: a.local.mirrors.clone(),
             tags,
             runtime: a.local.runtime.clone(),
+            toolbox: !a.local.no_toolbox,
         })
         .await?;
         if a.format == Format::Text {
@@ -973,15 +979,25 @@ async fn submit_and_follow(
     secrets: std::collections::BTreeMap<String, String>,
     local: bool,
 ) -> anyhow::Result<ExitCode> {
-    let sha = if in_git && !dirty {
+    // The commit (for a working tree, the commit it is based on, as gitlab-ci-local does);
+    // outside git, the snapshot's digest stands in, so `$CI_COMMIT_SHORT_SHA` tags are never
+    // empty.
+    let data = snapshot(root, dirty, in_git)?;
+    let digest = archway_oci::Digest::sha256(&data).to_string();
+    let head = if in_git {
         git(root, &["rev-parse", "HEAD"]).unwrap_or_default()
     } else {
         String::new()
     };
-    let message = if sha.is_empty() {
+    let message = if head.is_empty() {
         String::new()
     } else {
         git(root, &["log", "-1", "--format=%B"]).unwrap_or_default()
+    };
+    let sha = if head.is_empty() {
+        digest.rsplit(':').next().unwrap_or_default()[..40].to_owned()
+    } else {
+        head
     };
     let project = a.project.clone().unwrap_or_else(|| project_name(root));
     // CI_COMMIT_TIMESTAMP: the commit's (HEAD's for a working tree), else now.
@@ -1002,8 +1018,6 @@ async fn submit_and_follow(
             },
         );
     }
-    let data = snapshot(root, dirty, in_git)?;
-    let digest = archway_oci::Digest::sha256(&data).to_string();
     if !client.has_source(&digest).await? {
         if !local {
             eprintln!("uploading the source ({} KiB)…", data.len() / 1024);

@@ -95,6 +95,11 @@ pub struct RegisterArgs {
     /// e.g. `docker.io=mirror.internal:5000/hub` (as dockerd's `registry-mirrors`).
     #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST[/PREFIX]")]
     registry_mirrors: Vec<archway_client::mirror::Mirror>,
+    /// Run jobs whose image is Kaniko's executor, docker, podman, buildah or manifest-tool
+    /// with the real image, instead of Archway's toolbox (which serves those commands with
+    /// Archway's builder, unprivileged and without a daemon).
+    #[arg(long)]
+    no_toolbox: bool,
     /// Configuration file to write.
     #[arg(long, default_value_os_t = RunnerConfig::default_path())]
     config: PathBuf,
@@ -251,6 +256,7 @@ async fn register(a: RegisterArgs) -> anyhow::Result<ExitCode> {
         drain_deadline_secs: 90,
         insecure_registries: a.insecure_registry.clone(),
         registry_mirrors: a.registry_mirrors.iter().map(ToString::to_string).collect(),
+        toolbox: !a.no_toolbox,
     };
     config.save(&a.config)?;
     let offered: Vec<String> = platforms
@@ -307,6 +313,14 @@ async fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
                 .collect::<Result<_, _>>()
                 .with_context(|| format!("in {}", a.config.display()))?;
             e.runner_token = Some(config.token.clone());
+            if config.toolbox {
+                e.toolbox = Some(archway_runner::toolbox::Toolbox {
+                    exe: std::env::current_exe().context("finding the archway binary")?,
+                    store_dir: cache.join("images"),
+                    runtime: a.runtime.clone(),
+                    mirrors: e.mirrors.clone(),
+                });
+            }
             Arc::new(e)
         }
         other => bail!(
