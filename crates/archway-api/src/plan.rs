@@ -15,7 +15,7 @@
 use archway_pipeline::graph::{self, Pipeline};
 
 use crate::types::{
-    ArtifactsDef, CacheDef, ImageDef, JobDefinition, TriggerDefinition, VarDef, When,
+    ArtifactsDef, CacheDef, ServiceDef, ImageDef, JobDefinition, TriggerDefinition, VarDef, When,
 };
 
 /// Whether `job` (a concrete job name) is the job `name` refers to in `needs:` or
@@ -269,6 +269,24 @@ fn job_definition(job: &graph::Job) -> JobDefinition {
                 paths: c.paths.clone(),
                 policy: c.policy.clone(),
                 when: c.when.clone(),
+            })
+            .collect(),
+        services: job
+            .services
+            .iter()
+            .map(|s| ServiceDef {
+                name: s.name.clone(),
+                alias: s.alias.clone(),
+                entrypoint: s.entrypoint.clone(),
+                command: s.command.clone(),
+                variables: s
+                    .variables
+                    .iter()
+                    .map(|(k, v)| VarDef {
+                        name: k.clone(),
+                        value: v.clone(),
+                    })
+                    .collect(),
             })
             .collect(),
         trigger: trigger_definition(job),

@@ -321,10 +321,27 @@ pub struct JobDefinition {
     /// `cache:` entries (kept by each runner).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cache: Vec<CacheDef>,
+    /// `services:`: sidecars started beside the job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceDef>,
     /// A trigger job (`trigger: include:`): it runs no script; when it starts, the
     /// coordinator creates this child pipeline instead of giving it to a runner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<Box<TriggerDefinition>>,
+}
+
+/// One `services:` entry: an image run beside the job, on its network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceDef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variables: Vec<VarDef>,
 }
 
 /// One `cache:` entry.
@@ -558,6 +575,8 @@ pub struct JobPayload {
     pub max_artifact_bytes: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cache: Vec<CacheDef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceDef>,
 }
 
 impl JobPayload {

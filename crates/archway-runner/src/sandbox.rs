@@ -30,6 +30,8 @@ use archway_sandbox::{Exit, ExtraMount, Network, RunSpec, Sandbox};
 
 use crate::executor::{ExecResult, Executor, JobIo, LogSink};
 use crate::toolbox::{self, Toolbox};
+
+mod services;
 use crate::{artifacts, cache};
 
 /// How long `after_script` may run (gitlab-runner's default).
@@ -486,6 +488,32 @@ impl Executor for SandboxExecutor {
             .iter()
             .flat_map(|j| j.mounts.iter().cloned())
             .collect();
+        let (services, aliases) = tokio::select! {
+            r = self.start_services(job, &io, &platform, tool.is_some()) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    io.log.note(&e);
+                    return fail(FailureReason::ImagePullFailure);
+                }
+            },
+            () = io.cancel.cancelled() => return ExecResult::Canceled,
+        };
+        if !aliases.is_empty() {
+            let hosts = io.work_dir.join("hosts");
+            if let Err(e) = std::fs::write(
+                &hosts,
+                archway_sandbox::spec::hosts_file_with("archway", &aliases),
+            ) {
+                io.log.note(&format!("cannot write the job's /etc/hosts: {e}"));
+                services::stop(services, &io).await;
+                return fail(FailureReason::RunnerSystemFailure);
+            }
+            mounts.push(ExtraMount::Bind {
+                host: hosts,
+                target: "/etc/hosts".into(),
+                readonly: true,
+            });
+        }
         mounts.extend([
             ExtraMount::Bind {
                 host: src.clone(),
@@ -575,6 +603,7 @@ impl Executor for SandboxExecutor {
             }
         }
         watcher.abort();
+        services::stop(services, &io).await;
         drop(job_toolbox);
         if result != ExecResult::Canceled {
             for (def, key, path) in caches {

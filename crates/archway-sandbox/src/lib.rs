@@ -217,11 +217,14 @@ impl Sandbox {
                 m => m.clone(),
             });
         }
-        mounts.push(ExtraMount::Bind {
-            host: hosts,
-            target: "/etc/hosts".into(),
-            readonly: true,
-        });
+        // A caller's own `/etc/hosts` (a CI job's service aliases) replaces the generated one.
+        if !spec.mounts.iter().any(|m| m.target() == "/etc/hosts") {
+            mounts.push(ExtraMount::Bind {
+                host: hosts,
+                target: "/etc/hosts".into(),
+                readonly: true,
+            });
+        }
         if spec.network == Network::Host && Path::new("/etc/resolv.conf").exists() {
             mounts.push(ExtraMount::Bind {
                 host: "/etc/resolv.conf".into(),

@@ -362,6 +362,7 @@ pub(super) fn parse_services(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars) -> Vec<Se
                 alias: None,
                 entrypoint: None,
                 command: None,
+                variables: Default::default(),
             }),
             Value::Map(_) => {
                 let name = i.get("name").and_then(Node::as_str).map(|s| vars.expand(s));
@@ -378,6 +379,17 @@ pub(super) fn parse_services(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars) -> Vec<Se
                     command: i
                         .get("command")
                         .map(|e| string_list(ctx, e, "services:command")),
+                    variables: i
+                        .get("variables")
+                        .and_then(Node::as_map)
+                        .map(|m| {
+                            m.iter()
+                                .filter_map(|(k, v)| {
+                                    Some((k.scalar_text()?, vars.expand(&v.scalar_text()?)))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 })
             }
             _ => {

@@ -384,6 +384,7 @@ impl Coordinator {
             max_log_bytes: self.config.max_log_bytes,
             artifacts: def.artifacts,
             cache: def.cache,
+            services: def.services,
             dependencies: Vec::new(),
             max_artifact_bytes: self.config.max_artifact_bytes,
         })
