@@ -15,7 +15,7 @@
 use archway_pipeline::graph::{self, Pipeline};
 
 use crate::types::{
-    ArtifactsDef, CacheDef, ServiceDef, ImageDef, JobDefinition, TriggerDefinition, VarDef, When,
+    ArtifactsDef, CacheDef, ImageDef, JobDefinition, ServiceDef, TriggerDefinition, VarDef, When,
 };
 
 /// Whether `job` (a concrete job name) is the job `name` refers to in `needs:` or

@@ -301,27 +301,39 @@ impl Executor for SandboxExecutor {
             io.log.note(&e.to_string());
             return fail(FailureReason::RunnerUnsupported);
         }
-        let Some(image) = job
+        let image = job
             .image
             .as_ref()
             .map(|i| expand(&i.name, job))
-            .or_else(|| self.default_image.clone())
-        else {
+            .or_else(|| self.default_image.clone());
+        // A job with no image (and no default image on this runner) runs in the toolbox: the
+        // host's tools, read-only, with docker & co. served by Archway — what a CodeCatalyst
+        // build action's runtime image offers.
+        let tool = match (&self.toolbox, &image) {
+            (Some(t), Some(i)) => toolbox::tool_for_image(i).map(|tool| (t, tool)),
+            (Some(t), None) => Some((t, toolbox::Tool::Docker)),
+            (None, _) => None,
+        };
+        if image.is_none() && tool.is_none() {
             io.log.note(
                 "the job has no `image:` and this runner has no default image \
                  (archway runner register --default-image IMAGE)",
             );
             return fail(FailureReason::ScriptFailure);
-        };
-        let tool = self
-            .toolbox
-            .as_ref()
-            .and_then(|t| toolbox::tool_for_image(&image).map(|tool| (t, tool)));
+        }
+        let image = image.unwrap_or_else(|| "(no image)".to_owned());
         let (rootfs, config, run_platform) = if let Some((tb, tool)) = tool {
-            io.log.note(&format!(
-                "Archway toolbox: {image} is not pulled; {} (runner option --no-toolbox pulls real images)",
-                tool.describe()
-            ));
+            if job.image.is_none() && self.default_image.is_none() {
+                io.log.note(&format!(
+                    "Archway toolbox: the job names no image; it runs with this host's tools (read-only) and {}",
+                    tool.describe()
+                ));
+            } else {
+                io.log.note(&format!(
+                    "Archway toolbox: {image} is not pulled; {} (runner option --no-toolbox pulls real images)",
+                    tool.describe()
+                ));
+            }
             match tb.rootfs(&self.cache_root) {
                 Ok(r) => (
                     r,
@@ -504,7 +516,8 @@ impl Executor for SandboxExecutor {
                 &hosts,
                 archway_sandbox::spec::hosts_file_with("archway", &aliases),
             ) {
-                io.log.note(&format!("cannot write the job's /etc/hosts: {e}"));
+                io.log
+                    .note(&format!("cannot write the job's /etc/hosts: {e}"));
                 services::stop(services, &io).await;
                 return fail(FailureReason::RunnerSystemFailure);
             }

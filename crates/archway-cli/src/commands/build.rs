@@ -493,7 +493,14 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         .and_then(|r| r.tag);
     let mut delivered = Vec::new();
     for t in &push_tags {
-        let dest = Location::parse(t)?;
+        // `-t REGISTRY/NAME` means its `latest` tag, as with docker.
+        let dest = match Location::parse(t)? {
+            Location::Registry(mut r) if r.tag.is_none() && r.digest.is_none() => {
+                r.tag = Some("latest".into());
+                Location::Registry(r)
+            }
+            other => other,
+        };
         rt.block_on(copy(&client, &source, &dest, &opts))
             .with_context(|| format!("pushing to {t}"))?;
         delivered.push(dest.to_string());

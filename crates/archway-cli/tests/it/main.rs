@@ -14,6 +14,7 @@ mod manifest;
 mod pipeline;
 mod registry_abuse;
 mod sandbox;
+mod seeds;
 mod spec;
 mod support;
 mod tls;

@@ -56,8 +56,7 @@ pub fn aliases(s: &ServiceDef, image: &str) -> Vec<String> {
     }
     out.retain(|a| {
         a.len() <= 253
-            && a
-                .bytes()
+            && a.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
     });
     out
@@ -125,7 +124,11 @@ impl SandboxExecutor {
                 .iter()
                 .map(|v| format!("{}={}", v.name, v.value))
                 .collect();
-            env.extend(s.variables.iter().map(|v| format!("{}={}", v.name, v.value)));
+            env.extend(
+                s.variables
+                    .iter()
+                    .map(|v| format!("{}={}", v.name, v.value)),
+            );
             let run = match resolve_run(
                 config.config.as_ref(),
                 &RunOverrides {
@@ -200,11 +203,16 @@ impl SandboxExecutor {
             // Wait for the exposed ports, as gitlab-runner's health check does.
             let started = Instant::now();
             let mut pending = ports.clone();
-            while !pending.is_empty() && started.elapsed() < READY_TIMEOUT && !svc.task.is_finished()
+            while !pending.is_empty()
+                && started.elapsed() < READY_TIMEOUT
+                && !svc.task.is_finished()
             {
                 let mut still = Vec::new();
                 for p in pending {
-                    if tokio::net::TcpStream::connect(("127.0.0.1", p)).await.is_err() {
+                    if tokio::net::TcpStream::connect(("127.0.0.1", p))
+                        .await
+                        .is_err()
+                    {
                         still.push(p);
                     }
                 }
@@ -247,9 +255,10 @@ pub(super) async fn stop(services: Vec<Running>, io: &JobIo) {
     for s in services {
         match tokio::time::timeout(Duration::from_secs(30), s.task).await {
             Ok(_) => {}
-            Err(_) => io
-                .log
-                .note(&format!("WARNING: service {} did not stop within 30s", s.name)),
+            Err(_) => io.log.note(&format!(
+                "WARNING: service {} did not stop within 30s",
+                s.name
+            )),
         }
     }
 }
