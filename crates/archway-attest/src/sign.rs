@@ -401,7 +401,13 @@ struct RootFs<'a> {
 
 /// Adds one signed payload to an image's signature manifest. `existing` is the manifest now
 /// at the `.sig` tag, if any: its layers are kept, and a layer identical to the new one (same
-/// media type, digest, size and annotations) is not added twice.
+/// media type, digest, size and annotations) is not added twice. The config is rebuilt from
+/// the layers (`diff_ids` = the layer digests, as for uncompressed payloads they are), so the
+/// earlier config need not be fetched; fields another tool put in it (cosign's `created`,
+/// `history`) are not carried over, as containers/image does not carry unknown ones.
+///
+/// The returned blobs are the config and the new payload; the earlier layers' blobs are
+/// already in the repository.
 pub fn attach_signature(
     manifest_digest: &Digest,
     existing: Option<&[u8]>,
