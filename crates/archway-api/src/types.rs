@@ -618,6 +618,42 @@ pub struct FinishAttempt {
     /// Variables from the job's `artifacts:reports:dotenv` files, for the jobs after it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dotenv: Vec<VarDef>,
+    /// The job's `artifacts:reports:junit` results, summarised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestSummary>,
+}
+
+/// What a job's JUnit reports say: counts, and the first failing cases.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestSummary {
+    pub total: u64,
+    pub failed: u64,
+    pub errors: u64,
+    pub skipped: u64,
+    /// At most [`TestSummary::MAX_FAILURES`] failing or erroring cases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<TestFailure>,
+}
+
+impl TestSummary {
+    pub const MAX_FAILURES: usize = 20;
+    /// Longest failure message kept, in bytes.
+    pub const MAX_MESSAGE: usize = 500;
+
+    pub fn passed(&self) -> u64 {
+        self.total
+            .saturating_sub(self.failed + self.errors + self.skipped)
+    }
+}
+
+/// One failing test case.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestFailure {
+    /// `classname` (or the suite's name) and the case's `name`.
+    pub suite: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// Log bytes carried in another report.
@@ -701,6 +737,9 @@ pub struct JobView {
     /// The job's artifacts, when it kept some.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifacts: Option<ArtifactsView>,
+    /// What its JUnit reports said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestSummary>,
 }
 
 /// A job's stored artifacts.

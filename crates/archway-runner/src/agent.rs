@@ -371,6 +371,7 @@ impl JobContext {
         ));
         let _ = std::fs::remove_dir_all(&self.work_dir);
         let dotenv = Arc::new(Mutex::new(Vec::new()));
+        let tests = Arc::new(Mutex::new(None));
         let result = match std::fs::create_dir_all(&self.work_dir) {
             Err(e) => {
                 sink.note(&format!("cannot create the job directory: {e}"));
@@ -386,6 +387,7 @@ impl JobContext {
                     work_dir: self.work_dir.clone(),
                     api: self.api.clone(),
                     dotenv: dotenv.clone(),
+                    tests: tests.clone(),
                 };
                 // A fenced attempt (lease lost while we could not reach the server, or the
                 // job canceled meanwhile) stops at once.
@@ -433,6 +435,7 @@ impl JobContext {
                 log_bytes,
                 log_tail: None,
                 dotenv: Vec::new(),
+                tests: None,
             },
             (ExecResult::Success, _) => FinishAttempt {
                 outcome: AttemptOutcome::Success,
@@ -441,6 +444,7 @@ impl JobContext {
                 log_bytes,
                 log_tail: None,
                 dotenv: Vec::new(),
+                tests: None,
             },
             (ExecResult::Canceled, _) => FinishAttempt {
                 outcome: AttemptOutcome::Canceled,
@@ -449,6 +453,7 @@ impl JobContext {
                 log_bytes,
                 log_tail: None,
                 dotenv: Vec::new(),
+                tests: None,
             },
             (ExecResult::Failed { exit_code, reason }, _) => FinishAttempt {
                 outcome: AttemptOutcome::Failed,
@@ -457,6 +462,7 @@ impl JobContext {
                 log_bytes,
                 log_tail: None,
                 dotenv: Vec::new(),
+                tests: None,
             },
         };
         report.log_tail = log_tail;
@@ -465,6 +471,7 @@ impl JobContext {
                 .lock()
                 .map(|mut d| std::mem::take(&mut *d))
                 .unwrap_or_default();
+            report.tests = tests.lock().ok().and_then(|mut t| t.take());
         }
         let outcome = report.outcome;
         if !fenced.is_cancelled() {

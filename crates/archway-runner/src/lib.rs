@@ -19,6 +19,7 @@ pub mod cache;
 pub mod config;
 pub mod control;
 pub mod executor;
+pub mod junit;
 pub mod mask;
 pub mod sandbox;
 pub mod toolbox;

@@ -32,7 +32,7 @@ use crate::executor::{ExecResult, Executor, JobIo, LogSink};
 use crate::toolbox::{self, Toolbox};
 
 mod services;
-use crate::{artifacts, cache};
+use crate::{artifacts, cache, junit};
 
 /// How long `after_script` may run (gitlab-runner's default).
 const AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -583,13 +583,16 @@ impl Executor for SandboxExecutor {
                 fail(FailureReason::RunnerSystemFailure)
             }
         };
-        if !job.after_script.is_empty() && result != ExecResult::Canceled {
-            io.log.note("Running after_script");
-            let status = if result == ExecResult::Success {
-                "success"
-            } else {
-                "failed"
+        // after_script runs after success, failure and cancelation alike (gitlab-runner 17),
+        // in its own shell with its own timeout; a canceled job's after_script gets a fresh
+        // stop flag, since the job's is already set.
+        if !job.after_script.is_empty() {
+            let (status, cancel) = match result {
+                ExecResult::Success => ("success", cancel.clone()),
+                ExecResult::Canceled => ("canceled", Arc::new(AtomicBool::new(false))),
+                _ => ("failed", cancel.clone()),
             };
+            io.log.note(&format!("Running after_script (job {status})"));
             let mut env = env;
             env.push(format!("CI_JOB_STATUS={status}"));
             let after = self
@@ -622,6 +625,39 @@ impl Executor for SandboxExecutor {
             for (def, key, path) in caches {
                 if cache::saves(&def, result == ExecResult::Success) {
                     self.save_cache(&io, &def, &key, &path, &src).await;
+                }
+            }
+        }
+        // JUnit reports are read whatever the outcome (GitLab collects test reports from
+        // failed jobs too).
+        if let Some(a) = &job.artifacts
+            && !a.junit.is_empty()
+            && result != ExecResult::Canceled
+        {
+            let only = ArtifactsDef {
+                junit: a.junit.clone(),
+                ..ArtifactsDef::default()
+            };
+            let files = artifacts::select(&src, &only, &BTreeSet::new()).files;
+            let (summary, warnings) = junit::summarise(&src, &files);
+            for w in warnings {
+                io.log
+                    .note(&format!("WARNING: artifacts:reports:junit {w}"));
+            }
+            if files.is_empty() {
+                io.log
+                    .note("WARNING: artifacts:reports:junit matched no files");
+            } else {
+                io.log.note(&format!(
+                    "Test report: {} tests, {} passed, {} failed, {} errors, {} skipped",
+                    summary.total,
+                    summary.passed(),
+                    summary.failed,
+                    summary.errors,
+                    summary.skipped
+                ));
+                if let Ok(mut t) = io.tests.lock() {
+                    *t = Some(summary);
                 }
             }
         }

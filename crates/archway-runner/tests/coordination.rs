@@ -405,6 +405,7 @@ async fn a_dead_runners_job_is_requeued_elsewhere_and_its_late_reports_are_refus
                 log_bytes: 0,
                 log_tail: None,
                 dotenv: Vec::new(),
+                tests: None,
             },
         )
         .await

@@ -540,6 +540,50 @@ fn print_table(p: &PipelineView) {
             println!("    {n}");
         }
     }
+    print_tests(p);
+}
+
+/// The pipeline's JUnit results (GitLab's Tests tab): totals, then the failing cases.
+fn print_tests(p: &PipelineView) {
+    let with: Vec<&JobView> = p.jobs.iter().filter(|j| j.tests.is_some()).collect();
+    if with.is_empty() {
+        return;
+    }
+    let mut total = archway_api::TestSummary::default();
+    for t in with.iter().filter_map(|j| j.tests.as_ref()) {
+        total.total += t.total;
+        total.failed += t.failed;
+        total.errors += t.errors;
+        total.skipped += t.skipped;
+    }
+    println!(
+        "\ntests: {} total, {} passed, {} failed, {} errors, {} skipped (from {} jobs' JUnit reports)",
+        total.total,
+        total.passed(),
+        total.failed,
+        total.errors,
+        total.skipped,
+        with.len()
+    );
+    for j in with {
+        let Some(t) = &j.tests else { continue };
+        for f in &t.failures {
+            let msg = if f.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", f.message)
+            };
+            println!("  FAILED {} › {} › {}{msg}", j.name, f.suite, f.name);
+        }
+        let listed = t.failures.len() as u64;
+        if t.failed + t.errors > listed {
+            println!(
+                "  … and {} more failing cases in {}",
+                t.failed + t.errors - listed,
+                j.name
+            );
+        }
+    }
 }
 
 fn show_pipeline(p: &PipelineView, format: Format) -> anyhow::Result<()> {

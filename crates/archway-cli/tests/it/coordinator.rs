@@ -646,7 +646,7 @@ fn cancel_stops_the_jobs_process() {
     let _runner = RunnerProcess::start(&server, "r", &["--platform", "linux/amd64"]);
     let r = repo(&[(
         ".gitlab-ci.yml",
-        "long:\n  image: $CI_REGISTRY/library/busybox:1.35\n  script: [echo long begins, sleep 600, echo never]\n",
+        "long:\n  image: $CI_REGISTRY/library/busybox:1.35\n  script: [echo long begins, sleep 600, echo never]\n  after_script: ['echo \"after_script saw $CI_JOB_STATUS\"']\n",
     )]);
     let p = submit(&server, r.path(), &[]);
     let id = job_id(&p, "long");
@@ -656,6 +656,10 @@ fn cancel_stops_the_jobs_process() {
     ok(server.cli().args(["job", "cancel", &id.to_string()]));
     let j = server.wait_job(id, "canceled", |j| j["status"] == "canceled");
     assert_eq!(j["attempts"][0]["state"], "canceled");
+    // after_script runs on cancel too, and knows why.
+    server.wait_job(id, "after_script to run", |_| {
+        server.log(id).contains("after_script saw canceled")
+    });
     let log = server.log(id);
     assert!(log.contains("Job canceled"), "{log}");
     assert!(!log.contains("never"), "{log}");

@@ -208,6 +208,9 @@ oom:
   script:
     - echo "about to be killed"
     - exit 137
+  after_script:
+    - echo "after_script saw $CI_JOB_STATUS"
+    - exit 5
 no-image:
   image: nosuch/image:1
   script: [echo never]
@@ -241,6 +244,13 @@ fn a_failed_local_run_exits_nonzero_and_shows_the_failed_jobs_log_tails() {
     assert!(stderr.contains("--- log tail of oom"), "{stderr}");
     assert!(stderr.contains("about to be killed"), "{stderr}");
     assert!(stderr.contains("exit code 137"), "{stderr}");
+    // after_script ran in its own shell, knew the job failed, and its own failure is noted
+    // without changing the job's exit code.
+    assert!(stderr.contains("after_script saw failed"), "{stderr}");
+    assert!(
+        stderr.contains("after_script failed (Code(5)); this does not fail the job"),
+        "{stderr}"
+    );
     assert!(stderr.contains("--- log tail of no-image"), "{stderr}");
     assert!(stderr.contains("manifest not found"), "{stderr}");
 }
@@ -410,4 +420,47 @@ fn caches_are_restored_by_the_next_run_and_bad_keys_are_refused_before_running()
         "{stderr}"
     );
     assert!(stderr.contains("nothing was run"), "{stderr}");
+}
+
+const JUNIT: &str = r#"
+unit:
+  image: busybox:1.35
+  script:
+    - |
+      cat > report.xml <<'XML'
+      <testsuites><testsuite name="api">
+      <testcase classname="api.arch" name="reports_the_machine"/>
+      <testcase classname="api.arch" name="runs_on_arm64"><failure message="expected aarch64, got x86_64"/></testcase>
+      <testcase classname="api.db" name="later"><skipped/></testcase>
+      </testsuite></testsuites>
+      XML
+    - exit 1
+  artifacts:
+    when: always
+    reports:
+      junit: report.xml
+"#;
+
+#[test]
+fn junit_reports_are_summarised_in_the_pipeline_table_even_when_the_job_fails() {
+    let reg = mirror();
+    let env = UserEnv::new();
+    let r = repo(&[(".gitlab-ci.yml", JUNIT)]);
+    let out = local_run(&env, r.path(), &reg, &[]);
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(
+            "tests: 3 total, 1 passed, 1 failed, 0 errors, 1 skipped (from 1 jobs' JUnit reports)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAILED unit › api.arch › runs_on_arm64: expected aarch64, got x86_64"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("Test report: 3 tests, 1 passed, 1 failed, 0 errors, 1 skipped"),
+        "{stderr}"
+    );
 }

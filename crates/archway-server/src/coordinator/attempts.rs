@@ -69,7 +69,7 @@ impl Coordinator {
                 "UPDATE jobs SET status = 'running', started_ms = $1, \
                  attempt_count = attempt_count + 1, failure_reason = NULL, exit_code = NULL, \
                  artifact_digest = NULL, artifact_size = NULL, artifact_expires_ms = NULL, \
-                 dotenv = NULL \
+                 dotenv = NULL, test_summary = NULL \
                  WHERE id = $2 AND status = 'pending' \
                  RETURNING spec, attempt_count, queued_ms, pipeline_id, stage_idx",
             )
@@ -588,6 +588,29 @@ impl Coordinator {
             check_dotenv(&report.dotenv)?;
             sqlx::query("UPDATE jobs SET dotenv = $1 WHERE id = $2")
                 .bind(json(&report.dotenv))
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(t) = &report.tests
+            && outcome != AttemptOutcome::HandedBack
+        {
+            // A runner's summary is bounded like any other input.
+            let mut t = t.clone();
+            t.failures.truncate(archway_api::TestSummary::MAX_FAILURES);
+            for f in &mut t.failures {
+                for s in [&mut f.suite, &mut f.name, &mut f.message] {
+                    if s.len() > archway_api::TestSummary::MAX_MESSAGE {
+                        let mut end = archway_api::TestSummary::MAX_MESSAGE;
+                        while !s.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        s.truncate(end);
+                    }
+                }
+            }
+            sqlx::query("UPDATE jobs SET test_summary = $1 WHERE id = $2")
+                .bind(json(&t))
                 .bind(job_id)
                 .execute(&mut *tx)
                 .await?;

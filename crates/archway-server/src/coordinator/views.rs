@@ -366,6 +366,10 @@ pub(super) fn job_view(r: &sqlx::any::AnyRow) -> Result<JobView, CoordError> {
         note: None,
         artifacts: artifacts_view(r)?,
         downstream_pipeline_id: None,
+        tests: match r.try_get::<Option<String>, _>("test_summary")? {
+            Some(t) => Some(parse_json(&t, "test summary")?),
+            None => None,
+        },
     })
 }
 
@@ -469,6 +473,7 @@ mod tests {
             note: None,
             artifacts: None,
             downstream_pipeline_id: None,
+            tests: None,
         };
         let amd = RunnerView {
             id: 1,
