@@ -25,6 +25,8 @@ struct Harness {
     admin_token: String,
     registration: String,
     _dir: tempfile::TempDir,
+    server: std::sync::Arc<Server>,
+    data_dir: std::path::PathBuf,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -61,6 +63,7 @@ async fn start_in(
     dir: tempfile::TempDir,
 ) -> Harness {
     config.poll_wait = Duration::from_secs(2);
+    let data_dir = config.data_dir.clone();
     let (server, boot) = Server::open(config).await.unwrap();
     let (admin_token, registration_token) = match (boot, tokens) {
         (Some(b), _) => (b.admin_token, b.registration_token),
@@ -81,6 +84,8 @@ async fn start_in(
         url,
         registration: registration_token,
         _dir: dir,
+        server,
+        data_dir,
         shutdown: Some(tx),
     }
 }
@@ -1278,7 +1283,79 @@ async fn artifacts_are_read_only_within_their_pipeline_and_only_a_running_attemp
     h.admin.cancel_pipeline(p2.id).await.unwrap();
 }
 
+async fn expired_artifacts_are_swept_and_readers_are_told_they_expired(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(30)).await else {
+        return;
+    };
+    let a = h.runner("a", &[], &[("linux/amd64", false)], true).await;
+    a.exec.act(
+        "one",
+        Act {
+            output: vec![],
+            duration: Duration::from_secs(3600),
+            result: ExecResult::Success,
+        },
+    );
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(&["build"], vec![job("one", "build")]))
+        .await
+        .unwrap();
+    let one = job_id(&p, "one");
+    h.wait_job(one, JobStatus::Running, T).await;
+    let deadline = Instant::now() + T;
+    while a.exec.runs.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the runner never started the job"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pay = a.exec.runs.lock().unwrap()[0].clone();
+    let t = ApiClient::new(&h.url, Some(pay.token.clone())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.tar.gz");
+    let data = b"short-lived artifact".to_vec();
+    std::fs::write(&file, &data).unwrap();
+    let digest = archway_oci::Digest::sha256(&data).to_string();
+    t.upload_artifacts(
+        pay.attempt_id,
+        &digest,
+        tokio::fs::File::open(&file).await.unwrap(),
+        Some(1),
+    )
+    .await
+    .unwrap();
+    let stored = || {
+        std::fs::read_dir(h.data_dir.join("artifacts/sha256"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(stored(), 1);
+    // Within its grace an unreferenced archive stays; nothing has expired yet.
+    assert_eq!(
+        h.server
+            .sweep_artifacts(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        (0, 0)
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        h.server.sweep_artifacts(Duration::ZERO).await.unwrap(),
+        (1, 1)
+    );
+    assert_eq!(stored(), 0);
+    let e = match h.admin.job_artifacts(one).await {
+        Err(e) => e,
+        Ok(_) => panic!("expired artifacts were served"),
+    };
+    assert!(e.to_string().contains("have expired"), "{e}");
+    h.admin.cancel_pipeline(p.id).await.unwrap();
+}
+
 on_both_databases!(
+    expired_artifacts_are_swept_and_readers_are_told_they_expired,
     jobs_land_on_the_runner_of_their_architecture_in_stage_order,
     a_job_without_a_fitting_runner_waits_and_says_why,
     a_dead_runners_job_is_requeued_elsewhere_and_its_late_reports_are_refused,

@@ -43,6 +43,11 @@ pub use coordinator::{Coordinator, CoordinatorConfig, Principal};
 pub use db::{Db, DbError};
 pub use error::CoordError;
 
+/// How often expired artifacts are swept.
+const ARTIFACT_SWEEP_EVERY: Duration = Duration::from_secs(300);
+/// How long an unreferenced archive is kept (an upload may be about to record it).
+const ARTIFACT_GRACE: Duration = Duration::from_secs(3600);
+
 /// How to run a server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -195,9 +200,44 @@ impl Server {
                 }
             }
         });
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ARTIFACT_SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match this.sweep_artifacts(ARTIFACT_GRACE).await {
+                    Ok((0, 0)) => {}
+                    Ok((jobs, files)) => tracing::info!(
+                        jobs,
+                        files,
+                        "removed expired artifacts (artifacts:expire_in)"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "sweeping expired artifacts"),
+                }
+            }
+        });
         if self.coord.db.url.is_some() {
             tokio::spawn(self.coord.events.clone().listen(self.coord.db.clone()));
         }
+    }
+
+    /// Deletes what expired artifacts leave behind: jobs past their `artifacts:expire_in`
+    /// lose the reference to their archive, then archives no job refers to any more are
+    /// removed once older than `grace` — an upload of the same bytes refreshes the file's
+    /// time, so an archive is never removed under a job about to record it. Safe with
+    /// several servers on one database (each checks the database before removing).
+    /// Returns (jobs expired, archives removed).
+    pub async fn sweep_artifacts(&self, grace: Duration) -> Result<(u64, usize), CoordError> {
+        let jobs = self.coord.expire_artifacts(db::now_ms()).await?;
+        let mut removed = 0;
+        for digest in self.artifacts.older_than(grace).await {
+            if !self.coord.artifact_in_use(&digest).await? {
+                self.artifacts.remove(&digest).await?;
+                removed += 1;
+            }
+        }
+        Ok((jobs, removed))
     }
 
     /// The HTTP application: `/api/v1/…`, `/metrics`, and the registry for everything else.

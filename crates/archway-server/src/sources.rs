@@ -103,6 +103,44 @@ impl SourceStore {
         Ok(tokio::fs::try_exists(self.path(&d)).await.unwrap_or(false))
     }
 
+    /// Stored archives last written (or re-uploaded) more than `grace` ago, by digest.
+    pub async fn older_than(&self, grace: std::time::Duration) -> Vec<String> {
+        let dir = self.dir.join("sha256");
+        tokio::task::spawn_blocking(move || {
+            let cutoff = std::time::SystemTime::now() - grace;
+            let mut out = Vec::new();
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(hex) = name.strip_suffix(".tar.gz") else {
+                    continue;
+                };
+                if e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t <= cutoff)
+                {
+                    out.push(format!("sha256:{hex}"));
+                }
+            }
+            out.sort();
+            out
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Removes a stored archive.
+    pub async fn remove(&self, digest: &str) -> Result<(), CoordError> {
+        let d = self.parse(digest)?;
+        match tokio::fs::remove_file(self.path(&d)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CoordError::Io {
+                context: format!("removing one of the {}", self.what),
+                source: e,
+            }),
+        }
+    }
+
     /// Stores a snapshot from `body`, which must hash to `digest`.
     pub async fn put<E: std::fmt::Display>(
         &self,
@@ -112,7 +150,17 @@ impl SourceStore {
         let d = self.parse(digest)?;
         let target = self.path(&d);
         if tokio::fs::try_exists(&target).await.unwrap_or(false) {
-            // Drain nothing: the client may stop sending; what we have is verified.
+            // Drain nothing: the client may stop sending; what we have is verified. Its time
+            // is refreshed, so a sweep of unreferenced archives spares it while the uploader
+            // records its use.
+            let t = target.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&t)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            })
+            .await;
             return Ok(tokio::fs::metadata(&target)
                 .await
                 .map_err(io("reading a stored source"))?

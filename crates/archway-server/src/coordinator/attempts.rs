@@ -227,6 +227,32 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Jobs whose artifacts expired lose their archive reference (the expiry time stays, so
+    /// readers are told they expired). Returns how many.
+    pub async fn expire_artifacts(&self, now: i64) -> Result<u64, CoordError> {
+        let n = sqlx::query(
+            "UPDATE jobs SET artifact_digest = NULL, artifact_size = NULL \
+             WHERE artifact_digest IS NOT NULL AND artifact_expires_ms IS NOT NULL \
+             AND artifact_expires_ms <= $1",
+        )
+        .bind(now)
+        .execute(&self.db.write)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    /// Whether some job still refers to the archive `digest`.
+    pub async fn artifact_in_use(&self, digest: &str) -> Result<bool, CoordError> {
+        Ok(
+            sqlx::query("SELECT id FROM jobs WHERE artifact_digest = $1 LIMIT 1")
+                .bind(digest)
+                .fetch_optional(&self.db.read)
+                .await?
+                .is_some(),
+        )
+    }
+
     /// The artifact archive of job `job_id`, for readers allowed to see it: `(digest, size)`.
     pub async fn job_artifacts(&self, job_id: i64) -> Result<(String, u64, i64), CoordError> {
         let row = sqlx::query(
@@ -237,11 +263,6 @@ impl Coordinator {
         .fetch_optional(&self.db.read)
         .await?
         .ok_or_else(|| CoordError::NotFound(format!("no job {job_id}")))?;
-        let Some(digest) = row.try_get::<Option<String>, _>("artifact_digest")? else {
-            return Err(CoordError::NotFound(format!(
-                "job {job_id} has no artifacts"
-            )));
-        };
         if row
             .try_get::<Option<i64>, _>("artifact_expires_ms")?
             .is_some_and(|e| e <= now_ms())
@@ -250,6 +271,11 @@ impl Coordinator {
                 "the artifacts of job {job_id} have expired (artifacts:expire_in)"
             )));
         }
+        let Some(digest) = row.try_get::<Option<String>, _>("artifact_digest")? else {
+            return Err(CoordError::NotFound(format!(
+                "job {job_id} has no artifacts"
+            )));
+        };
         Ok((
             digest,
             row.try_get::<Option<i64>, _>("artifact_size")?.unwrap_or(0) as u64,
