@@ -67,10 +67,8 @@ pub fn add_report(file: &str, text: &str, summary: &mut TestSummary) -> Result<(
                 let empty = matches!(ev, Event::Empty(_));
                 saw_root = true;
                 match e.name().as_ref() {
-                    b"testsuite" => {
-                        if !empty {
-                            suites.push(attr(e, b"name").unwrap_or_default());
-                        }
+                    b"testsuite" if !empty => {
+                        suites.push(attr(e, b"name").unwrap_or_default());
                     }
                     b"testcase" => {
                         let suite = attr(e, b"classname")
