@@ -455,6 +455,10 @@ pub struct SubmitPipeline {
     /// Secret variables (name → value) given only to the jobs, never stored in the plan.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// Variables of type `file`, by name (their values are in `variables` or `secrets`):
+    /// each job gets the path of a file holding the value, as GitLab does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_variables: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -530,6 +534,9 @@ pub struct JobVariable {
     pub value: String,
     #[serde(default)]
     pub masked: bool,
+    /// A `file` variable: the runner writes `value` to a file and gives the job its path.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub file: bool,
 }
 
 /// Everything a runner needs to run one attempt of a job.

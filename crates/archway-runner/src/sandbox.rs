@@ -492,9 +492,35 @@ impl Executor for SandboxExecutor {
             }
             env.push(e.clone());
         }
+        // `file` variables: the value goes into a file (0600) under `<project dir>.tmp/`, as
+        // gitlab-runner writes them, and the variable holds its path.
+        let files_dir = io.work_dir.join("file-vars");
+        let files_at = format!("{project_dir}.tmp");
+        let mut any_file = false;
         for v in &job.variables {
             env.retain(|e| !e.starts_with(&format!("{}=", v.name)));
-            env.push(format!("{}={}", v.name, v.value));
+            if v.file {
+                let written = std::fs::create_dir_all(&files_dir).and_then(|()| {
+                    use std::io::Write as _;
+                    use std::os::unix::fs::OpenOptionsExt as _;
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(files_dir.join(&v.name))?
+                        .write_all(v.value.as_bytes())
+                });
+                if let Err(e) = written {
+                    io.log
+                        .note(&format!("cannot write the file variable {}: {e}", v.name));
+                    return fail(FailureReason::RunnerSystemFailure);
+                }
+                any_file = true;
+                env.push(format!("{}={files_at}/{}", v.name, v.name));
+            } else {
+                env.push(format!("{}={}", v.name, v.value));
+            }
         }
         let mut mounts: Vec<ExtraMount> = job_toolbox
             .iter()
@@ -539,6 +565,13 @@ impl Executor for SandboxExecutor {
                 readonly: true,
             },
         ]);
+        if any_file {
+            mounts.push(ExtraMount::Bind {
+                host: files_dir.clone(),
+                target: files_at.clone(),
+                readonly: true,
+            });
+        }
         let user = cfg.user.clone().unwrap_or_default();
         let cancel = Arc::new(AtomicBool::new(false));
         let watcher = {

@@ -250,6 +250,7 @@ fn pipeline(stages: &[&str], jobs: Vec<JobDefinition>) -> SubmitPipeline {
         variables: vec![],
         masked: vec![],
         secrets: Default::default(),
+        file_variables: vec![],
     }
 }
 

@@ -270,6 +270,7 @@ fn pipeline(jobs: Vec<JobDefinition>, tags: &[&str]) -> SubmitPipeline {
         variables: vec![],
         masked: vec![],
         secrets: Default::default(),
+        file_variables: vec![],
     }
 }
 

@@ -201,6 +201,11 @@ pub struct RunArgs {
     /// logs, never stored in the plan. Values must be at least 8 characters, as in GitLab.
     #[arg(long = "masked-var", value_name = "KEY=VALUE")]
     masked: Vec<String>,
+    /// A variable of type `file` (repeatable), as GitLab's: jobs get the path of a file
+    /// holding the value. `KEY=VALUE`, `KEY=@PATH` (the value read from a local file), or
+    /// `KEY` alone to make a variable given otherwise (--var, --masked-var, the YAML) a file.
+    #[arg(long = "file-var", value_name = "KEY[=VALUE|=@PATH]")]
+    file_vars: Vec<String>,
     /// Send the working tree as it is (tracked and untracked files that git does not
     /// ignore) instead of the committed HEAD.
     #[arg(long)]
@@ -831,6 +836,23 @@ async fn run(mut a: RunArgs) -> anyhow::Result<ExitCode> {
     if !a.jobs.is_empty() {
         jobs = select_jobs(jobs, &a.jobs)?;
     }
+    for fv in &a.file_vars {
+        let Some((k, v)) = fv.split_once('=') else {
+            continue;
+        };
+        let value = match v.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("--file-var {k}: reading {path}"))?,
+            None => v.to_owned(),
+        };
+        for j in &mut jobs {
+            j.variables.retain(|x| x.name != k);
+            j.variables.push(archway_api::VarDef {
+                name: k.to_owned(),
+                value: value.clone(),
+            });
+        }
+    }
     let mut secrets = std::collections::BTreeMap::new();
     for kv in &a.masked {
         let (k, v) = kv
@@ -1085,6 +1107,11 @@ async fn submit_and_follow(
         variables: archway_api::plan::pipeline_variables(pipeline),
         masked: secrets.keys().cloned().collect(),
         secrets,
+        file_variables: a
+            .file_vars
+            .iter()
+            .map(|f| f.split_once('=').map_or(f.as_str(), |(k, _)| k).to_owned())
+            .collect(),
     };
     let p = client.submit_pipeline(&submit).await?;
     if a.detach && !local {

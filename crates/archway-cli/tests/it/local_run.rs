@@ -464,3 +464,60 @@ fn junit_reports_are_summarised_in_the_pipeline_table_even_when_the_job_fails() 
         "{stderr}"
     );
 }
+
+#[test]
+fn file_variables_reach_jobs_as_paths_to_their_values() {
+    let reg = mirror();
+    let env = UserEnv::new();
+    let r = repo(&[(
+        ".gitlab-ci.yml",
+        r#"
+show:
+  image: busybox:1.35
+  script:
+    - echo "KUBECONFIG is $KUBECONFIG"
+    - test "$KUBECONFIG" = "$CI_PROJECT_DIR.tmp/KUBECONFIG"
+    - grep -q "https://k8s.example" "$KUBECONFIG"
+    - test "$(cat "$GREETING")" = hello
+    - test "$PLAIN" = plain
+"#,
+    )]);
+    let kube = r.path().join("kubeconfig.yaml");
+    fs::write(
+        &kube,
+        "clusters:\n- cluster:\n    server: https://k8s.example\n",
+    )
+    .unwrap();
+    let out = local_run(
+        &env,
+        r.path(),
+        &reg,
+        &[
+            "--project",
+            "team/app",
+            "--file-var",
+            &format!("KUBECONFIG=@{}", kube.display()),
+            "--var",
+            "GREETING=hello",
+            "--file-var",
+            "GREETING",
+            "--var",
+            "PLAIN=plain",
+        ],
+    );
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // A file that cannot be read is refused before anything runs, naming it.
+    let out = local_run(
+        &env,
+        r.path(),
+        &reg,
+        &["--file-var", "KUBECONFIG=@/nonexistent/kubeconfig"],
+    );
+    let (_, stderr) = texts(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--file-var KUBECONFIG: reading /nonexistent/kubeconfig"),
+        "{stderr}"
+    );
+}

@@ -305,6 +305,7 @@ impl Coordinator {
             source,
             masked,
             secrets,
+            file_vars,
             has_artifacts: _,
         } = fixed.clone();
         let (namespace, name) = project.rsplit_once('/').unwrap_or(("", &project));
@@ -383,6 +384,7 @@ impl Coordinator {
                 masked: always_masked.contains(&name.as_str())
                     || masked.contains(&name)
                     || secrets.contains_key(&name),
+                file: file_vars.contains(&name),
                 name,
                 value,
             })

@@ -132,6 +132,8 @@ pub(super) struct PipelineFixed {
     pub(super) source: Option<String>,
     pub(super) masked: Vec<String>,
     pub(super) secrets: BTreeMap<String, String>,
+    /// Names of `file` variables.
+    pub(super) file_vars: Vec<String>,
     /// Some job of the pipeline keeps artifacts (or dotenv reports): only then do claims
     /// look for its jobs' dependencies.
     pub(super) has_artifacts: bool,
@@ -199,8 +201,8 @@ impl Coordinator {
             return Ok(p);
         }
         let row = sqlx::query(
-            "SELECT project, git_ref, is_tag, sha, commit_message, source, masked, secrets \
-             FROM pipelines WHERE id = $1",
+            "SELECT project, git_ref, is_tag, sha, commit_message, source, masked, secrets, \
+             file_vars FROM pipelines WHERE id = $1",
         )
         .bind(pipeline_id)
         .fetch_one(&self.db.read)
@@ -214,6 +216,10 @@ impl Coordinator {
             source: row.try_get("source")?,
             masked: parse_json(&row.try_get::<String, _>("masked")?, "masked")?,
             secrets: parse_json(&row.try_get::<String, _>("secrets")?, "secrets")?,
+            file_vars: match row.try_get::<Option<String>, _>("file_vars")? {
+                Some(f) => parse_json(&f, "file variables")?,
+                None => Vec::new(),
+            },
             // Job specs never change after submission.
             has_artifacts: sqlx::query_scalar::<_, i64>(
                 "SELECT count(*) FROM jobs WHERE pipeline_id = $1 AND spec LIKE '%\"artifacts\":%'",
@@ -429,8 +435,8 @@ impl Coordinator {
             return Ok(false);
         }
         let row = sqlx::query(
-            "SELECT project, git_ref, is_tag, sha, commit_message, source, masked, secrets \
-             FROM pipelines WHERE id = $1",
+            "SELECT project, git_ref, is_tag, sha, commit_message, source, masked, secrets, \
+             file_vars FROM pipelines WHERE id = $1",
         )
         .bind(pipeline_id)
         .fetch_one(&mut **tx)
@@ -444,6 +450,9 @@ impl Coordinator {
             source: row.try_get("source")?,
             masked: row.try_get("masked")?,
             secrets: row.try_get("secrets")?,
+            file_vars: row
+                .try_get::<Option<String>, _>("file_vars")?
+                .unwrap_or_else(|| "[]".into()),
         };
         // `PARENT_PIPELINE_ID: $CI_PIPELINE_ID` means the parent's id: the trigger job's
         // predefined variables are known only now. A child job whose variable still holds

@@ -28,6 +28,7 @@ impl Coordinator {
             source: req.source.clone(),
             masked: json(&req.masked),
             secrets: json(&req.secrets),
+            file_vars: json(&req.file_variables),
         };
         let pipeline_id = insert_pipeline_tx(
             &mut tx,
@@ -449,6 +450,8 @@ pub(super) struct PipelineHeader {
     pub(super) masked: String,
     /// JSON, as stored.
     pub(super) secrets: String,
+    /// JSON, as stored.
+    pub(super) file_vars: String,
 }
 
 /// Stores a pipeline (a child when `parent_job_id` is given) and its jobs, all `created`;
@@ -466,8 +469,9 @@ pub(super) async fn insert_pipeline_tx(
 ) -> Result<i64, CoordError> {
     let pipeline_id: i64 = sqlx::query_scalar(
         "INSERT INTO pipelines (project, git_ref, is_tag, sha, commit_message, source, file, \
-         stages, variables, masked, secrets, status, created_ms, parent_job_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'created', $12, $13) RETURNING id",
+         stages, variables, masked, secrets, status, created_ms, parent_job_id, file_vars) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'created', $12, $13, $14) \
+         RETURNING id",
     )
     .bind(&header.project)
     .bind(&header.git_ref)
@@ -482,6 +486,7 @@ pub(super) async fn insert_pipeline_tx(
     .bind(&header.secrets)
     .bind(now)
     .bind(parent_job_id)
+    .bind(&header.file_vars)
     .fetch_one(&mut **tx)
     .await?;
     let stage_idx: HashMap<&str, i64> = stages
@@ -574,6 +579,7 @@ mod tests {
             variables: vec![],
             masked: vec![],
             secrets: Default::default(),
+            file_variables: vec![],
         }
     }
 
