@@ -204,6 +204,7 @@ fn job_definition(job: &graph::Job) -> JobDefinition {
         image: job.image.as_ref().map(|i| ImageDef {
             name: i.name.clone(),
             entrypoint: i.entrypoint.clone(),
+            user: i.user.clone(),
         }),
         before_script: job.before_script.clone(),
         script: job.script.clone(),
@@ -269,6 +270,7 @@ fn job_definition(job: &graph::Job) -> JobDefinition {
                 paths: c.paths.clone(),
                 policy: c.policy.clone(),
                 when: c.when.clone(),
+                fallback_keys: c.fallback_keys.clone(),
             })
             .collect(),
         services: job

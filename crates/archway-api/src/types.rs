@@ -261,6 +261,9 @@ pub struct ImageDef {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
+    /// `image:docker:user`: run the job as this user instead of the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A variable as the pipeline defines it.
@@ -358,6 +361,9 @@ pub struct CacheDef {
     /// on_success (default), on_failure or always: when it is saved.
     #[serde(default = "on_success")]
     pub when: String,
+    /// Keys restored from, in order, when `key` has no cache yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_keys: Vec<String>,
 }
 
 fn pull_push() -> String {

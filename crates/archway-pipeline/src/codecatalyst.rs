@@ -256,6 +256,8 @@ pub fn plan(file: &str, text: &str, context: &Context) -> (Option<Pipeline>, Vec
                     .map(|name| Image {
                         name,
                         entrypoint: None,
+                        platform: None,
+                        user: None,
                     });
             }
         }

@@ -130,6 +130,12 @@ pub struct Image {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
+    /// `image:docker:platform`, normalised (`linux/arm64`): the platform to pull and run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// `image:docker:user`: the user the job runs as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -175,6 +181,9 @@ pub struct Cache {
     /// pull-push (default), pull or push.
     pub policy: String,
     pub when: String,
+    /// Keys tried in order when `key` has no cache yet (`cache:fallback_keys`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallback_keys: Vec<String>,
 }
 
 /// A dependency declared with `needs` (or CodeCatalyst's `DependsOn`).

@@ -67,6 +67,39 @@ pub fn resolve_key(def: &CacheDef, project: &Path) -> Result<String, KeyError> {
     Ok(key)
 }
 
+/// The archive to restore for `def` (key resolved as `key`): its own if it exists, else the
+/// first of its `fallback_keys`, then `CACHE_FALLBACK_KEY`, that has one (as gitlab-runner
+/// tries them). Returns the key restored from and its archive.
+pub fn restore_from(
+    root: &Path,
+    project: &str,
+    def: &CacheDef,
+    key: &str,
+    global_fallback: Option<&str>,
+    dir: &Path,
+) -> Option<(String, PathBuf)> {
+    let own = archive_path(root, project, key);
+    if own.is_file() {
+        return Some((key.to_owned(), own));
+    }
+    def.fallback_keys
+        .iter()
+        .map(String::as_str)
+        .chain(global_fallback)
+        .filter_map(|k| {
+            let fb = CacheDef {
+                key: k.to_owned(),
+                ..def.clone()
+            };
+            resolve_key(&fb, dir).ok()
+        })
+        .map(|k| {
+            let p = archive_path(root, project, &k);
+            (k, p)
+        })
+        .find(|(_, p)| p.is_file())
+}
+
 /// Where the archive of `key` for `project` lives under `root`.
 pub fn archive_path(root: &Path, project: &str, key: &str) -> PathBuf {
     let project: String = project
@@ -109,6 +142,7 @@ mod tests {
             paths: vec![],
             policy: "pull-push".into(),
             when: "on_success".into(),
+            fallback_keys: vec![],
         }
     }
 

@@ -415,15 +415,28 @@ impl Executor for SandboxExecutor {
                 Ok(key) => {
                     let path = cache::archive_path(&self.caches_dir, &job.project, &key);
                     if cache::restores(def) {
-                        let (p, dest) = (path.clone(), src.clone());
+                        let from = cache::restore_from(
+                            &self.caches_dir,
+                            &job.project,
+                            def,
+                            &key,
+                            job.var("CACHE_FALLBACK_KEY"),
+                            &src,
+                        );
+                        let dest = src.clone();
                         let restored = tokio::task::spawn_blocking(move || {
-                            p.is_file().then(|| artifacts::unpack(&p, &dest))
+                            from.map(|(k, p)| (k, artifacts::unpack(&p, &dest)))
                         })
                         .await;
                         match restored {
-                            Ok(Some(Ok(()))) => io.log.note(&format!("Restored the cache {key}")),
+                            Ok(Some((k, Ok(())))) if k == key => {
+                                io.log.note(&format!("Restored the cache {key}"))
+                            }
+                            Ok(Some((k, Ok(())))) => io.log.note(&format!(
+                                "No cache {key} yet; restored the fallback cache {k}"
+                            )),
                             Ok(None) => io.log.note(&format!("No cache {key} yet")),
-                            Ok(Some(Err(e))) => io
+                            Ok(Some((_, Err(e)))) => io
                                 .log
                                 .note(&format!("WARNING: cannot restore the cache {key}: {e}")),
                             Err(e) => io
@@ -572,7 +585,12 @@ impl Executor for SandboxExecutor {
                 readonly: true,
             });
         }
-        let user = cfg.user.clone().unwrap_or_default();
+        let user = job
+            .image
+            .as_ref()
+            .and_then(|i| i.user.clone())
+            .or_else(|| cfg.user.clone())
+            .unwrap_or_default();
         let cancel = Arc::new(AtomicBool::new(false));
         let watcher = {
             let cancel = cancel.clone();

@@ -520,6 +520,7 @@ async fn requeue_trials(
         j.image = Some(archway_api::ImageDef {
             name: image.clone(),
             entrypoint: None,
+            user: None,
         });
         j.script = vec!["sleep 3600".into()];
         let p = c.admin.submit_pipeline(&pipeline(vec![j], &[&tag])).await?;

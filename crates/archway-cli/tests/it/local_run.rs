@@ -403,6 +403,24 @@ fn caches_are_restored_by_the_next_run_and_bad_keys_are_refused_before_running()
             "expected a cache {expect}:\n{stdout}\n{stderr}"
         );
     }
+    // A new branch has no cache of its own yet: its first run restores the default branch's
+    // through `fallback_keys` (and says so), then keeps its own.
+    fs::write(
+        r.path().join(".gitlab-ci.yml"),
+        CACHED.replace(
+            "    paths: [.deps/]\n",
+            "    paths: [.deps/]\n    fallback_keys: [deps-$CI_DEFAULT_BRANCH]\n",
+        ),
+    )
+    .unwrap();
+    let out = local_run(
+        &env,
+        r.path(),
+        &reg,
+        &["--branch", "feature", "--var", "EXPECT=hit"],
+    );
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
     fs::write(
         r.path().join(".gitlab-ci.yml"),
         "bad:\n  image: busybox:1.35\n  cache:\n    key: ../escape\n    paths: [x]\n  script:\n    - exit 3\n",

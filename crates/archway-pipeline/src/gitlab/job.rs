@@ -292,6 +292,21 @@ fn plan_script_job(ctx: &mut Ctx<'_>, inst: &Instance, node: &Node, vars: &Vars,
         d
     });
     job.image = node.get("image").and_then(|i| parse_image(ctx, i, vars));
+    // `image:docker:platform` chooses the platform too (a runner that runs it).
+    if let Some(p) = job.image.as_ref().and_then(|i| i.platform.clone()) {
+        match &job.platform {
+            Some(t) if *t != p => ctx.error(
+                &node
+                    .get("image")
+                    .map_or_else(|| node.span.clone(), |i| i.span.clone()),
+                format!(
+                    "job `{}`: image:docker:platform {p} contradicts its tags, which ask for {t}",
+                    inst.name
+                ),
+            ),
+            _ => job.platform = Some(p),
+        }
+    }
     job.services = node
         .get("services")
         .map(|s| parse_services(ctx, s, vars))

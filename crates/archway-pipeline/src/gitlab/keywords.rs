@@ -321,6 +321,8 @@ pub(super) fn parse_image(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars) -> Option<Im
         Value::Str(s) => Some(Image {
             name: vars.expand_known(s),
             entrypoint: None,
+            platform: None,
+            user: None,
         }),
         Value::Map(_) => {
             let name = n
@@ -334,7 +336,43 @@ pub(super) fn parse_image(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars) -> Option<Im
             let entrypoint = n
                 .get("entrypoint")
                 .map(|e| string_list(ctx, e, "image:entrypoint"));
-            Some(Image { name, entrypoint })
+            let (mut platform, mut user) = (None, None);
+            if let Some(d) = n.get("docker") {
+                for (k, v) in d.as_map().unwrap_or_default() {
+                    match key_name(k).as_str() {
+                        "platform" => {
+                            let raw = v.scalar_text().map(|p| vars.expand(&p)).unwrap_or_default();
+                            let normalised = crate::graph::platform_for_tag(&raw)
+                                .map(str::to_owned)
+                                .or_else(|| {
+                                    raw.parse::<archway_oci::Platform>()
+                                        .ok()
+                                        .map(|p| p.to_string())
+                                });
+                            match normalised {
+                                Some(p) => platform = Some(p),
+                                None => ctx.error(
+                                    &v.span,
+                                    format!(
+                                        "image:docker:platform `{raw}` is not a platform (e.g. linux/arm64, amd64)"
+                                    ),
+                                ),
+                            }
+                        }
+                        "user" => user = v.scalar_text().map(|u| vars.expand(&u)),
+                        other => ctx.error(
+                            &k.span,
+                            format!("image:docker config contains unknown keys: {other}"),
+                        ),
+                    }
+                }
+            }
+            Some(Image {
+                name,
+                entrypoint,
+                platform,
+                user,
+            })
         }
         _ => {
             ctx.error(
@@ -687,7 +725,31 @@ pub(super) fn parse_cache(ctx: &mut Ctx<'_>, n: &Node, vars: &Vars, loc: &str) -
                     c.policy = p;
                 }
                 "when" => c.when = expect_str(ctx, v, "cache:when").unwrap_or_default(),
-                "untracked" | "unprotect" | "fallback_keys" => {}
+                "fallback_keys" => {
+                    if v.as_seq()
+                        .is_none_or(|s| s.iter().any(|x| x.as_str().is_none()))
+                    {
+                        ctx.error(
+                            &v.span,
+                            format!("{loc}:fallback_keys config should be an array of strings"),
+                        );
+                    } else {
+                        let keys = string_list(ctx, v, "cache:fallback_keys");
+                        if keys.len() > 5 {
+                            ctx.error(
+                                &v.span,
+                                format!(
+                                    "{loc}:fallback_keys config has too many entries (maximum 5)"
+                                ),
+                            );
+                        }
+                        for k in &keys {
+                            check_cache_key(ctx, k, v, loc);
+                        }
+                        c.fallback_keys = keys.iter().map(|k| vars.expand(k)).collect();
+                    }
+                }
+                "untracked" | "unprotect" => {}
                 other => {
                     let d = Diagnostic::error(&k.span, format!("unknown cache keyword `{other}`"));
                     ctx.diags.push(
