@@ -408,6 +408,14 @@ pub struct ArtifactRef {
     pub size: u64,
 }
 
+/// What the coordinator needs to plan a dynamic child pipeline: the parent's planning
+/// context and the trigger's child (see `archway_pipeline::plan_child`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DynamicChild {
+    pub context: archway_pipeline::graph::Context,
+    pub child: archway_pipeline::graph::ChildPipeline,
+}
+
 /// What a trigger job starts: a child pipeline of the same project, commit and source,
 /// planned by the client (see `archway_pipeline::graph::ChildPipeline`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -428,6 +436,10 @@ pub struct TriggerDefinition {
     /// the trigger job's, expanded by the coordinator when it creates the child.
     #[serde(default)]
     pub variables: Vec<VarDef>,
+    /// A dynamic child (`include: artifact:` + `job:`): planned by the coordinator when the
+    /// trigger job starts, from the generating job's artifacts (`jobs` is empty until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<Box<DynamicChild>>,
 }
 
 /// A pipeline to run: the planned job graph plus where its source is.

@@ -935,6 +935,7 @@ fn trigger_job(name: &str, stage: &str, depend: bool, jobs: Vec<JobDefinition>) 
         stages: vec!["build".into(), "test".into()],
         jobs,
         variables: vec![],
+        dynamic: None,
     }));
     j
 }

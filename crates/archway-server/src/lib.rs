@@ -168,6 +168,7 @@ impl Server {
             &config.data_dir,
             config.coordinator.max_artifact_bytes,
         )?;
+        coord.set_archives(sources.clone(), artifacts.clone());
         let server = Arc::new(Server {
             coord,
             dispatcher: dispatch::Dispatcher::new(),

@@ -79,6 +79,11 @@ impl SourceStore {
         })
     }
 
+    /// Where the archive `digest` is (whether or not it exists).
+    pub fn file_path(&self, digest: &str) -> Result<PathBuf, CoordError> {
+        Ok(self.path(&self.parse(digest)?))
+    }
+
     fn path(&self, digest: &Digest) -> PathBuf {
         self.dir
             .join(digest.algorithm().as_str())

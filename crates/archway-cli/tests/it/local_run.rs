@@ -539,3 +539,65 @@ show:
         "{stderr}"
     );
 }
+
+const DYNAMIC: &str = r#"
+stages: [generate, child]
+generate:
+  image: busybox:1.35
+  stage: generate
+  script:
+    - |
+      cat > generated.yml <<'YAML'
+      include: ci/common.yml
+      child-job:
+        image: busybox:1.35
+        script: ['test "$COMMON" = shared-value', 'test "$PARENT_ID" = 1']
+      YAML
+  artifacts:
+    paths: [generated.yml]
+run-child:
+  stage: child
+  variables:
+    PARENT_ID: $CI_PIPELINE_ID
+  trigger:
+    include:
+      - artifact: generated.yml
+        job: generate
+    strategy: depend
+"#;
+
+#[test]
+fn a_dynamic_child_pipeline_is_planned_from_the_generating_jobs_artifact() {
+    let reg = mirror();
+    let env = UserEnv::new();
+    let r = repo(&[
+        (".gitlab-ci.yml", DYNAMIC),
+        // The generated file's own `include:` reads the repository at the parent's commit.
+        ("ci/common.yml", "variables:\n  COMMON: shared-value\n"),
+    ]);
+    // The child's job checks what reached it: the parent's id through the trigger's
+    // variables, and a variable of the file its generated configuration includes.
+    let out = local_run(&env, r.path(), &reg, &["--project", "team/app"]);
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("child pipeline 2"), "{stdout}");
+    assert!(stdout.contains("pipeline 1 success"), "{stdout}");
+
+    // A generated file that does not parse fails the trigger job, saying where.
+    fs::write(
+        r.path().join(".gitlab-ci.yml"),
+        DYNAMIC.replace(
+            "include: ci/common.yml",
+            "bad-job:\n        stage: nope\n        script: [x]",
+        ),
+    )
+    .unwrap();
+    let out = local_run(&env, r.path(), &reg, &["--project", "team/app"]);
+    let (stdout, stderr) = texts(&out);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("the dynamic child pipeline could not be planned"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("generated.yml:2:"), "{stdout}");
+}

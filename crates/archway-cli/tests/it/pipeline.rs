@@ -455,11 +455,11 @@ fn pipeline_run_refuses_jobs_the_server_cannot_run_and_says_why() {
         assert_eq!(out.status.code(), Some(1));
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
+    // A dynamic child pipeline is not refused any more (the coordinator plans it): this run
+    // fails only because no server listens at 127.0.0.1:9.
     let err = run("trigger-dynamic");
     assert!(
-        err.contains("job `run-generated` triggers a dynamic child pipeline")
-            && err.contains("which the server does not run yet")
-            && err.contains("nothing was submitted"),
+        !err.contains("dynamic child pipeline") && !err.contains("nothing was submitted"),
         "{err}"
     );
     let err = run("trigger-multi-project");

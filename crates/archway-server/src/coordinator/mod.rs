@@ -111,6 +111,8 @@ pub struct Coordinator {
     pipelines_fixed: cache::TtlCache<i64, PipelineFixed>,
     /// Pipelines this server has already marked running.
     marked_running: cache::TtlCache<i64, ()>,
+    /// The source snapshots and artifact archives, for planning dynamic child pipelines.
+    archives: std::sync::OnceLock<(crate::sources::SourceStore, crate::sources::SourceStore)>,
 }
 
 /// What a runner registered with (it does not change).
@@ -155,6 +157,16 @@ fn status_of(s: &str) -> Result<JobStatus, CoordError> {
 const ACTIVE_JOB: &str = "('pending','running','canceling','scheduled','created','manual')";
 
 impl Coordinator {
+    /// Where source snapshots and artifact archives are (dynamic child pipelines are planned
+    /// from them); set once by the server.
+    pub fn set_archives(
+        &self,
+        sources: crate::sources::SourceStore,
+        artifacts: crate::sources::SourceStore,
+    ) {
+        let _ = self.archives.set((sources, artifacts));
+    }
+
     pub fn new(
         db: Db,
         config: CoordinatorConfig,
@@ -171,6 +183,7 @@ impl Coordinator {
             runners_fixed: cache::TtlCache::new(Duration::from_secs(300), 10_000),
             pipelines_fixed: cache::TtlCache::new(Duration::from_secs(600), 2_000),
             marked_running: cache::TtlCache::new(Duration::from_secs(600), 2_000),
+            archives: std::sync::OnceLock::new(),
         }
     }
 
@@ -410,17 +423,38 @@ impl Coordinator {
         spec: &str,
         now: i64,
     ) -> Result<bool, CoordError> {
-        let def: JobDefinition = parse_json(spec, "job spec")?;
-        let Some(trigger) = def.trigger else {
+        let mut def: JobDefinition = parse_json(spec, "job spec")?;
+        let Some(trigger) = def.trigger.take() else {
             return Err(CoordError::Db(DbError::Corrupt(format!(
                 "job {job_id} is marked as a trigger job but has no trigger"
             ))));
         };
-        sqlx::query("UPDATE jobs SET started_ms = $1 WHERE id = $2")
+        sqlx::query("UPDATE jobs SET started_ms = $1, message = NULL WHERE id = $2")
             .bind(now)
             .bind(job_id)
             .execute(&mut **tx)
             .await?;
+        let mut trigger = trigger;
+        if let Some(dynamic) = trigger.dynamic.take() {
+            match self
+                .plan_dynamic_tx(tx, pipeline_id, job_id, &def, &trigger, &dynamic)
+                .await?
+            {
+                Ok((stages, jobs)) => {
+                    trigger.stages = stages;
+                    trigger.jobs = jobs;
+                }
+                Err(message) => {
+                    tracing::info!(pipeline = pipeline_id, job = job_id, %message, "dynamic child pipeline refused");
+                    sqlx::query("UPDATE jobs SET message = $1 WHERE id = $2")
+                        .bind(&message)
+                        .bind(job_id)
+                        .execute(&mut **tx)
+                        .await?;
+                    trigger.jobs.clear();
+                }
+            }
+        }
         if trigger.jobs.is_empty() {
             set_job_final(
                 tx,
@@ -516,6 +550,73 @@ impl Coordinator {
             set_job_final(tx, job_id, JobStatus::Success, None, None, false, now).await?;
         }
         Box::pin(self.advance_tx(tx, child)).await
+    }
+
+    /// Plans a dynamic child pipeline now (see [`dynamic`]): the trigger job's variables
+    /// expanded with its ids, the generating job's artifacts and the source snapshot read on
+    /// a blocking thread. `Err` is why the child cannot run (the trigger job fails with it).
+    async fn plan_dynamic_tx(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        pipeline_id: i64,
+        job_id: i64,
+        def: &JobDefinition,
+        trigger: &archway_api::TriggerDefinition,
+        dynamic: &archway_api::DynamicChild,
+    ) -> Result<Result<(Vec<String>, Vec<JobDefinition>), String>, CoordError> {
+        let Some((sources, artifacts)) = self.archives.get() else {
+            return Ok(Err(
+                "this coordinator has no artifact store to plan dynamic child pipelines from"
+                    .into(),
+            ));
+        };
+        let known = |name: &str| match name {
+            "CI_PIPELINE_ID" | "CI_PIPELINE_IID" => Some(pipeline_id.to_string()),
+            "CI_JOB_ID" => Some(job_id.to_string()),
+            "CI_JOB_NAME" => Some(def.name.clone()),
+            "CI_JOB_STAGE" => Some(def.stage.clone()),
+            _ => None,
+        };
+        let variables: BTreeMap<String, String> = trigger
+            .variables
+            .iter()
+            .map(|v| {
+                (
+                    v.name.clone(),
+                    archway_pipeline::vars::expand_known(&v.value, &known),
+                )
+            })
+            .collect();
+        let source: Option<String> =
+            sqlx::query_scalar("SELECT source FROM pipelines WHERE id = $1")
+                .bind(pipeline_id)
+                .fetch_one(&mut **tx)
+                .await?;
+        let rows = sqlx::query(
+            "SELECT name, artifact_digest FROM jobs WHERE pipeline_id = $1 \
+             AND status = 'success' AND artifact_digest IS NOT NULL ORDER BY stage_idx, id",
+        )
+        .bind(pipeline_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut archived = Vec::new();
+        for r in rows {
+            let digest: String = r.try_get("artifact_digest")?;
+            if let Ok(p) = artifacts.file_path(&digest) {
+                archived.push((r.try_get::<String, _>("name")?, p));
+            }
+        }
+        let files = dynamic::ArchiveFiles {
+            source: source.and_then(|d| sources.file_path(&d).ok()),
+            artifacts: archived,
+        };
+        let dynamic = dynamic.clone();
+        tokio::task::spawn_blocking(move || dynamic::plan(&dynamic, variables, &files))
+            .await
+            .map_err(|e| CoordError::Io {
+                context: "planning a dynamic child pipeline".into(),
+                source: std::io::Error::other(e.to_string()),
+            })
     }
 
     /// A child pipeline finished: its `depend` trigger job takes its status (if the child
@@ -671,6 +772,7 @@ pub(super) async fn pipeline_status_tx(
 mod access;
 mod attempts;
 mod cache;
+mod dynamic;
 mod pipelines;
 mod views;
 

@@ -561,6 +561,7 @@ mod tests {
             stages: vec!["test".into()],
             jobs,
             variables: vec![],
+            dynamic: None,
         }));
         j
     }

@@ -363,7 +363,9 @@ pub(super) fn job_view(r: &sqlx::any::AnyRow) -> Result<JobView, CoordError> {
         finished_at_ms: r.try_get("finished_ms")?,
         run_after_ms: r.try_get("run_after_ms")?,
         attempts: Vec::new(),
-        note: None,
+        // Why the job ended as it did, when the coordinator knows (a dynamic child that
+        // could not be planned); a pending job's note is computed when shown.
+        note: r.try_get::<Option<String>, _>("message")?,
         artifacts: artifacts_view(r)?,
         downstream_pipeline_id: None,
         tests: match r.try_get::<Option<String>, _>("test_summary")? {
