@@ -74,6 +74,10 @@ enum Command {
     Job(commands::remote::JobCommand),
     /// Log in to a registry (credentials go to Docker's config.json).
     Login(commands::login::LoginArgs),
+    /// Sign an image with a key pair, cosign-compatible (and make key pairs).
+    Sign(commands::sign::SignArgs),
+    /// Check an image's signature against a public key.
+    Verify(commands::sign::VerifyArgs),
     /// Log out of a registry.
     Logout(commands::login::LogoutArgs),
 }
@@ -117,6 +121,8 @@ fn main() -> ExitCode {
         Command::Pipeline(cmd) => commands::remote::pipeline(cmd),
         Command::Job(cmd) => commands::remote::job(cmd),
         Command::Login(args) => commands::login::login(args),
+        Command::Sign(args) => commands::sign::sign(args),
+        Command::Verify(args) => commands::sign::verify(args),
         Command::Logout(args) => commands::login::logout(args),
     };
     match result {

@@ -106,6 +106,10 @@ pub struct BuildArgs {
     /// Kill a RUN step that runs longer than this (e.g. 20m).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     step_timeout: Option<std::time::Duration>,
+    /// Sign each pushed image with this key (ECDSA P-256 PEM, see `archway sign
+    /// --generate-key`): cosign-compatible signature attachments, the index and each platform.
+    #[arg(long, value_name = "FILE")]
+    sign_key: Option<PathBuf>,
     /// Pull `FROM` images of a registry from a mirror first (repeatable), e.g.
     /// `docker.io=mirror.internal:5000/hub`, as dockerd's `registry-mirrors`; the registry
     /// itself is tried when the mirror fails.
@@ -422,6 +426,21 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         });
         sink
     };
+    // The signing key is read before the build, so a bad key fails fast.
+    let sign_key = match &a.sign_key {
+        Some(p) => {
+            if push_tags.is_empty() {
+                bail!("--sign-key signs what is pushed: add --push (or Kaniko's --destination)");
+            }
+            let pem = std::fs::read_to_string(p)
+                .with_context(|| format!("reading --sign-key {}", p.display()))?;
+            Some(
+                archway_attest::sign::SigningKey::from_pem(&pem)
+                    .with_context(|| format!("--sign-key {}", p.display()))?,
+            )
+        }
+        None => None,
+    };
     let sandbox = super::sandbox::runner(a.runtime.as_deref(), a.step_timeout);
     let cache_repo = match (&a.cache_repo, a.cache) {
         (Some(r), None | Some(true)) => {
@@ -503,6 +522,14 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         };
         rt.block_on(copy(&client, &source, &dest, &opts))
             .with_context(|| format!("pushing to {t}"))?;
+        if let (Some(key), Location::Registry(r)) = (&sign_key, &dest) {
+            let signed = rt
+                .block_on(super::sign::sign_image(&client, key, r))
+                .with_context(|| format!("signing {r}"))?;
+            if !quiet {
+                eprintln!("signed {r} ({} manifests)", signed.len());
+            }
+        }
         delivered.push(dest.to_string());
     }
     for o in &outputs {

@@ -13,4 +13,5 @@ pub mod remote;
 pub mod runner;
 pub mod sandbox;
 pub mod server;
+pub mod sign;
 pub mod toolbox;

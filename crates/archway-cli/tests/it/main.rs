@@ -15,6 +15,7 @@ mod pipeline;
 mod registry_abuse;
 mod sandbox;
 mod seeds;
+mod sign;
 mod spec;
 mod support;
 mod tls;

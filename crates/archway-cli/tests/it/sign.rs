@@ -1,0 +1,157 @@
+//! `archway sign` / `archway verify`: key pairs, cosign-style signature attachments on a real
+//! registry (the index and each platform signed), verification refusing another key, an
+//! unsigned image and an image whose tag moved to other content after signing.
+
+use std::process::Command;
+
+use crate::support::{RegistryProcess, UserEnv, busybox_layout, run};
+
+fn archway(env: &UserEnv, dir: &std::path::Path) -> Command {
+    let mut c = env.archway();
+    c.current_dir(dir);
+    c
+}
+
+#[test]
+fn signatures_verify_with_their_key_only_and_follow_the_content() {
+    let reg = RegistryProcess::start();
+    let env = UserEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let image = format!("{}/team/app:1.0", reg.host());
+    run(archway(&env, dir.path()).args([
+        "image",
+        "copy",
+        "--all",
+        "--quiet",
+        &format!("oci:{}:1.35", busybox_layout().display()),
+        &image,
+    ]));
+    run(archway(&env, dir.path()).args(["sign", "--generate-key", "ours"]));
+    run(archway(&env, dir.path()).args(["sign", "--generate-key", "theirs"]));
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.path().join("ours.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // An existing key is not overwritten by accident.
+    let out = archway(&env, dir.path())
+        .args(["sign", "--generate-key", "ours"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    let out =
+        run(archway(&env, dir.path())
+            .args(["sign", "--key", "ours.key", "--format", "json", &image]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The index and both platforms' manifests.
+    assert_eq!(v["signed"].as_array().unwrap().len(), 3, "{v}");
+    let index_digest = v["signed"][0].as_str().unwrap().to_owned();
+    // The attachment is where cosign and containers/image look for it.
+    let tags =
+        run(archway(&env, dir.path()).args(["image", "tags", &format!("{}/team/app", reg.host())]));
+    let sig_tag = format!("sha256-{}.sig", index_digest.trim_start_matches("sha256:"));
+    assert!(tags.contains(&sig_tag), "{tags}");
+    let raw = run(archway(&env, dir.path()).args([
+        "image",
+        "inspect",
+        "--raw",
+        &format!("{}/team/app:{sig_tag}", reg.host()),
+    ]));
+    assert!(
+        raw.contains("application/vnd.dev.cosign.simplesigning.v1+json")
+            && raw.contains("dev.cosignproject.cosign/signature"),
+        "{raw}"
+    );
+
+    let ok = run(archway(&env, dir.path()).args(["verify", "--key", "ours.pub", &image]));
+    assert!(ok.starts_with(&format!("verified {image}")), "{ok}");
+    // By digest, too (the identity is the repository's).
+    run(archway(&env, dir.path()).args([
+        "verify",
+        "--key",
+        "ours.pub",
+        &format!("{}/team/app@{index_digest}", reg.host()),
+    ]));
+
+    let fails = |args: &[&str]| {
+        let out = archway(&env, dir.path()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = fails(&["verify", "--key", "theirs.pub", &image]);
+    assert!(e.contains("does not verify with theirs.pub"), "{e}");
+    assert!(e.contains("made with another key"), "{e}");
+
+    // A platform's manifest was signed for the tag's identity too: pulled under another
+    // tag, that identity does not match.
+    let arm = format!("{}/team/app:arm", reg.host());
+    run(archway(&env, dir.path()).args([
+        "image",
+        "copy",
+        "--quiet",
+        "--platform",
+        "linux/arm64",
+        &format!("oci:{}:1.35", busybox_layout().display()),
+        &arm,
+    ]));
+    let e = fails(&["verify", "--key", "ours.pub", &arm]);
+    assert!(e.contains("does not match"), "{e}");
+
+    // Other content: no signature.
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    std::fs::write(rootfs.join("tampered"), "not what was signed\n").unwrap();
+    let other = format!("{}/team/app:2.0", reg.host());
+    run(archway(&env, dir.path()).args([
+        "image",
+        "import",
+        rootfs.to_str().unwrap(),
+        "--platform",
+        "linux/amd64",
+        "-t",
+        &other,
+    ]));
+    let e = fails(&["verify", "--key", "ours.pub", &other]);
+    assert!(e.contains("is not signed"), "{e}");
+    // The signed tag moved to that content after signing: refused.
+    run(archway(&env, dir.path()).args(["image", "copy", "--quiet", &other, &image]));
+    let e = fails(&["verify", "--key", "ours.pub", &image]);
+    assert!(e.contains("is not signed"), "{e}");
+    // A signature copied for another tag's identity does not count for this one.
+    run(archway(&env, dir.path()).args(["sign", "--key", "ours.key", &other]));
+    let third = format!("{}/team/app:3.0", reg.host());
+    run(archway(&env, dir.path()).args(["image", "copy", "--quiet", &other, &third]));
+    let e = fails(&["verify", "--key", "ours.pub", &third]);
+    assert!(e.contains("does not verify"), "{e}");
+
+    // `archway build --push --sign-key` signs what it pushes.
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}/team/app@{index_digest}\nCOPY hello.txt /hello.txt\n",
+            reg.host()
+        ),
+    )
+    .unwrap();
+    std::fs::write(ctx.join("hello.txt"), "hello\n").unwrap();
+    let built = format!("{}/team/built:1", reg.host());
+    run(archway(&env, dir.path()).args([
+        "build",
+        ctx.to_str().unwrap(),
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &built,
+        "--push",
+        "--sign-key",
+        "ours.key",
+        "--quiet",
+    ]));
+    run(archway(&env, dir.path()).args(["verify", "--key", "ours.pub", &built]));
+    let e = fails(&["verify", "--key", "theirs.pub", &built]);
+    assert!(e.contains("does not verify"), "{e}");
+}
