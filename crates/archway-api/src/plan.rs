@@ -506,7 +506,7 @@ nowait:
     }
 
     #[test]
-    fn what_the_coordinator_cannot_run_is_named_not_dropped_and_dynamic_children_go_with_their_plan_inputs() {
+    fn unrunnable_jobs_are_named_and_dynamic_children_carry_their_plan_inputs() {
         let p = plan_with(
             r#"
 stages: [generate, run]

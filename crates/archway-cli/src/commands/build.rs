@@ -106,6 +106,10 @@ pub struct BuildArgs {
     /// Kill a RUN step that runs longer than this (e.g. 20m).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     step_timeout: Option<std::time::Duration>,
+    /// Attach an SPDX SBOM (the packages of each platform's image: dpkg, apk, busybox) to
+    /// each pushed image, as an OCI 1.1 referrer (`archway image referrers` lists them).
+    #[arg(long)]
+    sbom: bool,
     /// Sign each pushed image with this key (ECDSA P-256 PEM, see `archway sign
     /// --generate-key`): cosign-compatible signature attachments, the index and each platform.
     #[arg(long, value_name = "FILE")]
@@ -292,6 +296,7 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         let (id, src) = parse_secret(s)?;
         secrets.insert(id, src);
     }
+    let req_epoch = source_date_epoch()?;
     let req = BuildRequest {
         context: context.clone(),
         dockerfile: df,
@@ -301,7 +306,7 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         labels: parse_kv(&a.labels, "--label")?,
         no_cache: a.no_cache,
         secrets,
-        source_date_epoch: source_date_epoch()?,
+        source_date_epoch: req_epoch,
     };
 
     if a.check {
@@ -456,6 +461,7 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let gc = keep_storage_policy(a.keep_storage.as_deref(), store.root())?;
+    let sbom_store = store.clone();
     let mut builder = Builder::new(
         store,
         Arc::new(RegistrySource::new(client.clone()).with_mirrors(a.registry_mirrors.clone())),
@@ -522,6 +528,20 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         };
         rt.block_on(copy(&client, &source, &dest, &opts))
             .with_context(|| format!("pushing to {t}"))?;
+        if let (true, Location::Registry(r)) = (a.sbom, &dest) {
+            let n = rt
+                .block_on(super::attest::attach_sboms(
+                    &client,
+                    sbom_store.clone(),
+                    &source,
+                    r,
+                    req_epoch,
+                ))
+                .with_context(|| format!("attaching SBOMs to {r}"))?;
+            if !quiet {
+                eprintln!("attached {n} SBOM{} to {r}", if n == 1 { "" } else { "s" });
+            }
+        }
         if let (Some(key), Location::Registry(r)) = (&sign_key, &dest) {
             let signed = rt
                 .block_on(super::sign::sign_image(&client, key, r))

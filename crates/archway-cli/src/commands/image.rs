@@ -38,6 +38,13 @@ pub enum ImageCommand {
     Inspect(InspectArgs),
     /// List the tags of a repository.
     Tags(TagsArgs),
+    /// List what refers to an image (OCI 1.1 referrers: SBOMs, provenance, signatures), for
+    /// the image and, for an index, each platform's image.
+    ///
+    /// Example:
+    ///   archway image referrers --artifact-type application/spdx+json reg.io/app:1.0
+    #[command(verbatim_doc_comment)]
+    Referrers(ReferrersArgs),
     /// Make a one-layer image from a root filesystem (a directory or a .tar/.tar.gz).
     ///
     /// Reproducible: the same input gives the same digest (timestamps are set to
@@ -106,6 +113,79 @@ pub struct TagsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReferrersArgs {
+    /// The image (REGISTRY/NAME:TAG or @DIGEST).
+    image: String,
+    /// Only referrers of this artifact type (e.g. application/spdx+json).
+    #[arg(long)]
+    artifact_type: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+fn referrers_cmd(a: ReferrersArgs) -> anyhow::Result<ExitCode> {
+    let archway_client::Location::Registry(r) = archway_client::Location::parse(&a.image)? else {
+        anyhow::bail!("{}: referrers live in registries", a.image);
+    };
+    let client = a.registry.client(&[r.registry.as_str()])?;
+    let rows = block_on(async {
+        let m = client.get_manifest(&r).await?;
+        let mut subjects = vec![(None, m.digest.clone())];
+        if archway_oci::media_type::is_index(&m.media_type) {
+            let index: archway_oci::Index = serde_json::from_slice(&m.bytes)?;
+            subjects.extend(index.manifests.iter().map(|d| {
+                (
+                    d.platform.as_ref().map(ToString::to_string),
+                    d.digest.clone(),
+                )
+            }));
+        }
+        let mut rows = Vec::new();
+        for (platform, digest) in subjects {
+            let Some(list) = client
+                .referrers(&r, &digest, a.artifact_type.as_deref())
+                .await?
+            else {
+                anyhow::bail!(
+                    "{}: the registry has no referrers API (OCI 1.1)",
+                    r.registry
+                );
+            };
+            for d in list {
+                rows.push(serde_json::json!({
+                    "subject": digest.to_string(),
+                    "platform": platform,
+                    "artifactType": d.artifact_type,
+                    "digest": d.digest.to_string(),
+                    "size": d.size,
+                }));
+            }
+        }
+        Ok(rows)
+    })??;
+    match a.format {
+        Format::Json => print_json(&rows)?,
+        Format::Text => {
+            for row in &rows {
+                println!(
+                    "{}  {}  {}  {}",
+                    row["platform"].as_str().unwrap_or("(image)"),
+                    row["artifactType"].as_str().unwrap_or("-"),
+                    row["digest"].as_str().unwrap_or_default(),
+                    row["subject"].as_str().unwrap_or_default(),
+                );
+            }
+            if rows.is_empty() {
+                eprintln!("nothing refers to {}", r);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
 pub struct ImportArgs {
     /// Root filesystem: a directory, or a tar archive (optionally gzip-compressed).
     rootfs: PathBuf,
@@ -165,6 +245,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         ImageCommand::Copy(a) => copy_cmd(a),
         ImageCommand::Inspect(a) => inspect_cmd(a),
         ImageCommand::Tags(a) => tags_cmd(a),
+        ImageCommand::Referrers(a) => referrers_cmd(a),
         ImageCommand::Import(a) => import_cmd(a),
         ImageCommand::Rm(a) => rm_cmd(a),
     }

@@ -1,5 +1,6 @@
 //! One module per top-level subcommand (plus `common`, shared by the registry clients).
 
+pub mod attest;
 pub mod build;
 pub mod common;
 pub mod image;

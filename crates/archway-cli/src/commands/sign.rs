@@ -126,7 +126,7 @@ async fn existing(client: &Client, sig: &Reference) -> anyhow::Result<Option<Byt
     }
 }
 
-async fn push_bytes(
+pub(super) async fn push_bytes(
     client: &Client,
     r: &Reference,
     digest: &Digest,

@@ -155,3 +155,103 @@ fn signatures_verify_with_their_key_only_and_follow_the_content() {
     let e = fails(&["verify", "--key", "theirs.pub", &built]);
     assert!(e.contains("does not verify"), "{e}");
 }
+
+/// `archway build --push --sbom`: each platform's image gets an SPDX document listing its
+/// packages, attached as an OCI 1.1 referrer.
+#[test]
+fn build_attaches_an_sbom_listing_the_images_packages_per_platform() {
+    let reg = RegistryProcess::start();
+    let env = UserEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    run(archway(&env, dir.path()).args([
+        "image",
+        "copy",
+        "--all",
+        "--quiet",
+        &format!("oci:{}:1.35", busybox_layout().display()),
+        &format!("{}/library/busybox:1.35", reg.host()),
+    ]));
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("dpkg")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}/library/busybox:1.35\nCOPY dpkg/status /var/lib/dpkg/status\nCOPY os-release /etc/os-release\n",
+            reg.host()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("dpkg/status"),
+        "Package: busybox-static\nStatus: install ok installed\nArchitecture: arm64\nVersion: 1:1.35.0-4+b3\nMaintainer: Debian Install System Team <debian-boot@lists.debian.org>\nDescription: Standalone rescue shell with tons of builtin utilities\n\nPackage: libc6\nStatus: install ok installed\nArchitecture: arm64\nVersion: 2.36-9+deb12u4\nDescription: GNU C Library\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("os-release"),
+        "ID=debian\nVERSION_ID=\"12\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n",
+    )
+    .unwrap();
+    let image = format!("{}/team/sbom:1", reg.host());
+    run(archway(&env, dir.path()).args([
+        "build",
+        ctx.to_str().unwrap(),
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &image,
+        "--push",
+        "--sbom",
+        "--quiet",
+    ]));
+    let out = run(archway(&env, dir.path()).args([
+        "image",
+        "referrers",
+        "--artifact-type",
+        "application/spdx+json",
+        "--format",
+        "json",
+        &image,
+    ]));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let platforms: Vec<&str> = rows.iter().filter_map(|r| r["platform"].as_str()).collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"], "{out}");
+    // Read the arm64 SBOM back through an OCI layout.
+    let arm = rows
+        .iter()
+        .find(|r| r["platform"] == "linux/arm64")
+        .unwrap();
+    let layout = dir.path().join("sbom-layout");
+    run(archway(&env, dir.path()).args([
+        "image",
+        "copy",
+        "--quiet",
+        &format!(
+            "{}/team/sbom@{}",
+            reg.host(),
+            arm["digest"].as_str().unwrap()
+        ),
+        &format!("oci:{}:sbom", layout.display()),
+    ]));
+    let mut spdx = None;
+    for e in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap_or_default();
+        if text.contains("SPDX-2.3") {
+            spdx = Some(text);
+        }
+    }
+    let spdx = spdx.expect("an SPDX document among the referrer's blobs");
+    let doc: serde_json::Value = serde_json::from_str(&spdx).unwrap();
+    let names: Vec<&str> = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(names.contains(&"busybox-static"), "{names:?}");
+    assert!(names.contains(&"libc6"), "{names:?}");
+    // Package URLs as the purl spec writes them (`+` encoded), with the distribution.
+    assert!(
+        spdx.contains("pkg:deb/debian/busybox-static@1:1.35.0-4%2Bb3?arch=arm64&distro=debian-12"),
+        "{spdx}"
+    );
+}
