@@ -462,8 +462,18 @@ impl Store {
         let json = serde_json::to_vec(&report.implicit_dirs)
             .map_err(|e| BuildError::Image(e.to_string()))?;
         archway_oci::atomic_file::write(&meta, &json).map_err(io(meta.display().to_string()))?;
-        remove_tree(&dir);
-        tmp.persist(&dir)?;
+        // A directory only ever appears by renaming a finished one into place, so one that is
+        // there now is complete: another build process (the in-process lock does not reach
+        // it) exploded the same layer meanwhile and may be reading it. Keep theirs; never
+        // remove a tree someone may be merging from.
+        if dir.is_dir() {
+            return Ok((dir, report.implicit_dirs));
+        }
+        match tmp.persist(&dir) {
+            Ok(()) => {}
+            Err(_) if dir.is_dir() => {}
+            Err(e) => return Err(e),
+        }
         Ok((dir, report.implicit_dirs))
     }
 

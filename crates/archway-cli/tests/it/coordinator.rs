@@ -87,8 +87,12 @@ impl ServerProcess {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(rest) = text.split("listening on http://").nth(1) {
-                self.addr = rest.split_whitespace().next().unwrap().to_owned();
+            // The line may be half written when read: only a whole line counts.
+            if let Some(rest) = text.split("listening on http://").nth(1)
+                && rest.contains('\n')
+                && let Some(addr) = rest.split_whitespace().next()
+            {
+                self.addr = addr.to_owned();
                 return;
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {

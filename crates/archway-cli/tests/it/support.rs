@@ -115,12 +115,15 @@ impl RegistryProcess {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = fs::read_to_string(&self.log).unwrap_or_default();
+            // The line may be half written when read: only a whole line counts.
             if let Some(rest) = text
                 .split("listening on http://")
                 .nth(1)
                 .or_else(|| text.split("listening on https://").nth(1))
+                && rest.contains('\n')
+                && let Some(addr) = rest.split_whitespace().next()
             {
-                return rest.split_whitespace().next().unwrap().to_owned();
+                return addr.to_owned();
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("archway registry exited with {status}:\n{text}");

@@ -344,9 +344,12 @@ fn coordinator_api_over_tls_with_the_archway_client() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let addr = loop {
         let text = fs::read_to_string(&log).unwrap_or_default();
-        if let Some(rest) = text.split("listening on https://").nth(1) {
+        if let Some(rest) = text.split("listening on https://").nth(1)
+            && rest.contains('\n')
+            && let Some(addr) = rest.split_whitespace().next()
+        {
             assert!(text.contains("public URL https://"), "{text}");
-            break rest.split_whitespace().next().unwrap().to_owned();
+            break addr.to_owned();
         }
         if let Some(st) = server.try_wait().unwrap() {
             panic!("archway server exited with {st}:\n{text}");
