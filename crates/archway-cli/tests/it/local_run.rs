@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use crate::support::{RegistryProcess, UserEnv, busybox_layout, run};
 
 /// A registry with `hub/library/busybox:1.35` (amd64 + arm64).
-fn mirror() -> RegistryProcess {
+pub(crate) fn mirror() -> RegistryProcess {
     let reg = RegistryProcess::start();
     run(UserEnv::new().archway().args([
         "image",
@@ -46,7 +46,7 @@ fn repo(files: &[(&str, &str)]) -> tempfile::TempDir {
 
 /// `archway pipeline run ARGS` in `dir` with a private HOME (so no saved server login) and
 /// no server in the environment.
-fn local_run(env: &UserEnv, dir: &Path, reg: &RegistryProcess, args: &[&str]) -> Output {
+pub(crate) fn local_run(env: &UserEnv, dir: &Path, reg: &RegistryProcess, args: &[&str]) -> Output {
     env.archway()
         .current_dir(dir)
         .env_remove("ARCHWAY_SERVER")
@@ -58,7 +58,7 @@ fn local_run(env: &UserEnv, dir: &Path, reg: &RegistryProcess, args: &[&str]) ->
         .unwrap()
 }
 
-fn texts(out: &Output) -> (String, String) {
+pub(crate) fn texts(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

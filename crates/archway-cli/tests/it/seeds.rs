@@ -13,24 +13,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::support::{RegistryProcess, UserEnv, busybox_layout, run};
+use crate::local_run::{local_run, mirror, texts};
+use crate::support::{RegistryProcess, UserEnv, run};
 
 fn seeds() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/seeds/pipelines")
-}
-
-/// A registry serving `hub/library/busybox:1.35` (amd64 + arm64), the mirror of Docker Hub.
-fn mirror() -> RegistryProcess {
-    let reg = RegistryProcess::start();
-    run(UserEnv::new().archway().args([
-        "image",
-        "copy",
-        "--all",
-        "--quiet",
-        &format!("oci:{}:1.35", busybox_layout().display()),
-        &format!("{}/hub/library/busybox:1.35", reg.host()),
-    ]));
-    reg
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -66,25 +53,6 @@ fn repo(name: &str, app_at: Option<&str>) -> tempfile::TempDir {
     dir
 }
 
-fn pipeline_run(env: &UserEnv, dir: &Path, reg: &RegistryProcess, args: &[&str]) -> Output {
-    env.archway()
-        .current_dir(dir)
-        .env_remove("ARCHWAY_SERVER")
-        .env_remove("ARCHWAY_TOKEN")
-        .args(["pipeline", "run", "--registry-mirror"])
-        .arg(format!("docker.io={}/hub", reg.host()))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn texts(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn short_sha(dir: &Path) -> String {
     run(Command::new("git")
         .arg("-C")
@@ -98,7 +66,7 @@ fn short_sha(dir: &Path) -> String {
 /// arm64, and each runs on its runner (arm64 reporting aarch64).
 fn verify(env: &UserEnv, dir: &Path, reg: &RegistryProcess, project: &str, suffix: &str) {
     fs::copy(seeds().join("verify.yml"), dir.join("verify.yml")).unwrap();
-    let out = pipeline_run(
+    let out = local_run(
         env,
         dir,
         reg,
@@ -136,7 +104,7 @@ fn the_kaniko_eks_seed_builds_tests_on_each_arch_and_assembles_with_podman() {
     let reg = mirror();
     let env = UserEnv::new();
     let r = repo("kaniko-eks", Some("."));
-    let out = pipeline_run(&env, r.path(), &reg, &["--project", "seeds/kaniko"]);
+    let out = local_run(&env, r.path(), &reg, &["--project", "seeds/kaniko"]);
     let (stdout, _) = assert_success(&out);
     for row in [
         "build-job: [amd64]",
@@ -165,7 +133,7 @@ fn the_buildx_dind_seed_builds_both_platforms_without_a_daemon() {
     let reg = mirror();
     let env = UserEnv::new();
     let r = repo("buildx-dind", Some("resources/python-code"));
-    let out = pipeline_run(&env, r.path(), &reg, &["--project", "seeds/buildx"]);
+    let out = local_run(&env, r.path(), &reg, &["--project", "seeds/buildx"]);
     assert_success(&out);
     verify(&env, r.path(), &reg, "seeds/buildx", "");
 }
@@ -175,7 +143,7 @@ fn the_runner_tag_migration_seed_routes_by_its_variables() {
     let reg = mirror();
     let env = UserEnv::new();
     let r = repo("runner-tags", Some("."));
-    let out = pipeline_run(
+    let out = local_run(
         &env,
         r.path(),
         &reg,
@@ -213,7 +181,7 @@ fn the_codecatalyst_seed_builds_per_fleet_and_assembles_with_docker_manifest() {
     let reg = mirror();
     let env = UserEnv::new();
     let r = repo("codecatalyst", None);
-    let out = pipeline_run(&env, r.path(), &reg, &["--project", "seeds/cc"]);
+    let out = local_run(&env, r.path(), &reg, &["--project", "seeds/cc"]);
     let (stdout, _) = assert_success(&out);
     let line = |name: &str| {
         stdout
@@ -265,7 +233,7 @@ escape:
 "#,
         &[],
     );
-    let out = pipeline_run(&env, r.path(), &reg, &["--project", "t/escape"]);
+    let out = local_run(&env, r.path(), &reg, &["--project", "t/escape"]);
     let (stdout, stderr) = texts(&out);
     assert!(!out.status.success(), "{stdout}");
     assert!(
@@ -284,7 +252,7 @@ link:
 "#,
         &[],
     );
-    let out = pipeline_run(&env, r.path(), &reg, &["--project", "t/link"]);
+    let out = local_run(&env, r.path(), &reg, &["--project", "t/link"]);
     let (_, stderr) = texts(&out);
     assert!(!out.status.success());
     assert!(
@@ -302,7 +270,7 @@ run:
 "#,
         &[],
     );
-    let out = pipeline_run(&env, r.path(), &reg, &["--project", "t/run"]);
+    let out = local_run(&env, r.path(), &reg, &["--project", "t/run"]);
     let (_, stderr) = texts(&out);
     assert!(!out.status.success());
     assert!(
@@ -339,7 +307,7 @@ web:
 "#,
         &[],
     );
-    let out = pipeline_run(&env, r.path(), &reg, &["--project", "t/svc"]);
+    let out = local_run(&env, r.path(), &reg, &["--project", "t/svc"]);
     assert_success(&out);
     // The service stopped with the job: nothing listens on its port any more.
     assert!(std::net::TcpStream::connect("127.0.0.1:18931").is_err());
@@ -353,7 +321,7 @@ missing:
 "#,
         &[],
     );
-    let out = pipeline_run(&env, r.path(), &reg, &["--project", "t/missing"]);
+    let out = local_run(&env, r.path(), &reg, &["--project", "t/missing"]);
     let (stdout, stderr) = texts(&out);
     assert!(!out.status.success());
     assert!(stdout.contains("image_pull_failure"), "{stdout}");
