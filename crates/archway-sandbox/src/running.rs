@@ -182,6 +182,15 @@ impl RunningHandle {
     }
 }
 
+/// Whether process `pid` has a handler for signal number `signal` (`SigCgt:` of
+/// `/proc/PID/status`); `None` when it cannot be read.
+pub fn catches_signal(pid: u32, signal: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+    let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
+    Some((1..=64).contains(&signal) && mask & (1 << (signal - 1)) != 0)
+}
+
 /// A process to run in a running container (like `docker exec`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Exec {
@@ -478,6 +487,27 @@ mod tests {
         };
         assert!(!rebooted.is_alive(), "a pid from another boot is gone");
         assert_eq!(ProcessId::of(u32::MAX), None);
+    }
+
+    #[test]
+    fn signal_handlers_are_read_from_proc() {
+        // The test harness installs no SIGTERM handler; `sh` with a trap does.
+        assert_eq!(catches_signal(std::process::id(), 15), Some(false));
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "trap 'exit 0' TERM; while sleep 1 & wait $!; do :; done",
+            ])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while catches_signal(child.id(), 15) != Some(true) {
+            assert!(Instant::now() < deadline, "sh never trapped TERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(catches_signal(u32::MAX, 15), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod common;
+pub mod dev;
 pub mod image;
 pub mod includes;
 pub mod local;
