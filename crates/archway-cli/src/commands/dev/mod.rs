@@ -656,15 +656,23 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         .map(|(n, l)| (n.clone(), l.fingerprint.clone()))
         .collect();
     let changes = plan::changes(&wanted, &current);
+    // Stopped first: what changed or left the file, and the supervisors of containers that
+    // just died and are still writing down how (so no old record lands on a new run).
     let to_stop: Vec<String> = changes
         .restart
         .iter()
         .chain(&changes.remove)
         .filter(|n| current.get(*n).is_some_and(|(_, running)| *running))
+        .chain(changes.start.iter().filter(|n| {
+            envdir
+                .container(n)
+                .supervisor()
+                .is_some_and(|p| p.is_alive())
+        }))
         .cloned()
         .collect();
     if !to_stop.is_empty() {
-        eprintln!("stopping {} (changed or removed)", to_stop.join(", "));
+        eprintln!("stopping {}", to_stop.join(", "));
         stop_containers(&sandbox, &envdir, &to_stop, Duration::from_secs(10))?;
     }
     for n in &changes.remove {

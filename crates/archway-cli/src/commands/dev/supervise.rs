@@ -46,7 +46,11 @@ pub fn supervise(dir: &ContainerDir) -> anyhow::Result<ExitCode> {
             stopped: false,
         },
     };
-    write_json(&dir.exit_path(), &record)?;
+    // A newer supervisor may have taken the container over (`dev up` after this one's
+    // container died): its records are not ours to write.
+    if dir.supervisor().is_some_and(|p| p == me) {
+        write_json(&dir.exit_path(), &record)?;
+    }
     match result {
         Ok(Exit::Code(c)) => {
             eprintln!("archway: the container's process exited with code {c}");
