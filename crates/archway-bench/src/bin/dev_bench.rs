@@ -55,6 +55,7 @@ const DEVCONTAINER_JSON: &str = r#"{
 /// A private Docker engine, stopped when dropped.
 struct Dockerd {
     child: Child,
+    exec_root: PathBuf,
 }
 
 impl Drop for Dockerd {
@@ -68,6 +69,11 @@ impl Drop for Dockerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // dockerd leaves its network namespace mounted; the work directory goes after this.
+        let _ = Command::new("umount")
+            .arg(self.exec_root.join("netns/default"))
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -115,7 +121,10 @@ fn docker_engine(work: &Path) -> Result<(String, Option<Dockerd>), String> {
         .stderr(log)
         .spawn()
         .map_err(|e| format!("starting dockerd: {e}"))?;
-    let d = Dockerd { child };
+    let d = Dockerd {
+        child,
+        exec_root: dir.join("exec"),
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while !answers(Some(&sock)) {
         if Instant::now() > deadline {
