@@ -612,6 +612,39 @@ fn a_devcontainer_json_with_post_create_and_forwarded_ports() {
 }
 
 #[test]
+fn an_image_built_from_a_dockerfile_and_rebuilt_when_it_changes() {
+    let dev = Dev::new(&[
+        (
+            ".devcontainer/Dockerfile",
+            "FROM busybox:1.35\nRUN echo one-$(uname -m) > /built\n",
+        ),
+        (
+            ".devcontainer/devcontainer.json",
+            r#"{"name": "built", "build": {"dockerfile": "Dockerfile"}}"#,
+        ),
+    ]);
+    dev.up(&["--platform", "linux/arm64"]);
+    assert_eq!(
+        dev.ok(&["dev", "exec", "--", "cat", "/built"]),
+        "one-aarch64\n"
+    );
+    assert_eq!(dev.container("devcontainer")["image"], "build:devcontainer");
+    // Same file, same image: kept. A changed Dockerfile: a new image, so a restart.
+    assert!(dev.up(&[]).contains("unchanged, kept running"));
+    dev.write(
+        ".devcontainer/Dockerfile",
+        "FROM busybox:1.35\nRUN echo two-$(uname -m) > /built\n",
+    );
+    assert!(dev.up(&[]).contains("changed, restarted"));
+    assert_eq!(
+        dev.ok(&["dev", "exec", "--", "cat", "/built"]),
+        "two-aarch64\n"
+    );
+    dev.ok(&["dev", "down", "--time", "1s"]);
+    dev.assert_nothing_running();
+}
+
+#[test]
 fn bad_input_is_refused_with_what_and_where() {
     // An image the registry does not have: named, with the container.
     let dev = Dev::new(&[(
