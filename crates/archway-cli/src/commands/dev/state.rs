@@ -243,6 +243,27 @@ impl EnvDir {
     pub fn volume(&self, name: &str) -> PathBuf {
         self.dir.join("volumes").join(name)
     }
+
+    /// Serialises the commands that change the environment (`up`, `stop`, `down`): an
+    /// `flock` on `.lock`, held until the file is dropped; waits (saying so) for another.
+    pub fn lock(&self) -> anyhow::Result<std::fs::File> {
+        use rustix::fs::{FlockOperation, flock};
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let path = self.dir.join(".lock");
+        let f = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() {
+            eprintln!("waiting for another `archway dev` command on this environment to finish");
+            flock(&f, FlockOperation::LockExclusive)
+                .with_context(|| format!("locking {}", path.display()))?;
+        }
+        Ok(f)
+    }
 }
 
 /// One container's directory.

@@ -121,7 +121,11 @@ fn stop_env(
 
 /// `archway dev stop`
 pub fn stop(a: StopArgs) -> anyhow::Result<ExitCode> {
-    let (root, envdir, record) = select(&a.select)?;
+    let (root, envdir, _) = select(&a.select)?;
+    let _lock = envdir.lock()?;
+    let record = envdir
+        .record()
+        .context("the environment was removed meanwhile")?;
     let stopped = stop_env(&root, &envdir, &record, a.time)?;
     if stopped.is_empty() {
         println!("Dev environment `{}` is not running.", record.name);
@@ -138,7 +142,11 @@ pub fn stop(a: StopArgs) -> anyhow::Result<ExitCode> {
 
 /// `archway dev down`
 pub fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
-    let (root, envdir, record) = select(&a.select)?;
+    let (root, envdir, _) = select(&a.select)?;
+    let _lock = envdir.lock()?;
+    let record = envdir
+        .record()
+        .context("the environment was removed meanwhile")?;
     stop_env(&root, &envdir, &record, a.time)?;
     let entries = std::fs::read_dir(&envdir.dir)
         .with_context(|| format!("reading {}", envdir.dir.display()))?;

@@ -227,6 +227,7 @@ pub fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     let name = a.select.name.clone().unwrap_or_else(|| env.name.clone());
     check_name(&name)?;
     let envdir = EnvDir::new(&root, &name);
+    let _lock = envdir.lock()?;
     let previous = envdir.record();
     let platform: Platform = match (&a.platform, &previous) {
         (Some(p), _) => p.parse().with_context(|| format!("--platform {p}"))?,
@@ -617,6 +618,10 @@ fn wait_running(dir: &ContainerDir, deadline: Instant) -> anyhow::Result<()> {
         match dir.state() {
             ContainerState::Running { .. } => return Ok(()),
             ContainerState::Starting => {}
+            // It ended and its supervisor is still writing down how.
+            ContainerState::Exited { code: None }
+                if dir.supervisor().is_some_and(|p| p.is_alive()) => {}
+            // The supervisor has not written its identity yet.
             ContainerState::Missing | ContainerState::Exited { code: None }
                 if dir.supervisor().is_none() && spawned.elapsed() < Duration::from_secs(10) => {}
             ContainerState::Failed { error } => bail!(
