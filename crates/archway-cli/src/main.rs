@@ -59,6 +59,10 @@ enum Command {
     Build(Box<commands::build::BuildArgs>),
     /// Run a command in an image (the build sandbox), on any platform qemu can emulate.
     Run(Box<commands::sandbox::RunArgs>),
+    /// Dev environments from a devfile.yaml or devcontainer.json: up, exec, shell, ls, stop,
+    /// down.
+    #[command(subcommand)]
+    Dev(commands::dev::DevCommand),
     /// Report what this host can run: OCI runtime, user namespaces, overlayfs, qemu binfmt.
     Doctor(commands::sandbox::DoctorArgs),
     /// The coordinator: API, built-in registry and metrics on one port; its tokens.
@@ -116,6 +120,7 @@ fn main() -> ExitCode {
         Command::Build(args) => commands::build::run(*args),
         Command::Run(args) => commands::sandbox::run(*args),
         Command::Doctor(args) => commands::sandbox::doctor(args),
+        Command::Dev(cmd) => commands::dev::run(cmd),
         Command::Server(args) => commands::server::run(args),
         Command::Runner(cmd) => commands::runner::run(cmd),
         Command::Pipeline(cmd) => commands::remote::pipeline(cmd),

@@ -3,10 +3,13 @@
 //! back as a layer), an OCI runtime (crun or runc) in private namespaces, the image's own users,
 //! bind/tmpfs mounts, no network or the host's, a time limit, output as it arrives, and qemu-user
 //! for foreign architectures. As root or rootless (a user namespace that maps the caller to root).
+//! A run can also be long-lived and entered by other processes while it goes on (see
+//! [`running`]: `exec`, status, signals), as a dev environment's containers are.
 
 pub mod binfmt;
 pub mod changes;
 pub mod doctor;
+pub mod running;
 pub mod runtime;
 pub mod spec;
 pub mod userns;
@@ -21,6 +24,7 @@ use archway_oci::Platform;
 use archway_oci::layer::LayerEntry;
 
 pub use binfmt::Emulation;
+pub use running::{ContainerStatus, Exec, ExecStdio, ProcessId, RunningHandle};
 pub use runtime::{
     Exit, Launch, OciRuntime, RecordedLaunch, RecordingRuntime, Runtime, RuntimeKind,
 };
@@ -46,6 +50,13 @@ pub enum SandboxError {
     Start { what: String, message: String },
     #[error("{runtime} failed: {message}")]
     Runtime { runtime: String, message: String },
+    /// The run a [`RunningHandle`] names has ended.
+    #[error("container {id} is not running")]
+    NotRunning { id: String },
+    /// The runtime could not start a process in a running container (no such program, bad
+    /// working directory or user).
+    #[error("{runtime} could not run the command: {message}")]
+    Exec { runtime: String, message: String },
     #[error("{context}")]
     Io {
         context: String,
@@ -99,6 +110,9 @@ pub struct Outcome {
 }
 
 const TAIL: usize = 64 * 1024;
+
+/// Told the container id and the canonical root filesystem just before the runtime starts.
+type OnPrepared<'a> = dyn Fn(&str, &Path) + Sync + 'a;
 const HOSTNAME: &str = "archway";
 
 /// Runs processes through one runtime.
@@ -181,6 +195,19 @@ impl Sandbox {
         on_output: &(dyn Fn(&str) + Sync),
         cancel: Option<&std::sync::atomic::AtomicBool>,
     ) -> Result<Outcome, SandboxError> {
+        self.run_inner(spec, on_output, cancel, None, None)
+    }
+
+    /// The run itself; `on_spawn` gets the runtime's outermost pid, `on_prepared` the
+    /// container id and the canonical root filesystem before the runtime starts.
+    fn run_inner(
+        &self,
+        spec: &RunSpec<'_>,
+        on_output: &(dyn Fn(&str) + Sync),
+        cancel: Option<&std::sync::atomic::AtomicBool>,
+        on_spawn: Option<&(dyn Fn(u32) + Sync)>,
+        on_prepared: Option<&OnPrepared<'_>>,
+    ) -> Result<Outcome, SandboxError> {
         self.check_platform(spec.platform)?;
         let identity = users::resolve(spec.rootfs, &spec.user).map_err(SandboxError::User)?;
         let mut env = spec.env.clone();
@@ -250,6 +277,9 @@ impl Sandbox {
             .map_err(|e| SandboxError::Spec(e.to_string()))?;
 
         let id = format!("archway-{}", uuid::Uuid::new_v4().simple());
+        if let Some(f) = on_prepared {
+            f(&id, &rootfs);
+        }
         let state = Mutex::new(LineState::default());
         let emit = |bytes: &[u8]| {
             let Ok(mut s) = state.lock() else { return };
@@ -265,6 +295,7 @@ impl Sandbox {
                     map_root: self.map_root,
                     timeout: spec.timeout,
                     cancel,
+                    on_spawn,
                 },
                 &emit,
             )

@@ -3,6 +3,7 @@
 pub mod attest;
 pub mod build;
 pub mod common;
+pub mod dev;
 pub mod image;
 pub mod includes;
 pub mod local;

@@ -5,6 +5,7 @@ mod auth;
 mod build;
 mod coordinator;
 mod crash;
+mod dev;
 mod errors;
 mod gc;
 mod image;
