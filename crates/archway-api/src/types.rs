@@ -669,6 +669,32 @@ impl TestSummary {
         self.total
             .saturating_sub(self.failed + self.errors + self.skipped)
     }
+
+    /// `s` cut to at most [`Self::MAX_MESSAGE`] bytes (ending in `…` when cut).
+    pub fn clip(mut s: String) -> String {
+        if s.len() > Self::MAX_MESSAGE {
+            let mut end = Self::MAX_MESSAGE - '…'.len_utf8();
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+            s.push('…');
+        }
+        s
+    }
+
+    /// Within the bounds a summary may have: at most [`Self::MAX_FAILURES`] failures, each
+    /// string clipped. The runner makes summaries this way; the coordinator applies it to
+    /// what any runner sends.
+    pub fn bounded(mut self) -> Self {
+        self.failures.truncate(Self::MAX_FAILURES);
+        for f in &mut self.failures {
+            for s in [&mut f.suite, &mut f.name, &mut f.message] {
+                *s = Self::clip(std::mem::take(s));
+            }
+        }
+        self
+    }
 }
 
 /// One failing test case.

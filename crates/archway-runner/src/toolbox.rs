@@ -537,13 +537,13 @@ impl Server {
                 return Ok(());
             }
         };
-        std::fs::create_dir_all(&config_dir)?;
         let config = call.docker_config.as_deref().unwrap_or("{}");
         if serde_json::from_str::<serde_json::Value>(config).is_err() {
             w.write_all(&fail("the job's docker config.json is not JSON".into()))
                 .await?;
             return Ok(());
         }
+        std::fs::create_dir_all(&config_dir)?;
         std::fs::write(config_dir.join("config.json"), config)?;
         let result = self.run(&args, &config_dir, &mut w).await;
         let _ = std::fs::remove_dir_all(&config_dir);

@@ -624,19 +624,7 @@ impl Coordinator {
             && outcome != AttemptOutcome::HandedBack
         {
             // A runner's summary is bounded like any other input.
-            let mut t = t.clone();
-            t.failures.truncate(archway_api::TestSummary::MAX_FAILURES);
-            for f in &mut t.failures {
-                for s in [&mut f.suite, &mut f.name, &mut f.message] {
-                    if s.len() > archway_api::TestSummary::MAX_MESSAGE {
-                        let mut end = archway_api::TestSummary::MAX_MESSAGE;
-                        while !s.is_char_boundary(end) {
-                            end -= 1;
-                        }
-                        s.truncate(end);
-                    }
-                }
-            }
+            let t = t.clone().bounded();
             sqlx::query("UPDATE jobs SET test_summary = $1 WHERE id = $2")
                 .bind(json(&t))
                 .bind(job_id)

@@ -491,13 +491,7 @@ impl Coordinator {
         // `PARENT_PIPELINE_ID: $CI_PIPELINE_ID` means the parent's id: the trigger job's
         // predefined variables are known only now. A child job whose variable still holds
         // the passed-down value as planned gets the expanded one.
-        let known = |name: &str| match name {
-            "CI_PIPELINE_ID" | "CI_PIPELINE_IID" => Some(pipeline_id.to_string()),
-            "CI_JOB_ID" => Some(job_id.to_string()),
-            "CI_JOB_NAME" => Some(def.name.clone()),
-            "CI_JOB_STAGE" => Some(def.stage.clone()),
-            _ => None,
-        };
+        let known = |name: &str| trigger_job_variable(name, pipeline_id, job_id, &def);
         let expanded: HashMap<&str, (&str, String)> = trigger
             .variables
             .iter()
@@ -570,13 +564,7 @@ impl Coordinator {
                     .into(),
             ));
         };
-        let known = |name: &str| match name {
-            "CI_PIPELINE_ID" | "CI_PIPELINE_IID" => Some(pipeline_id.to_string()),
-            "CI_JOB_ID" => Some(job_id.to_string()),
-            "CI_JOB_NAME" => Some(def.name.clone()),
-            "CI_JOB_STAGE" => Some(def.stage.clone()),
-            _ => None,
-        };
+        let known = |name: &str| trigger_job_variable(name, pipeline_id, job_id, def);
         let variables: BTreeMap<String, String> = trigger
             .variables
             .iter()
@@ -773,6 +761,23 @@ mod access;
 mod attempts;
 mod cache;
 mod dynamic;
+
+/// The predefined variables of a trigger job that the values it passes down may use
+/// (`PARENT_PIPELINE_ID: $CI_PIPELINE_ID`), known only when it starts.
+fn trigger_job_variable(
+    name: &str,
+    pipeline_id: i64,
+    job_id: i64,
+    def: &JobDefinition,
+) -> Option<String> {
+    match name {
+        "CI_PIPELINE_ID" | "CI_PIPELINE_IID" => Some(pipeline_id.to_string()),
+        "CI_JOB_ID" => Some(job_id.to_string()),
+        "CI_JOB_NAME" => Some(def.name.clone()),
+        "CI_JOB_STAGE" => Some(def.stage.clone()),
+        _ => None,
+    }
+}
 mod pipelines;
 mod views;
 
