@@ -133,8 +133,8 @@ impl SubordinateIds {
                 message: e.to_string(),
             })?;
         let pid = child.id().to_string();
-        let mapped = self
-            .write_maps(&pid)
+        let mapped = wait_for_new_namespace(&pid, &mut child)
+            .and_then(|()| self.write_maps(&pid))
             .and_then(|()| signal_start(&fifo, &mut child));
         if let Err(message) = mapped {
             let _ = child.kill();
@@ -175,6 +175,33 @@ impl SubordinateIds {
             }
         }
         Ok(())
+    }
+}
+
+/// Waits until the child (setpriv, then unshare, same pid) has entered its new user
+/// namespace: writing the maps of a process still in ours fails with EPERM, a race the
+/// caller would otherwise lose on a busy machine.
+fn wait_for_new_namespace(pid: &str, child: &mut std::process::Child) -> Result<(), String> {
+    let ours =
+        std::fs::read_link("/proc/self/ns/user").map_err(|e| format!("/proc/self/ns/user: {e}"))?;
+    let theirs = format!("/proc/{pid}/ns/user");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match std::fs::read_link(&theirs) {
+            Ok(ns) if ns != ours => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("{theirs}: {e}"));
+            }
+            Err(_) => {}
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("unshare --user exited early ({status})"));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("unshare --user did not enter a new user namespace within 30 s".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 
