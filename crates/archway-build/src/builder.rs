@@ -145,6 +145,8 @@ pub struct BuildResult {
     /// The index (several platforms) or the manifest (one).
     pub descriptor: Descriptor,
     pub images: Vec<(Platform, Descriptor)>,
+    /// Every image the build pulled (`FROM`, `COPY --from`), per platform, by digest.
+    pub bases: Vec<BaseImage>,
     pub steps: usize,
     pub cached_steps: usize,
     pub warnings: Vec<Diagnostic>,
@@ -158,6 +160,20 @@ pub(crate) struct PlatformResult {
     pub(crate) cached: usize,
     /// Cache keys of the steps that made layers (exported with `--cache-repo`).
     pub(crate) used: BTreeSet<Digest>,
+    pub(crate) bases: Vec<BaseImage>,
+}
+
+/// An image a build pulled, pinned by the digest of the manifest it used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseImage {
+    /// As the Dockerfile named it, normalised (`docker.io/library/debian:12`).
+    pub reference: Reference,
+    /// The platform's manifest the build read.
+    pub digest: Digest,
+    /// The platform pulled (`FROM --platform=$BUILDPLATFORM` pulls the build machine's).
+    pub platform: Platform,
+    /// The platform of the image being built that used it.
+    pub target: Platform,
 }
 
 /// The builder. Cheap to clone (clones share the store and the source).
@@ -392,8 +408,10 @@ impl Builder {
         let mut images = Vec::new();
         let (mut steps, mut cached) = (0, 0);
         let mut used = BTreeSet::new();
+        let mut bases = Vec::new();
         for r in results {
             let r = r?;
+            bases.extend(r.bases);
             images.push((r.platform, r.descriptor));
             steps += r.steps;
             cached += r.cached;
@@ -429,6 +447,7 @@ impl Builder {
             tag,
             descriptor,
             images,
+            bases,
             steps,
             cached_steps: cached,
             warnings: diags,

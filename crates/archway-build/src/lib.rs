@@ -36,8 +36,8 @@ pub mod testing;
 mod tests;
 
 pub use builder::{
-    BindMount, BuildEvent, BuildRequest, BuildResult, Builder, ProgressSink, RunOutput, RunRequest,
-    StepRunner,
+    BaseImage, BindMount, BuildEvent, BuildRequest, BuildResult, Builder, ProgressSink, RunOutput,
+    RunRequest, StepRunner,
 };
 pub use cache::{CACHE_ARTIFACT_TYPE, CACHE_CONFIG_TYPE};
 pub use error::BuildError;

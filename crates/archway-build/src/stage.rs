@@ -15,7 +15,9 @@ use archway_oci::run_config::{DEFAULT_PATH, ensure_default_path};
 use archway_oci::{Descriptor, Digest, ImageManifest, Platform, media_type};
 use tokio::runtime::Handle;
 
-use crate::builder::{BindMount, BuildEvent, BuildRequest, Builder, PlatformResult, RunRequest};
+use crate::builder::{
+    BaseImage, BindMount, BuildEvent, BuildRequest, Builder, PlatformResult, RunRequest,
+};
 use crate::context::{self, ContextError, Tree};
 use crate::dockerfile::{CommandForm, CopySource};
 use crate::error::{BuildError, io};
@@ -49,6 +51,8 @@ pub(crate) struct PlatformBuild<'a> {
     image_trees: Mutex<HashMap<String, (PathBuf, Vec<Layer>)>>,
     /// Cache keys of the layer steps of this build (exported with `--cache-repo`).
     used: BTreeSet<Digest>,
+    /// Images pulled for `FROM` and `COPY --from`, by digest (for provenance).
+    bases: Mutex<Vec<BaseImage>>,
 }
 
 impl<'a> PlatformBuild<'a> {
@@ -70,6 +74,7 @@ impl<'a> PlatformBuild<'a> {
             cached: 0,
             image_trees: Mutex::default(),
             used: BTreeSet::new(),
+            bases: Mutex::default(),
         }
     }
 
@@ -120,6 +125,7 @@ impl<'a> PlatformBuild<'a> {
             steps: pb.steps,
             cached: pb.cached,
             used: std::mem::take(&mut pb.used),
+            bases: std::mem::take(pb.bases.get_mut().unwrap_or_else(|e| e.into_inner())),
         })
     }
 }
@@ -229,6 +235,18 @@ impl PlatformBuild<'_> {
             reference: r.to_string(),
             platform: platform.to_string(),
         });
+        {
+            let mut bases = self.bases.lock().unwrap_or_else(|e| e.into_inner());
+            let base = BaseImage {
+                reference: r.clone(),
+                digest: image.manifest.digest.clone(),
+                platform: platform.clone(),
+                target: self.platform.clone(),
+            };
+            if !bases.contains(&base) {
+                bases.push(base);
+            }
+        }
         Ok(State {
             key: hash_parts(&[
                 "image",

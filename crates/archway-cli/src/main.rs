@@ -84,6 +84,41 @@ enum Command {
     Verify(commands::sign::VerifyArgs),
     /// Log out of a registry.
     Logout(commands::login::LogoutArgs),
+    /// Print the version and the platform this binary was built for (`--json` for scripts).
+    Version(VersionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VersionArgs {
+    /// One JSON object: {"version", "platform", "linkage"}.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `archway version`: what a runner or an image's user checks first.
+fn version(a: VersionArgs) -> anyhow::Result<ExitCode> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let platform = format!("{}/{arch}", std::env::consts::OS);
+    let version = env!("CARGO_PKG_VERSION");
+    // musl builds are the static release binaries (scripts/release.sh).
+    let libc = if cfg!(target_env = "musl") {
+        "static, musl"
+    } else {
+        "dynamic"
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"version": version, "platform": platform, "linkage": libc})
+        );
+    } else {
+        println!("archway {version} ({platform}, {libc})");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -97,18 +132,30 @@ fn main() -> ExitCode {
         return commands::toolbox::main(tool, &args);
     }
     let cli = Cli::parse();
+    let serving = matches!(
+        cli.command,
+        Command::Registry(commands::registry::RegistryCommand::Serve(_))
+            | Command::Server(_)
+            | Command::Runner(commands::runner::RunnerCommand::Run(_))
+    );
+    if !serving {
+        // `archway … | head`: end quietly when the reader goes away, as other Unix tools
+        // do, rather than panic on a broken pipe. Servers keep SIGPIPE ignored (a client
+        // that hangs up must not kill them).
+        // The one unsafe call in the workspace: std offers no safe way to restore SIGPIPE.
+        // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // Servers hold a descriptor per connection and open file, builds many files at once.
     if let Err(e) = archway_http::raise_nofile_limit() {
         eprintln!("warning: could not raise the open-file limit: {e}");
     }
     // The servers (`registry serve`, `server`, `runner run`) install their own (an access
     // log, text or JSON); every other command prints what the libraries warn about.
-    if !matches!(
-        cli.command,
-        Command::Registry(commands::registry::RegistryCommand::Serve(_))
-            | Command::Server(_)
-            | Command::Runner(commands::runner::RunnerCommand::Run(_))
-    ) {
+    if !serving {
         logging::init();
     }
     let result = match cli.command {
@@ -129,6 +176,7 @@ fn main() -> ExitCode {
         Command::Sign(args) => commands::sign::sign(args),
         Command::Verify(args) => commands::sign::verify(args),
         Command::Logout(args) => commands::login::logout(args),
+        Command::Version(args) => version(args),
     };
     match result {
         Ok(code) => code,

@@ -107,9 +107,17 @@ pub struct BuildArgs {
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     step_timeout: Option<std::time::Duration>,
     /// Attach an SPDX SBOM (the packages of each platform's image: dpkg, apk, busybox) to
-    /// each pushed image, as an OCI 1.1 referrer (`archway image referrers` lists them).
-    #[arg(long)]
-    sbom: bool,
+    /// each pushed image, as an OCI 1.1 referrer (`archway image referrers` lists them). On by
+    /// default with `--push`; `--sbom=false` turns it off.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    sbom: Option<bool>,
+    /// Attach SLSA v1 provenance (in-toto): base images by digest, the Dockerfile's digest,
+    /// build arguments, the source commit, the builder; timestamps from SOURCE_DATE_EPOCH
+    /// when set, so reproducible builds keep reproducible attestations. On by default with
+    /// `--push`; `--provenance=false` turns it off. The builder id comes from
+    /// ARCHWAY_BUILDER_ID (default: CI_JOB_URL in a CI job, else urn:archway:build).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    provenance: Option<bool>,
     /// Sign each pushed image with this key (ECDSA P-256 PEM, see `archway sign
     /// --generate-key`): cosign-compatible signature attachments, the index and each platform.
     #[arg(long, value_name = "FILE")]
@@ -224,6 +232,112 @@ fn parse_secret(s: &str) -> anyhow::Result<(String, PathBuf)> {
     }
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Reports an attestation push: an error when asked for explicitly, a warning when it was
+/// only the default (a registry without OCI 1.1 referrers should not fail the push).
+fn attested(
+    n: anyhow::Result<usize>,
+    explicit: bool,
+    what: &str,
+    off: &str,
+    r: &archway_oci::Reference,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    match n {
+        Ok(n) => {
+            if !quiet {
+                eprintln!(
+                    "attached {n} {what}{} to {r}",
+                    if n == 1 { "" } else { "s" }
+                );
+            }
+            Ok(())
+        }
+        Err(e) if explicit => Err(e.context(format!("attaching the {what} to {r}"))),
+        Err(e) => {
+            eprintln!(
+                "warning: the image is pushed but its {what} could not be attached to {r}: {e:#} ({off} skips it)"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// What the provenance says about this build: its Dockerfile, arguments, base images and
+/// source. Times are SOURCE_DATE_EPOCH when set (reproducible), else the build's own.
+fn provenance_inputs(
+    context: &std::path::Path,
+    dockerfile: &std::path::Path,
+    dockerfile_text: &str,
+    req: &BuildRequest,
+    result: &archway_build::BuildResult,
+    started: u64,
+) -> anyhow::Result<super::attest::ProvenanceInputs> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let epoch_set = env("SOURCE_DATE_EPOCH").is_some();
+    let (started_on, finished_on) = if epoch_set {
+        (req.source_date_epoch, req.source_date_epoch)
+    } else {
+        (started, now_secs())
+    };
+    let builder_id = env("ARCHWAY_BUILDER_ID")
+        .or_else(|| env("CI_JOB_URL"))
+        .unwrap_or_else(|| "urn:archway:build".to_owned());
+    let invocation_id = env("CI_JOB_URL")
+        .or_else(|| env("CI_JOB_ID"))
+        .unwrap_or_else(|| result.tag.clone());
+    // The source: the CI job's project and commit, else the context's git checkout.
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(context)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let commit = env("CI_COMMIT_SHA").or_else(|| git(&["rev-parse", "HEAD"]));
+    let origin = env("CI_PROJECT_URL").or_else(|| git(&["remote", "get-url", "origin"]));
+    let source = commit.as_ref().map(|c| {
+        let repo = origin.clone().unwrap_or_else(|| "local".to_owned());
+        let repo = repo.strip_prefix("git+").unwrap_or(&repo).to_owned();
+        format!("git+{repo}@{c}")
+    });
+    let source_digest = commit
+        .filter(|c| c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|c| BTreeMap::from([("gitCommit".to_owned(), c)]))
+        .unwrap_or_default();
+    Ok(super::attest::ProvenanceInputs {
+        builder_id,
+        invocation_id,
+        started_on,
+        finished_on,
+        source,
+        source_digest,
+        dockerfile: Some(archway_attest::provenance::DockerfileInput {
+            // Relative to the context, so where the checkout lives does not matter.
+            path: dockerfile
+                .strip_prefix(context)
+                .unwrap_or(dockerfile)
+                .to_string_lossy()
+                .into_owned(),
+            digest: archway_oci::Digest::sha256(dockerfile_text.as_bytes()),
+        }),
+        build_args: req.build_args.clone(),
+        target: req.target.clone(),
+        bases: result.bases.clone(),
+    })
+}
+
 fn source_date_epoch() -> anyhow::Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.trim().is_empty() => v
@@ -297,6 +411,7 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         secrets.insert(id, src);
     }
     let req_epoch = source_date_epoch()?;
+    let started = now_secs();
     let req = BuildRequest {
         context: context.clone(),
         dockerfile: df,
@@ -500,6 +615,8 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    let provenance = provenance_inputs(&context, &dockerfile_path, &text, &req, &result, started)?;
+
     // Deliver.
     let source = Location::Layout {
         path: result.layout.clone(),
@@ -528,18 +645,38 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         };
         rt.block_on(copy(&client, &source, &dest, &opts))
             .with_context(|| format!("pushing to {t}"))?;
-        if let (true, Location::Registry(r)) = (a.sbom, &dest) {
-            let n = rt
-                .block_on(super::attest::attach_sboms(
+        if let Location::Registry(r) = &dest {
+            let single = result
+                .images
+                .first()
+                .map(|(p, _)| p.clone())
+                .unwrap_or_else(Platform::host);
+            if a.sbom.unwrap_or(true) {
+                let n = rt.block_on(super::attest::attach_sboms(
                     &client,
                     sbom_store.clone(),
                     &source,
                     r,
+                    &single,
                     req_epoch,
-                ))
-                .with_context(|| format!("attaching SBOMs to {r}"))?;
-            if !quiet {
-                eprintln!("attached {n} SBOM{} to {r}", if n == 1 { "" } else { "s" });
+                ));
+                attested(n, a.sbom.is_some(), "SBOM", "--sbom=false", r, quiet)?;
+            }
+            if a.provenance.unwrap_or(true) {
+                let n = rt.block_on(super::attest::attach_provenance(
+                    &client,
+                    r,
+                    &single,
+                    &provenance,
+                ));
+                attested(
+                    n,
+                    a.provenance.is_some(),
+                    "provenance attestation",
+                    "--provenance=false",
+                    r,
+                    quiet,
+                )?;
             }
         }
         if let (Some(key), Location::Registry(r)) = (&sign_key, &dest) {

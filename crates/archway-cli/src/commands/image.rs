@@ -96,6 +96,10 @@ pub struct InspectArgs {
     /// The image of this platform in an index.
     #[arg(long)]
     platform: Option<Platform>,
+    /// List what refers to the image instead (SBOMs, provenance, signatures), as `archway
+    /// image referrers` does.
+    #[arg(long, conflicts_with_all = ["raw", "platform"])]
+    referrers: bool,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
     #[command(flatten)]
@@ -119,10 +123,55 @@ pub struct ReferrersArgs {
     /// Only referrers of this artifact type (e.g. application/spdx+json).
     #[arg(long)]
     artifact_type: Option<String>,
+    /// Also print each referrer's document (the SPDX SBOM, the in-toto statement; at most
+    /// 32 MiB each, digest checked); with `--format json` as a `content` field.
+    #[arg(long)]
+    content: bool,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
     #[command(flatten)]
     registry: RegistryArgs,
+}
+
+/// The largest referrer document `--content` reads.
+const MAX_REFERRER_DOCUMENT: u64 = 32 << 20;
+
+/// The first layer of the referrer manifest `digest` in `r`'s repository: the SBOM or
+/// statement itself, checked against its digest.
+async fn referrer_document(
+    client: &archway_client::Client,
+    r: &archway_oci::Reference,
+    digest: &archway_oci::Digest,
+) -> anyhow::Result<Vec<u8>> {
+    use futures_util::StreamExt;
+    let at = archway_oci::Reference {
+        tag: None,
+        digest: Some(digest.clone()),
+        ..r.clone()
+    };
+    let m = client.get_manifest(&at).await?;
+    let parsed = archway_oci::ParsedManifest::parse(&m.bytes, None)?;
+    let Some(layer) = parsed.layers.first() else {
+        anyhow::bail!("referrer {digest} has no layer to show");
+    };
+    if layer.size > MAX_REFERRER_DOCUMENT {
+        anyhow::bail!(
+            "referrer {digest}: its document is {} bytes, more than --content reads (32 MiB)",
+            layer.size
+        );
+    }
+    let mut s = client.get_blob(&at, &layer.digest, 0).await?;
+    let mut data = Vec::new();
+    while let Some(c) = s.next().await {
+        data.extend_from_slice(&c?);
+        if data.len() as u64 > layer.size {
+            anyhow::bail!("referrer {digest}: its document is larger than its descriptor says");
+        }
+    }
+    if archway_oci::Digest::sha256(&data) != layer.digest {
+        anyhow::bail!("referrer {digest}: its document does not match its digest");
+    }
+    Ok(data)
 }
 
 fn referrers_cmd(a: ReferrersArgs) -> anyhow::Result<ExitCode> {
@@ -154,13 +203,20 @@ fn referrers_cmd(a: ReferrersArgs) -> anyhow::Result<ExitCode> {
                 );
             };
             for d in list {
-                rows.push(serde_json::json!({
+                let mut row = serde_json::json!({
                     "subject": digest.to_string(),
                     "platform": platform,
                     "artifactType": d.artifact_type,
                     "digest": d.digest.to_string(),
                     "size": d.size,
-                }));
+                });
+                if a.content {
+                    let doc = referrer_document(&client, &r, &d.digest).await?;
+                    row["content"] = serde_json::from_slice(&doc).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(&doc).into_owned())
+                    });
+                }
+                rows.push(row);
             }
         }
         Ok(rows)
@@ -176,6 +232,9 @@ fn referrers_cmd(a: ReferrersArgs) -> anyhow::Result<ExitCode> {
                     row["digest"].as_str().unwrap_or_default(),
                     row["subject"].as_str().unwrap_or_default(),
                 );
+                if let Some(content) = row.get("content") {
+                    println!("{}", serde_json::to_string_pretty(content)?);
+                }
             }
             if rows.is_empty() {
                 eprintln!("nothing refers to {}", r);
@@ -309,6 +368,15 @@ fn copy_cmd(a: CopyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn inspect_cmd(a: InspectArgs) -> anyhow::Result<ExitCode> {
+    if a.referrers {
+        return referrers_cmd(ReferrersArgs {
+            image: a.image,
+            artifact_type: None,
+            content: false,
+            format: a.format,
+            registry: a.registry,
+        });
+    }
     let loc = Location::parse(&a.image)?;
     let regs = registries(&[&loc]);
     let client = a

@@ -255,3 +255,193 @@ fn build_attaches_an_sbom_listing_the_images_packages_per_platform() {
         "{spdx}"
     );
 }
+
+/// Provenance is attached by default with `--push`: one in-toto SLSA v1 statement per
+/// platform naming that platform's base image by the digest the build pulled, the
+/// Dockerfile's digest and the build arguments; with SOURCE_DATE_EPOCH, rebuilding on a
+/// clean store gives the same statements (nothing new is attached). `--provenance=false
+/// --sbom=false` attaches nothing.
+#[test]
+fn provenance_names_each_platforms_base_digest_and_is_reproducible() {
+    let reg = RegistryProcess::start();
+    let env = UserEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("{}/library/busybox:1.35", reg.host());
+    run(archway(&env, dir.path()).args([
+        "image",
+        "copy",
+        "--all",
+        "--quiet",
+        &format!("oci:{}:1.35", busybox_layout().display()),
+        &base,
+    ]));
+    // The digest of each platform's base manifest, from the index.
+    let index: serde_json::Value = serde_json::from_str(&run(
+        archway(&env, dir.path()).args(["image", "inspect", "--raw", &base])
+    ))
+    .unwrap();
+    let base_digest = |arch: &str| {
+        index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["platform"]["architecture"] == arch)
+            .unwrap()["digest"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let dockerfile = "ARG BASE\nFROM $BASE\nARG TARGETARCH\nARG FLAVOUR\nRUN echo $TARGETARCH $FLAVOUR > /made\n";
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    let image = format!("{}/team/prov:1", reg.host());
+    let build = |store: &str| {
+        let mut c = archway(&env, dir.path());
+        c.env("SOURCE_DATE_EPOCH", "1700000000").args([
+            "build",
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--build-arg",
+            &format!("BASE={base}"),
+            "--build-arg",
+            "FLAVOUR=plain",
+            "-t",
+            &image,
+            "--push",
+            "--cache-dir",
+            store,
+        ]);
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = build(dir.path().join("store-a").to_str().unwrap());
+    assert!(
+        said.contains("attached 2 provenance attestations"),
+        "{said}"
+    );
+    assert!(said.contains("attached 2 SBOMs"), "{said}");
+    let statements = || -> Vec<serde_json::Value> {
+        serde_json::from_str(&run(archway(&env, dir.path()).args([
+            "image",
+            "referrers",
+            "--artifact-type",
+            "application/vnd.in-toto+json",
+            "--content",
+            "--format",
+            "json",
+            &image,
+        ])))
+        .unwrap()
+    };
+    let first = statements();
+    assert_eq!(first.len(), 2, "{first:#?}");
+    for row in &first {
+        let platform = row["platform"].as_str().unwrap();
+        let arch = platform.rsplit('/').next().unwrap();
+        let st = &row["content"];
+        assert_eq!(st["_type"], "https://in-toto.io/Statement/v1");
+        assert_eq!(st["predicateType"], "https://slsa.dev/provenance/v1");
+        assert_eq!(
+            st["subject"][0]["digest"]["sha256"],
+            row["subject"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("sha256:")
+        );
+        let def = &st["predicate"]["buildDefinition"];
+        assert_eq!(def["externalParameters"]["platform"], platform);
+        assert_eq!(def["externalParameters"]["buildArgs"]["FLAVOUR"], "plain");
+        assert_eq!(
+            def["externalParameters"]["dockerfile"]["digest"]["sha256"],
+            sha256_hex(dockerfile.as_bytes())
+        );
+        let deps = def["resolvedDependencies"].as_array().unwrap();
+        let want = base_digest(arch);
+        assert!(
+            deps.iter().any(
+                |d| d["digest"]["sha256"] == want.trim_start_matches("sha256:")
+                    && d["uri"]
+                        .as_str()
+                        .unwrap()
+                        .contains(&format!("platform=linux%2F{arch}"))
+            ),
+            "{platform}: the base {want} is not among {deps:#?}"
+        );
+        assert_eq!(
+            st["predicate"]["runDetails"]["metadata"]["startedOn"],
+            "2023-11-14T22:13:20Z"
+        );
+    }
+    // The same build on a clean store: the same statements, so nothing new refers to it.
+    let said = build(dir.path().join("store-b").to_str().unwrap());
+    assert!(
+        said.contains("attached 2 provenance attestations"),
+        "{said}"
+    );
+    let digests = |rows: &[serde_json::Value]| -> Vec<String> {
+        let mut d: Vec<String> = rows
+            .iter()
+            .map(|r| r["digest"].as_str().unwrap().to_owned())
+            .collect();
+        d.sort();
+        d
+    };
+    assert_eq!(digests(&statements()), digests(&first));
+    let all: Vec<serde_json::Value> = serde_json::from_str(&run(archway(&env, dir.path()).args([
+        "image",
+        "referrers",
+        "--format",
+        "json",
+        &image,
+    ])))
+    .unwrap();
+    assert_eq!(
+        all.len(),
+        4,
+        "two SBOMs and two statements, not more: {all:#?}"
+    );
+    // Turned off: nothing attached.
+    let plain = format!("{}/team/plain:1", reg.host());
+    let out = archway(&env, dir.path())
+        .args([
+            "build",
+            ctx.to_str().unwrap(),
+            "--build-arg",
+            &format!("BASE={base}"),
+            "--build-arg",
+            "FLAVOUR=other",
+            "-t",
+            &plain,
+            "--push",
+            "--provenance=false",
+            "--sbom=false",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let none: Vec<serde_json::Value> =
+        serde_json::from_str(&run(archway(&env, dir.path()).args([
+            "image",
+            "referrers",
+            "--format",
+            "json",
+            &plain,
+        ])))
+        .unwrap();
+    assert!(none.is_empty(), "{none:#?}");
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    archway_oci::Digest::sha256(data).hex().to_owned()
+}
