@@ -64,21 +64,8 @@ cat dist/SHA256SUMS
 
 if $check; then
     ensure_binfmt
-    arm=dist/linux/arm64/archway
-    step "the arm64 binary under qemu-user: version"
-    "$arm" --version
-    step "the arm64 binary under qemu-user: a registry round trip"
-    scratch=$(mktemp -d)
-    trap 'kill "$reg_pid" 2>/dev/null || true; rm -rf "$scratch"' EXIT
-    "$arm" registry serve --addr 127.0.0.1:0 --root "$scratch/reg" >"$scratch/log" 2>&1 &
-    reg_pid=$!
-    for _ in $(seq 1 200); do grep -q 'listening on' "$scratch/log" && break; sleep 0.1; done
-    addr=$(grep -o 'listening on [^ ]*' "$scratch/log" | head -1 | awk '{print $3}' | sed 's,^http://,,')
-    [ -n "$addr" ] || { cat "$scratch/log"; echo "error: the arm64 registry did not start" >&2; exit 1; }
-    "$arm" image copy --all "oci:shared-fixture:1.35" "$addr/smoke/busybox:1.35" 2>/dev/null \
-        || "$arm" image copy --all "oci:$root/../shared/fixtures/busybox-oci:1.35" "$addr/smoke/busybox:1.35"
-    "$arm" manifest inspect "$addr/smoke/busybox:1.35" >/dev/null
-    echo "ok: pushed and read back through the arm64 registry at $addr"
+    step "the arm64 binary under qemu-user: version and a registry round trip"
+    scripts/smoke.sh dist/linux/arm64/archway linux/arm64
 fi
 
 if [ -n "$image" ]; then

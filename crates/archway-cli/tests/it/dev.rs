@@ -807,3 +807,84 @@ impl Drop for Cleanup<'_> {
         let _ = (self.0)(&["dev", "down", "--volumes", "--time", "1s"]);
     }
 }
+
+/// `dev logs`: one container's output as printed, `--tail`, every container with its name
+/// in front, an unknown container refused, and `--follow` printing new output and ending
+/// when the container stops.
+#[test]
+fn logs_show_each_containers_output_and_follow_until_it_stops() {
+    let dev = Dev::new(&[(
+        "devfile.yaml",
+        "schemaVersion: 2.2.0\nmetadata: {name: chatty}\ncomponents:\n  - name: talk\n    container:\n      image: busybox:1.35\n      command: [sh, -c]\n      args: ['echo one; echo two; echo three; while [ ! -e \"$PROJECT_SOURCE/more\" ]; do sleep 0.1; done; echo four; exec sleep 1000']\n  - name: db\n    container:\n      image: busybox:1.35\n      mountSources: false\n      command: [sh, -c]\n      args: ['echo db-ready; exec sleep 1000']\n",
+    )]);
+    dev.up(&[]);
+    // Output reaches the log asynchronously: wait for the last line `up` can expect.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !dev.ok(&["dev", "logs", "-c", "talk"]).contains("three") {
+        assert!(std::time::Instant::now() < deadline, "no output from talk");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let talk = dev.ok(&["dev", "logs", "-c", "talk"]);
+    let lines: Vec<&str> = talk.lines().collect();
+    let at = |l: &str| {
+        lines
+            .iter()
+            .position(|x| *x == l)
+            .unwrap_or_else(|| panic!("no `{l}` in {talk}"))
+    };
+    assert!(at("one") < at("two") && at("two") < at("three"), "{talk}");
+    assert!(!talk.contains("db-ready"), "{talk}");
+    assert_eq!(
+        dev.ok(&["dev", "logs", "-c", "talk", "--tail", "2"]),
+        "two\nthree\n"
+    );
+    let all = dev.ok(&["dev", "logs"]);
+    assert!(all.contains("talk | three"), "{all}");
+    assert!(all.contains("db   | db-ready"), "{all}");
+    let err = dev.fails(&["dev", "logs", "-c", "nope"]);
+    assert!(
+        err.contains("no container `nope`") && err.contains("talk, db"),
+        "{err}"
+    );
+    // Follow: the lines so far, then new output as it comes, and the command ends when the
+    // container stops. (A reader thread, so a hang fails the test instead of blocking it.)
+    let mut follow = dev
+        .cmd(&["dev", "logs", "--follow", "-c", "talk"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0
+                || tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut read_until = |want: &str, seen: &mut String| {
+        while !seen.contains(want) {
+            match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+                Ok(chunk) => seen.push_str(&chunk),
+                Err(e) => panic!("logs --follow: no `{want}` ({e}); got {seen:?}"),
+            }
+        }
+    };
+    read_until("three\n", &mut seen);
+    assert!(!seen.contains("four"), "{seen}");
+    dev.write("more", "");
+    read_until("four\n", &mut seen);
+    assert_eq!(seen, "one\ntwo\nthree\nfour\n");
+    dev.ok(&["dev", "stop", "--time", "1s"]);
+    let status = follow.wait().unwrap();
+    assert!(status.success(), "{status}");
+    dev.ok(&["dev", "down", "--time", "1s"]);
+    dev.assert_nothing_running();
+}

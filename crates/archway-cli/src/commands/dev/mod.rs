@@ -14,6 +14,7 @@
 //! the containers, [`stop`] ends them.
 
 mod exec;
+mod logs;
 mod plan;
 mod state;
 mod stop;
@@ -88,6 +89,18 @@ pub enum DevCommand {
     ///   archway dev ls --format json
     #[command(verbatim_doc_comment)]
     Ls(LsArgs),
+    /// Show what the containers printed (stdout and stderr, and when they started and
+    /// exited).
+    ///
+    /// With several containers each line starts with the container's name. `--follow`
+    /// keeps printing until every container shown has stopped (or Ctrl-C).
+    ///
+    /// Examples:
+    ///   archway dev logs
+    ///   archway dev logs -c db --tail 20
+    ///   archway dev logs --follow
+    #[command(verbatim_doc_comment)]
+    Logs(LogsArgs),
     /// Stop the containers (preStop commands first); state and volumes are kept.
     ///
     /// Examples:
@@ -200,6 +213,22 @@ pub struct LsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    select: Select,
+    /// Only this container (default: all of them).
+    #[arg(short = 'c', long, value_name = "NAME")]
+    container: Option<String>,
+    /// Only the last N lines of each container.
+    #[arg(short = 'n', long, value_name = "N")]
+    tail: Option<usize>,
+    /// Keep printing new output until the containers stop (`-f` names the file, as in
+    /// the other `dev` commands).
+    #[arg(long)]
+    follow: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct StopArgs {
     #[command(flatten)]
     select: Select,
@@ -232,6 +261,7 @@ pub fn run(cmd: DevCommand) -> anyhow::Result<ExitCode> {
         DevCommand::Exec(a) => exec_cmd(a),
         DevCommand::Shell(a) => shell(a),
         DevCommand::Ls(a) => ls(a),
+        DevCommand::Logs(a) => logs::logs(a),
         DevCommand::Stop(a) => stop::stop(a),
         DevCommand::Down(a) => stop::down(a),
         DevCommand::Supervise(a) => supervise::supervise(&ContainerDir {
