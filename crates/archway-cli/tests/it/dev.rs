@@ -869,7 +869,7 @@ fn logs_show_each_containers_output_and_follow_until_it_stops() {
         }
     });
     let mut seen = String::new();
-    let mut read_until = |want: &str, seen: &mut String| {
+    let read_until = |want: &str, seen: &mut String| {
         while !seen.contains(want) {
             match rx.recv_timeout(std::time::Duration::from_secs(30)) {
                 Ok(chunk) => seen.push_str(&chunk),
