@@ -119,3 +119,23 @@ report_skips() {
         fi
     fi
 }
+
+# Cross-compiling for aarch64-unknown-linux-musl: Debian has no aarch64 musl compiler, so C
+# dependencies (SQLite, aws-lc) are compiled by the aarch64 GNU compiler against musl's own
+# arm64 headers (musl-dev:arm64, multiarch) — against glibc's they would call glibc-only
+# symbols such as stat64 that musl lacks — and linked by Rust's self-contained musl.
+# Exports the variables cargo and the cc crate read.
+setup_aarch64_musl() {
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        as_root dpkg --add-architecture arm64
+        as_root apt-get update -qq
+    fi
+    ensure_packages gcc-aarch64-linux-gnu musl-dev:arm64
+    if command -v rustup >/dev/null; then
+        rustup target add aarch64-unknown-linux-musl >/dev/null
+    fi
+    export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
+    export AR_aarch64_unknown_linux_musl=aarch64-linux-gnu-ar
+    export CFLAGS_aarch64_unknown_linux_musl="-nostdinc -isystem /usr/include/aarch64-linux-musl -isystem $(aarch64-linux-gnu-gcc -print-file-name=include)"
+    export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
+}

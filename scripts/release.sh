@@ -29,12 +29,13 @@ while [ $# -gt 0 ]; do
 done
 
 require_rust
-# musl-gcc for the amd64 C dependencies (SQLite, aws-lc), the aarch64 cross compiler and
-# linker for arm64; rustup provides the Rust standard library for both musl targets.
-ensure_packages musl-tools gcc-aarch64-linux-gnu
+# musl-gcc for the amd64 C dependencies (SQLite, aws-lc); for arm64 see setup_aarch64_musl
+# in scripts/lib.sh. rustup provides the Rust standard library for both musl targets.
+ensure_packages musl-tools
 if command -v rustup >/dev/null; then
-    rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-musl >/dev/null
+    rustup target add x86_64-unknown-linux-musl >/dev/null
 fi
+setup_aarch64_musl
 
 root=$(pwd)
 target_dir=${CARGO_TARGET_DIR:-$root/target}
@@ -42,9 +43,6 @@ cargo_home=${CARGO_HOME:-$HOME/.cargo}
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
 export RUSTFLAGS="--remap-path-prefix=$root=/archway --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$target_dir=/target -C target-feature=+crt-static"
 export CC_x86_64_unknown_linux_musl=musl-gcc
-export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
-export AR_aarch64_unknown_linux_musl=aarch64-linux-gnu-ar
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
 
 version=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="archway-cli"))')
 mkdir -p dist

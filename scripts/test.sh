@@ -44,18 +44,10 @@ report_skips "$ARCHWAY_SKIP_LOG"
 # Archway on arm64: the same code cross-built for aarch64 (static, musl, as the release is),
 # its unit tests and a smoke test of the binary, run here through qemu-user (binfmt).
 step "arm64: cross-built unit tests and a smoke test of the arm64 binary under qemu-user"
-ensure_packages musl-tools gcc-aarch64-linux-gnu
-if command -v rustup >/dev/null; then
-    rustup target add aarch64-unknown-linux-musl >/dev/null
-fi
-arm64_env=(
-    CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
-    AR_aarch64_unknown_linux_musl=aarch64-linux-gnu-ar
-    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
-    RUSTFLAGS="-C target-feature=+crt-static"
-)
-env "${arm64_env[@]}" cargo test --locked --target aarch64-unknown-linux-musl \
+setup_aarch64_musl
+export RUSTFLAGS="-C target-feature=+crt-static"
+cargo test --locked --target aarch64-unknown-linux-musl \
     -p archway-oci -p archway-pipeline -p archway-attest -p archway-devfile --lib
-env "${arm64_env[@]}" cargo build --locked --target aarch64-unknown-linux-musl -p archway-cli --bin archway
+cargo build --locked --target aarch64-unknown-linux-musl -p archway-cli --bin archway
 scripts/smoke.sh target/aarch64-unknown-linux-musl/debug/archway linux/arm64
 step "all checks passed"
