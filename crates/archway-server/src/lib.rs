@@ -36,7 +36,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, header};
 
-use archway_registry::{FsStorage, Registry, RegistryConfig};
+use archway_registry::storage::s3::{S3Config, S3Storage};
+use archway_registry::{FsStorage, Registry, RegistryConfig, Storage};
 
 pub use coordinator::{Coordinator, CoordinatorConfig, Principal};
 pub use db::{Db, DbError};
@@ -45,7 +46,8 @@ pub use error::CoordError;
 /// How to run a server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Holds `coordinator.db` (SQLite), `registry/` and `sources/`.
+    /// Holds `coordinator.db` (SQLite), and `registry/` and `sources/` unless they are on an
+    /// object store.
     pub data_dir: PathBuf,
     /// `postgres://…`; SQLite under `data_dir` when `None`.
     pub database_url: Option<String>,
@@ -55,6 +57,9 @@ pub struct ServerConfig {
     pub max_source_bytes: u64,
     /// Serve `/metrics` without a token (when it is on a separate, private listener).
     pub open_metrics: bool,
+    /// The registry's content and the source snapshots on an object store (shared by every
+    /// replica) instead of under `data_dir`.
+    pub object_store: Option<S3Config>,
 }
 
 impl ServerConfig {
@@ -66,6 +71,7 @@ impl ServerConfig {
             poll_wait: archway_api::client::POLL_WAIT,
             max_source_bytes: 1024 * 1024 * 1024,
             open_metrics: false,
+            object_store: None,
         }
     }
 }
@@ -97,6 +103,8 @@ pub enum OpenError {
     Coord(#[from] CoordError),
     #[error("opening the registry storage under {path}: {message}")]
     Registry { path: String, message: String },
+    #[error("opening the object store {location}: {message}")]
+    ObjectStore { location: String, message: String },
     #[error("creating the data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -136,17 +144,30 @@ impl Server {
                 "gave running attempts a lease period to reconnect after a restart"
             );
         }
-        let reg_root = config.data_dir.join("registry");
-        let storage = FsStorage::open(&reg_root).map_err(|e| OpenError::Registry {
-            path: reg_root.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let registry = Arc::new(Registry::new(
-            Arc::new(storage),
-            None,
-            RegistryConfig::default(),
-        ));
-        let sources = sources::SourceStore::open(&config.data_dir, config.max_source_bytes)?;
+        let (storage, sources): (Arc<dyn Storage>, _) = match &config.object_store {
+            Some(s3) => {
+                let failed = |message: String| OpenError::ObjectStore {
+                    location: s3.location.to_string(),
+                    message,
+                };
+                let storage = S3Storage::open(s3).map_err(|e| failed(e.to_string()))?;
+                let (client, prefix) = storage.client();
+                let sources =
+                    sources::SourceStore::on_object_store(client, &prefix, config.max_source_bytes);
+                (Arc::new(storage), sources)
+            }
+            None => {
+                let reg_root = config.data_dir.join("registry");
+                let storage = FsStorage::open(&reg_root).map_err(|e| OpenError::Registry {
+                    path: reg_root.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                let sources =
+                    sources::SourceStore::open(&config.data_dir, config.max_source_bytes)?;
+                (Arc::new(storage), sources)
+            }
+        };
+        let registry = Arc::new(Registry::new(storage, None, RegistryConfig::default()));
         let server = Arc::new(Server {
             coord,
             dispatcher: dispatch::Dispatcher::new(),

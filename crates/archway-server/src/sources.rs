@@ -1,24 +1,54 @@
-//! Source snapshots (gzipped tarballs of a repository), stored by digest under
-//! `DATA/sources/sha256/<hex>.tar.gz` so runners fetch them and identical snapshots are
-//! stored once.
+//! Source snapshots (gzipped tarballs of a repository), stored by digest so runners fetch
+//! them and identical snapshots are stored once. Where they live is a [`SnapshotStore`]: the
+//! data directory (`DATA/sources/sha256/<hex>.tar.gz`, [`FsSnapshots`]) or the object store
+//! the registry uses (`PREFIX/sources/sha256/<hex>.tar.gz`, [`ObjectSnapshots`]), which
+//! every server replica sharing the bucket sees at once.
 //!
-//! **Invariant:** a snapshot path only ever holds bytes whose digest was verified: uploads
-//! stream into a temporary file while being hashed, are fsynced, compared with the digest
-//! they were sent under, and only then renamed into place.
+//! **Invariant:** a snapshot's name only ever holds bytes whose digest was verified: uploads
+//! are hashed as they stream into a temporary file (fsynced, then renamed into place) or into
+//! a multipart upload (completed only after the digest matched, aborted otherwise).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3;
+use object_store::{ObjectStoreExt, WriteMultipart};
 use tokio::io::AsyncWriteExt;
 
 use archway_oci::{Digest, digest::Digester};
 
 use crate::error::CoordError;
 
+/// A snapshot's bytes as they arrive (errors already described).
+pub type UploadBody<'a> = BoxStream<'a, Result<Bytes, String>>;
+/// A stored snapshot's bytes.
+pub type SnapshotBytes = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// Where snapshots are kept.
+#[async_trait]
+pub trait SnapshotStore: Send + Sync + std::fmt::Debug {
+    /// Size of a stored snapshot, `None` if there is none.
+    async fn size(&self, digest: &Digest) -> Result<Option<u64>, CoordError>;
+    /// Stores `body`, which must hash to `digest` and be at most `max_bytes` long; nothing is
+    /// visible unless it does. Returns the size.
+    async fn put(
+        &self,
+        digest: &Digest,
+        body: UploadBody<'_>,
+        max_bytes: u64,
+    ) -> Result<u64, CoordError>;
+    /// A stored snapshot and its size, `None` if there is none.
+    async fn read(&self, digest: &Digest) -> Result<Option<(SnapshotBytes, u64)>, CoordError>;
+}
+
+/// Source snapshots, on whichever [`SnapshotStore`] the server was given.
 #[derive(Clone, Debug)]
 pub struct SourceStore {
-    dir: PathBuf,
+    store: Arc<dyn SnapshotStore>,
     /// Largest snapshot accepted.
     pub max_bytes: u64,
 }
@@ -28,24 +58,42 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CoordError {
     move |source| CoordError::Io { context, source }
 }
 
+fn store_io(context: &str) -> impl FnOnce(object_store::Error) -> CoordError + '_ {
+    move |e| CoordError::Io {
+        context: context.to_owned(),
+        source: std::io::Error::other(e),
+    }
+}
+
+fn too_large(max_bytes: u64) -> CoordError {
+    CoordError::TooLarge(format!(
+        "source snapshots may be at most {} MiB (the server's --max-source-size)",
+        max_bytes / (1024 * 1024)
+    ))
+}
+
+fn mismatch(got: &Digest, want: &Digest) -> CoordError {
+    CoordError::BadRequest(format!(
+        "the upload's digest is {got}, not {want}: the snapshot was changed or cut short"
+    ))
+}
+
 impl SourceStore {
+    /// Snapshots under `DIR/sources/` (created if missing; leftovers of interrupted uploads
+    /// are removed).
     pub fn open(dir: &Path, max_bytes: u64) -> Result<SourceStore, CoordError> {
-        let dir = dir.join("sources");
-        std::fs::create_dir_all(dir.join("sha256")).map_err(io("creating the source store"))?;
-        std::fs::create_dir_all(dir.join("tmp")).map_err(io("creating the source store"))?;
-        // Leftovers of uploads interrupted by a crash.
-        if let Ok(entries) = std::fs::read_dir(dir.join("tmp")) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        Ok(SourceStore { dir, max_bytes })
+        Ok(SourceStore {
+            store: Arc::new(FsSnapshots::open(dir)?),
+            max_bytes,
+        })
     }
 
-    fn path(&self, digest: &Digest) -> PathBuf {
-        self.dir
-            .join(digest.algorithm().as_str())
-            .join(format!("{}.tar.gz", digest.hex()))
+    /// Snapshots on an object store, under `PREFIX/sources/`.
+    pub fn on_object_store(store: Arc<AmazonS3>, prefix: &str, max_bytes: u64) -> SourceStore {
+        SourceStore {
+            store: Arc::new(ObjectSnapshots::new(store, prefix)),
+            max_bytes,
+        }
     }
 
     fn parse(digest: &str) -> Result<Digest, CoordError> {
@@ -62,24 +110,103 @@ impl SourceStore {
 
     pub async fn exists(&self, digest: &str) -> Result<bool, CoordError> {
         let d = Self::parse(digest)?;
-        Ok(tokio::fs::try_exists(self.path(&d)).await.unwrap_or(false))
+        Ok(self.store.size(&d).await?.is_some())
     }
 
     /// Stores a snapshot from `body`, which must hash to `digest`.
     pub async fn put<E: std::fmt::Display>(
         &self,
         digest: &str,
-        mut body: impl Stream<Item = Result<Bytes, E>> + Unpin,
+        body: impl Stream<Item = Result<Bytes, E>> + Unpin + Send,
     ) -> Result<u64, CoordError> {
         let d = Self::parse(digest)?;
-        let target = self.path(&d);
-        if tokio::fs::try_exists(&target).await.unwrap_or(false) {
+        if let Some(size) = self.store.size(&d).await? {
             // Drain nothing: the client may stop sending; what we have is verified.
-            return Ok(tokio::fs::metadata(&target)
-                .await
-                .map_err(io("reading a stored source"))?
-                .len());
+            return Ok(size);
         }
+        let body = body.map_err(|e| e.to_string()).boxed();
+        self.store.put(&d, body, self.max_bytes).await
+    }
+
+    /// A stored snapshot as a stream, with its size.
+    pub async fn read(&self, digest: &str) -> Result<(SnapshotBytes, u64), CoordError> {
+        let d = Self::parse(digest)?;
+        self.store
+            .read(&d)
+            .await?
+            .ok_or_else(|| CoordError::NotFound(format!("no source snapshot {digest}")))
+    }
+
+    /// Opens a stored snapshot as a file: the file itself on the filesystem, a private
+    /// (already unlinked) local copy when the snapshot is on an object store. [`Self::read`]
+    /// streams without the copy.
+    pub async fn open_read(&self, digest: &str) -> Result<(tokio::fs::File, u64), CoordError> {
+        let (mut bytes, len) = self.read(digest).await?;
+        let file = tokio::task::spawn_blocking(tempfile::tempfile)
+            .await
+            .map_err(|e| CoordError::Io {
+                context: "copying a source snapshot".into(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(io("copying a source snapshot"))?;
+        let mut file = tokio::fs::File::from_std(file);
+        while let Some(chunk) = bytes.next().await {
+            file.write_all(&chunk.map_err(io("reading a stored source"))?)
+                .await
+                .map_err(io("copying a source snapshot"))?;
+        }
+        use tokio::io::AsyncSeekExt;
+        file.seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(io("copying a source snapshot"))?;
+        Ok((file, len))
+    }
+}
+
+/// Snapshots in `DATA/sources/`.
+#[derive(Debug)]
+pub struct FsSnapshots {
+    dir: PathBuf,
+}
+
+impl FsSnapshots {
+    pub fn open(dir: &Path) -> Result<FsSnapshots, CoordError> {
+        let dir = dir.join("sources");
+        std::fs::create_dir_all(dir.join("sha256")).map_err(io("creating the source store"))?;
+        std::fs::create_dir_all(dir.join("tmp")).map_err(io("creating the source store"))?;
+        // Leftovers of uploads interrupted by a crash.
+        if let Ok(entries) = std::fs::read_dir(dir.join("tmp")) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(FsSnapshots { dir })
+    }
+
+    fn path(&self, digest: &Digest) -> PathBuf {
+        self.dir
+            .join(digest.algorithm().as_str())
+            .join(format!("{}.tar.gz", digest.hex()))
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for FsSnapshots {
+    async fn size(&self, digest: &Digest) -> Result<Option<u64>, CoordError> {
+        match tokio::fs::metadata(self.path(digest)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("reading a stored source")(e)),
+        }
+    }
+
+    async fn put(
+        &self,
+        d: &Digest,
+        mut body: UploadBody<'_>,
+        max_bytes: u64,
+    ) -> Result<u64, CoordError> {
+        let target = self.path(d);
         let tmp = self
             .dir
             .join("tmp")
@@ -92,11 +219,8 @@ impl SourceStore {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk
                     .map_err(|e| CoordError::BadRequest(format!("reading the upload: {e}")))?;
-                if hasher.len() + chunk.len() as u64 > self.max_bytes {
-                    return Err(CoordError::TooLarge(format!(
-                        "source snapshots may be at most {} MiB (the server's --max-source-size)",
-                        self.max_bytes / (1024 * 1024)
-                    )));
+                if hasher.len() + chunk.len() as u64 > max_bytes {
+                    return Err(too_large(max_bytes));
                 }
                 hasher.update(&chunk);
                 f.write_all(&chunk)
@@ -106,10 +230,8 @@ impl SourceStore {
             f.sync_all().await.map_err(io("syncing a source upload"))?;
             let size = hasher.len();
             let got = hasher.finish();
-            if got != d {
-                return Err(CoordError::BadRequest(format!(
-                    "the upload's digest is {got}, not {d}: the snapshot was changed or cut short"
-                )));
+            if &got != d {
+                return Err(mismatch(&got, d));
             }
             tokio::fs::rename(&tmp, &target)
                 .await
@@ -129,18 +251,127 @@ impl SourceStore {
         result
     }
 
-    /// Opens a stored snapshot for reading.
-    pub async fn open_read(&self, digest: &str) -> Result<(tokio::fs::File, u64), CoordError> {
-        let d = Self::parse(digest)?;
-        let f = tokio::fs::File::open(self.path(&d))
-            .await
-            .map_err(|_| CoordError::NotFound(format!("no source snapshot {digest}")))?;
+    async fn read(&self, digest: &Digest) -> Result<Option<(SnapshotBytes, u64)>, CoordError> {
+        let f = match tokio::fs::File::open(self.path(digest)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("reading a stored source")(e)),
+        };
         let len = f
             .metadata()
             .await
             .map_err(io("reading a stored source"))?
             .len();
-        Ok((f, len))
+        let stream = tokio_util::io::ReaderStream::with_capacity(f, 64 * 1024).boxed();
+        Ok(Some((stream, len)))
+    }
+}
+
+/// Snapshots on an object store, under `PREFIX/sources/`.
+#[derive(Debug)]
+pub struct ObjectSnapshots {
+    store: Arc<AmazonS3>,
+    prefix: String,
+}
+
+/// Parts of a snapshot upload (S3 wants at least 5 MiB but the last).
+const SNAPSHOT_PART: usize = 8 * 1024 * 1024;
+
+impl ObjectSnapshots {
+    pub fn new(store: Arc<AmazonS3>, prefix: &str) -> ObjectSnapshots {
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        ObjectSnapshots { store, prefix }
+    }
+
+    fn path(&self, digest: &Digest) -> object_store::path::Path {
+        object_store::path::Path::from(format!(
+            "{}sources/{}/{}.tar.gz",
+            self.prefix,
+            digest.algorithm(),
+            digest.hex()
+        ))
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for ObjectSnapshots {
+    async fn size(&self, digest: &Digest) -> Result<Option<u64>, CoordError> {
+        match self.store.head(&self.path(digest)).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_io("looking up a stored source")(e)),
+        }
+    }
+
+    async fn put(
+        &self,
+        d: &Digest,
+        mut body: UploadBody<'_>,
+        max_bytes: u64,
+    ) -> Result<u64, CoordError> {
+        // Straight to the snapshot's own name: a multipart upload is invisible until it is
+        // completed, and it is completed only once the digest matched.
+        let upload = self
+            .store
+            .put_multipart(&self.path(d))
+            .await
+            .map_err(store_io("storing a source snapshot"))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, SNAPSHOT_PART);
+        let mut hasher = Digester::new(d.algorithm());
+        let received = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk
+                    .map_err(|e| CoordError::BadRequest(format!("reading the upload: {e}")))?;
+                if hasher.len() + chunk.len() as u64 > max_bytes {
+                    return Err(too_large(max_bytes));
+                }
+                hasher.update(&chunk);
+                // At most two parts in flight: memory stays bounded per upload.
+                writer
+                    .wait_for_capacity(2)
+                    .await
+                    .map_err(store_io("storing a source snapshot"))?;
+                writer.put(chunk);
+            }
+            Ok(())
+        }
+        .await;
+        let size = hasher.len();
+        let got = hasher.finish();
+        let verdict = match received {
+            Err(e) => Err(e),
+            Ok(()) if &got != d => Err(mismatch(&got, d)),
+            Ok(()) => Ok(()),
+        };
+        match verdict {
+            Ok(()) => {
+                writer
+                    .finish()
+                    .await
+                    .map_err(store_io("storing a source snapshot"))?;
+                Ok(size)
+            }
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn read(&self, digest: &Digest) -> Result<Option<(SnapshotBytes, u64)>, CoordError> {
+        match self.store.get(&self.path(digest)).await {
+            Ok(r) => {
+                let len = r.meta.size;
+                let stream = r.into_stream().map_err(std::io::Error::other).boxed();
+                Ok(Some((stream, len)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_io("reading a stored source")(e)),
+        }
     }
 }
 

@@ -1,6 +1,9 @@
 //! Integration tests: one binary, real `archway` processes on loopback, real peer clients.
 #![allow(clippy::print_stderr, clippy::unwrap_used)]
 
+#[macro_use]
+mod support;
+
 mod auth;
 mod build;
 mod coordinator;
@@ -14,4 +17,3 @@ mod pipeline;
 mod registry_abuse;
 mod sandbox;
 mod spec;
-mod support;

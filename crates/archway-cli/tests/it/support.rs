@@ -17,13 +17,82 @@ pub fn archway() -> Command {
     Command::new(env!("CARGO_BIN_EXE_archway"))
 }
 
+/// The environment variable naming the test S3 server's bucket (`s3://archway-test`);
+/// `AWS_ENDPOINT_URL` and the usual AWS variables say how to reach it. `scripts/test.sh`
+/// starts the server and sets them.
+pub const S3_ENV: &str = "ARCHWAY_TEST_S3";
+
+/// Where a registry under test keeps its content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A temporary directory (`--root`).
+    Fs,
+    /// A fresh prefix of the test bucket (`--storage s3://…`).
+    S3(String),
+}
+
+impl Backend {
+    /// A fresh prefix on the test S3 server; `None` (after a visible [`skip`]) without one.
+    pub fn s3() -> Option<Backend> {
+        match std::env::var(S3_ENV) {
+            Ok(bucket) => Some(Backend::S3(format!(
+                "{}/t{:016x}",
+                bucket.trim_end_matches('/'),
+                rand::random::<u64>()
+            ))),
+            Err(_) => {
+                skip(&format!(
+                    "no S3 server: {S3_ENV} is not set (scripts/test.sh starts one; see scripts/lib.sh start_test_s3)"
+                ));
+                None
+            }
+        }
+    }
+
+    /// The storage flags of `registry serve` and `registry gc` for this backend.
+    pub fn args(&self, root: &Path) -> Vec<String> {
+        match self {
+            Backend::Fs => vec!["--root".into(), root.display().to_string()],
+            Backend::S3(location) => vec!["--storage".into(), location.clone()],
+        }
+    }
+}
+
+/// Runs test functions that take a [`Backend`] once per backend, as `<module>::fs::<name>`
+/// and `<module>::s3::<name>`, so that one suite covers both (the object store's tests skip,
+/// visibly, without a test S3 server).
+macro_rules! on_each_backend {
+    ($($test:ident),* $(,)?) => {
+        mod fs {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(crate::support::Backend::Fs)
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[test]
+                fn $test() {
+                    if let Some(b) = crate::support::Backend::s3() {
+                        super::$test(b)
+                    }
+                }
+            )*
+        }
+    };
+}
+
 /// A running `archway registry serve`. Killed when dropped.
 pub struct RegistryProcess {
     child: Option<Child>,
     pub addr: String,
     pub root: PathBuf,
+    pub backend: Backend,
     pub log: PathBuf,
     extra: Vec<String>,
+    envs: Vec<(String, String)>,
     soft_nofile: Option<u64>,
     _dir: Option<tempfile::TempDir>,
     _config: Option<tempfile::TempDir>,
@@ -37,6 +106,39 @@ impl RegistryProcess {
 
     pub fn start_with(extra: &[&str]) -> Self {
         Self::start_limited(extra, None)
+    }
+
+    /// A registry on `backend`, with `extra` flags.
+    pub fn start_on(backend: &Backend, extra: &[&str]) -> Self {
+        Self::start_full(backend, extra, &[], None)
+    }
+
+    /// A registry on `backend` with `extra` flags and environment variables.
+    pub fn start_on_env(backend: &Backend, extra: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_full(backend, extra, envs, None)
+    }
+
+    /// Another process on the same storage and flags (a replica), on a port of its own.
+    pub fn replica(&self) -> Self {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let envs: Vec<(&str, &str)> = self
+            .envs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Self::spawn(
+            &self.backend,
+            &self.root,
+            &extra,
+            &envs,
+            "127.0.0.1:0",
+            None,
+        )
+    }
+
+    /// The storage flags this registry was started with (for `registry gc`).
+    pub fn storage_args(&self) -> Vec<String> {
+        self.backend.args(&self.root)
     }
 
     /// With `--htpasswd` (the users of [`htpasswd`] at bcrypt `cost`), `--access` with
@@ -59,14 +161,30 @@ impl RegistryProcess {
 
     /// Started (through `sh`) with the soft open-file limit set to `soft_nofile`.
     pub fn start_limited(extra: &[&str], soft_nofile: Option<u64>) -> Self {
+        Self::start_full(&Backend::Fs, extra, &[], soft_nofile)
+    }
+
+    fn start_full(
+        backend: &Backend,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+        soft_nofile: Option<u64>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("root");
-        let mut r = Self::spawn(&root, extra, "127.0.0.1:0", soft_nofile);
+        let mut r = Self::spawn(backend, &root, extra, envs, "127.0.0.1:0", soft_nofile);
         r._dir = Some(dir);
         r
     }
 
-    fn spawn(root: &Path, extra: &[&str], listen: &str, soft_nofile: Option<u64>) -> Self {
+    fn spawn(
+        backend: &Backend,
+        root: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+        listen: &str,
+        soft_nofile: Option<u64>,
+    ) -> Self {
         let log = root.with_extension(format!("log-{}", rand::random::<u32>()));
         fs::create_dir_all(root.parent().unwrap()).unwrap();
         let stderr = fs::File::create(&log).expect("log file");
@@ -80,9 +198,10 @@ impl RegistryProcess {
             }
         };
         let child = cmd
-            .args(["registry", "serve", "--listen", listen, "--root"])
-            .arg(root)
+            .args(["registry", "serve", "--listen", listen])
+            .args(backend.args(root))
             .args(extra)
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -91,8 +210,13 @@ impl RegistryProcess {
             child: Some(child),
             addr: String::new(),
             root: root.to_owned(),
+            backend: backend.clone(),
             log,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             soft_nofile,
             _dir: None,
             _config: None,
@@ -145,7 +269,19 @@ impl RegistryProcess {
     pub fn restart(&mut self) {
         self.kill9();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let mut fresh = Self::spawn(&self.root, &extra, &self.addr, self.soft_nofile);
+        let envs: Vec<(&str, &str)> = self
+            .envs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut fresh = Self::spawn(
+            &self.backend,
+            &self.root,
+            &extra,
+            &envs,
+            &self.addr,
+            self.soft_nofile,
+        );
         self.child = fresh.child.take();
         self.log = std::mem::take(&mut fresh.log);
     }
