@@ -18,6 +18,8 @@ ensure_packages skopeo podman buildah umoci docker.io docker-registry crun runc 
 ensure_binfmt
 # The coordinator's tests run on SQLite and on PostgreSQL: a throwaway cluster for them.
 start_test_postgres
+# The registry's tests run on the filesystem and on S3: a throwaway S3 server for them.
+start_test_s3
 
 # Dependency checks: licences, banned duplicates and sources (deny.toml), unused dependencies.
 ensure_cargo_tool cargo-deny

@@ -13,6 +13,7 @@ mod gc;
 mod image;
 mod interop;
 mod manifest;
+mod object_storage;
 mod pipeline;
 mod registry_abuse;
 mod sandbox;

@@ -715,3 +715,176 @@ pub fn bearer(resp: Response) -> String {
     assert!(v["issued_at"].as_str().unwrap().ends_with('Z'));
     format!("Bearer {}", v["token"].as_str().unwrap())
 }
+
+/// What a [`FaultyS3`] rule does instead of forwarding a request.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Answers in the store's stead with this status and S3 error code (`SlowDown`, …).
+    Status(u16, &'static str),
+    /// Forwards, then cuts the response off after this many bytes (headers included).
+    CutAfter(usize),
+}
+
+/// Requests a [`Fault`] applies to: the method (`""` for any) and a part of the path, for
+/// the next `times` matching requests.
+#[derive(Clone, Debug)]
+pub struct FaultRule {
+    pub method: &'static str,
+    pub path_contains: &'static str,
+    pub fault: Fault,
+    pub times: usize,
+}
+
+/// A fault-injecting HTTP proxy in front of the test S3 server (`AWS_ENDPOINT_URL`):
+/// requests go through unchanged unless a rule matches. Point a registry at it with
+/// [`FaultyS3::envs`]. Its threads end with the test process.
+pub struct FaultyS3 {
+    pub endpoint: String,
+    rules: std::sync::Arc<std::sync::Mutex<Vec<FaultRule>>>,
+    injected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FaultyS3 {
+    /// A proxy to the test S3 server; `None` (after a visible [`skip`]) without one.
+    pub fn start() -> Option<FaultyS3> {
+        let upstream = match std::env::var("AWS_ENDPOINT_URL") {
+            Ok(u) if std::env::var_os(S3_ENV).is_some() => u,
+            _ => {
+                skip(&format!(
+                    "no S3 server: {S3_ENV} is not set (scripts/test.sh starts one)"
+                ));
+                return None;
+            }
+        };
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let proxy = FaultyS3 {
+            endpoint,
+            rules: Default::default(),
+            injected: Default::default(),
+        };
+        let (rules, injected) = (proxy.rules.clone(), proxy.injected.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (rules, injected, upstream) =
+                    (rules.clone(), injected.clone(), upstream.clone());
+                std::thread::spawn(move || {
+                    let _ = relay(client, &upstream, &rules, &injected);
+                });
+            }
+        });
+        Some(proxy)
+    }
+
+    pub fn add(&self, rule: FaultRule) {
+        self.rules.lock().unwrap().push(rule);
+    }
+
+    pub fn clear(&self) {
+        self.rules.lock().unwrap().clear();
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> usize {
+        self.injected.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The environment that points an `archway` process at this proxy.
+    pub fn envs(&self) -> [(&'static str, &str); 1] {
+        [("AWS_ENDPOINT_URL", self.endpoint.as_str())]
+    }
+}
+
+/// One request from `client`: a fault, or forwarded to `upstream` with `Connection: close`
+/// and the answer relayed back. The connection closes after each answer.
+fn relay(
+    mut client: std::net::TcpStream,
+    upstream: &str,
+    rules: &std::sync::Mutex<Vec<FaultRule>>,
+    injected: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    // Request head.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte)? == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next().unwrap_or_default().to_owned();
+    let mut parts = request_line.split(' ');
+    let (method, target) = (
+        parts.next().unwrap_or_default().to_owned(),
+        parts.next().unwrap_or_default().to_owned(),
+    );
+    let mut length = 0usize;
+    let mut headers = Vec::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (k, v) = line.split_once(':').unwrap_or((line, ""));
+        match k.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = v.trim().parse().unwrap_or(0),
+            "transfer-encoding" => panic!("FaultyS3 does not relay chunked request bodies"),
+            "connection" => continue,
+            _ => {}
+        }
+        headers.push(line.to_owned());
+    }
+    let mut body = vec![0u8; length];
+    client.read_exact(&mut body)?;
+
+    let fault = {
+        let mut rules = rules.lock().unwrap();
+        rules
+            .iter_mut()
+            .find(|r| {
+                r.times > 0
+                    && (r.method.is_empty() || r.method == method)
+                    && target.contains(r.path_contains)
+            })
+            .map(|r| {
+                r.times -= 1;
+                r.fault
+            })
+    };
+    if fault.is_some() {
+        injected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    if let Some(Fault::Status(status, code)) = fault {
+        let xml = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test</Message></Error>"
+        );
+        write!(
+            client,
+            "HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+            xml.len()
+        )?;
+        return Ok(());
+    }
+    let mut up = std::net::TcpStream::connect(upstream)?;
+    let mut out = format!("{request_line}\r\n");
+    for h in headers {
+        out.push_str(&h);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    up.write_all(out.as_bytes())?;
+    up.write_all(&body)?;
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer)?;
+    match fault {
+        Some(Fault::CutAfter(n)) => {
+            client.write_all(&answer[..n.min(answer.len())])?;
+            client.shutdown(std::net::Shutdown::Both)?;
+        }
+        _ => client.write_all(&answer)?,
+    }
+    Ok(())
+}
