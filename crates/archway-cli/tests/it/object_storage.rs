@@ -11,8 +11,8 @@ use archway_oci::{Digest, media_type};
 use reqwest::Method;
 
 use crate::support::{
-    Backend, Fault, FaultRule, FaultyS3, Raw, RegistryProcess, body, error_code, header,
-    image_manifest,
+    Backend, Fault, FaultRule, FaultyS3, MotoProcess, Raw, RegistryProcess, body, error_code,
+    header, image_manifest,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -411,4 +411,147 @@ fn a_store_that_keeps_failing_is_a_503_and_leaves_nothing_half_written() {
     );
     assert_eq!(finish(&raw, &location, &digest).status().as_u16(), 201);
     assert_eq!(body(raw.get(&format!("/v2/down/blobs/{digest}"))), blob);
+}
+
+/// Pushes an image as clients do (HEAD each blob, upload the missing ones, then the
+/// manifest) and starts over when the registry says a blob went missing meanwhile (garbage
+/// collection may remove unreferenced content between the HEAD and the manifest). Returns
+/// the manifest and how many attempts it took.
+fn push_like_a_client(raw: &Raw, repo: &str, tag: &str, layers: &[Vec<u8>]) -> (Vec<u8>, usize) {
+    let config = crate::support::config_json(None);
+    let manifest = archway_oci::ImageManifest {
+        schema_version: 2,
+        media_type: media_type::OCI_MANIFEST.to_owned(),
+        artifact_type: None,
+        config: archway_oci::Descriptor::for_bytes(media_type::OCI_CONFIG, &config),
+        layers: layers
+            .iter()
+            .map(|l| archway_oci::Descriptor::for_bytes(media_type::OCI_LAYER_TAR, l))
+            .collect(),
+        subject: None,
+        annotations: None,
+    }
+    .to_json();
+    for attempt in 1..=5 {
+        for blob in layers.iter().chain([&config]) {
+            let d = Digest::sha256(blob);
+            if raw.head(&format!("/v2/{repo}/blobs/{d}")).status().as_u16() != 200 {
+                raw.push_blob(repo, blob);
+            }
+        }
+        let r = raw.put_manifest(repo, tag, media_type::OCI_MANIFEST, &manifest);
+        match error_code(r) {
+            (201, _) => return (manifest, attempt),
+            (400, code) if code == "MANIFEST_BLOB_UNKNOWN" => continue,
+            other => panic!("pushing {repo}:{tag}: {other:?}"),
+        }
+    }
+    panic!("pushing {repo}:{tag} kept failing");
+}
+
+#[test]
+fn garbage_collection_from_another_process_is_safe_while_a_replica_serves_pushes() {
+    let Some(moto) = MotoProcess::start() else {
+        return;
+    };
+    let backend = moto.backend();
+    let envs = moto.envs();
+
+    // Three hours ago (by the store's clock): a kept image, an image whose tag then went,
+    // and layers pushed but never referenced — garbage, unless someone uses them again.
+    moto.set_clock("-3h");
+    let a = RegistryProcess::start_on_env(&backend, &[], &envs);
+    let ra = Raw::new(&a);
+    let (kept, _) = ra.push_image("app", "keep", b"kept layer", None);
+    let (_, gone) = ra.push_image("app", "old", b"old layer", None);
+    let r = ra
+        .req(Method::DELETE, "/v2/app/manifests/old")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let old_layers: Vec<Vec<u8>> = (0..6).map(|i| data(64 * 1024, 100 + i)).collect();
+    for l in &old_layers {
+        ra.push_blob("app", l);
+    }
+    moto.set_clock("+0");
+
+    // Now: replica `b` serves pushes that re-use those old layers while `registry gc`, a
+    // third process on the same bucket, collects with the default grace period.
+    let b = a.replica();
+    let pusher = {
+        let rb = Raw::new(&b);
+        let old_layers = old_layers.clone();
+        std::thread::spawn(move || {
+            old_layers
+                .iter()
+                .enumerate()
+                .map(|(i, old)| {
+                    let own = data(32 * 1024, 200 + i as u64);
+                    let tag = format!("new-{i}");
+                    let (m, attempts) =
+                        push_like_a_client(&rb, "app", &tag, &[old.clone(), own.clone()]);
+                    (tag, m, vec![old.clone(), own], attempts)
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let mut removed = Vec::new();
+    for _ in 0..3 {
+        let out = crate::support::run(
+            crate::support::archway()
+                .args(["registry", "gc", "--format", "json"])
+                .args(backend.args(std::path::Path::new("unused")))
+                .envs(envs),
+        );
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        for d in report["blobs_removed"].as_array().unwrap() {
+            removed.push(d.as_str().unwrap().to_owned());
+        }
+    }
+    let pushed = pusher.join().unwrap();
+
+    // The collector removed the untagged image ...
+    assert!(removed.contains(&gone.to_string()), "{removed:?}");
+    assert!(
+        removed.contains(&Digest::sha256(b"old layer").to_string()),
+        "{removed:?}"
+    );
+    // ... and every tag, through either replica, names a whole image.
+    for raw in [&ra, &Raw::new(&b)] {
+        assert_eq!(body(raw.get("/v2/app/manifests/keep")), kept);
+        for (tag, manifest, layers, _) in &pushed {
+            assert_eq!(
+                &body(raw.get(&format!("/v2/app/manifests/{tag}"))),
+                manifest
+            );
+            for l in layers {
+                let r = raw.get(&format!("/v2/app/blobs/{}", Digest::sha256(l)));
+                assert_eq!(r.status().as_u16(), 200, "{tag}");
+                assert_eq!(&body(r), l);
+            }
+        }
+    }
+    // A last collection with nothing in flight removes nothing a tag reaches.
+    let out = crate::support::run(
+        crate::support::archway()
+            .args(["registry", "gc", "--format", "json"])
+            .args(backend.args(std::path::Path::new("unused")))
+            .envs(envs),
+    );
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for (_, _, layers, _) in &pushed {
+        for l in layers {
+            let d = Digest::sha256(l).to_string();
+            assert!(
+                !report["blobs_removed"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r == &d),
+                "{report}"
+            );
+        }
+    }
+    let retried: usize = pushed.iter().map(|p| p.3 - 1).sum();
+    eprintln!("pushes that had to start over because the collector won a race: {retried}");
 }

@@ -888,3 +888,99 @@ fn relay(
     }
     Ok(())
 }
+
+/// A moto S3 server of a test's own (`$ARCHWAY_TEST_MOTO`, which `scripts/test.sh` sets),
+/// whose clock the test sets through libfaketime: what is written while the clock is set back
+/// looks that old to everyone (S3's `LastModified` is the store's clock). Killed when dropped.
+pub struct MotoProcess {
+    child: Child,
+    pub endpoint: String,
+    clock: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl MotoProcess {
+    const BUCKET: &'static str = "archway-clock";
+
+    /// `None` (after a visible [`skip`]) without moto or libfaketime.
+    pub fn start() -> Option<MotoProcess> {
+        let Some(moto) = std::env::var_os("ARCHWAY_TEST_MOTO") else {
+            skip("ARCHWAY_TEST_MOTO is not set (scripts/test.sh installs moto and sets it)");
+            return None;
+        };
+        let triplet = format!("{}-linux-gnu", std::env::consts::ARCH);
+        let lib = PathBuf::from(format!("/usr/lib/{triplet}/faketime/libfaketimeMT.so.1"));
+        if !lib.exists() {
+            skip("libfaketime is not installed (scripts/test.sh installs it)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let clock = dir.path().join("clock");
+        fs::write(&clock, "+0\n").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("LD_PRELOAD", &lib)
+            .env("FAKETIME_TIMESTAMP_FILE", &clock)
+            // libfaketime re-reads the clock file at most once a second (re-reading it on
+            // every call makes the server crawl); see `set_clock`.
+            .env("FAKETIME_CACHE_DURATION", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let r = Client::new()
+            .put(format!("{endpoint}/{}", Self::BUCKET))
+            .send()
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "creating the bucket: {}",
+            r.status()
+        );
+        Some(MotoProcess {
+            child,
+            endpoint,
+            clock,
+            _dir: dir,
+        })
+    }
+
+    /// Sets the store's clock relative to the real one (`-3h`, `+0`), and waits out
+    /// libfaketime's one-second cache of the setting.
+    pub fn set_clock(&self, offset: &str) {
+        fs::write(&self.clock, format!("{offset}\n")).unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+
+    /// A fresh prefix of this server's bucket.
+    pub fn backend(&self) -> Backend {
+        Backend::S3(format!(
+            "s3://{}/t{:016x}",
+            Self::BUCKET,
+            rand::random::<u64>()
+        ))
+    }
+
+    pub fn envs(&self) -> [(&'static str, &str); 1] {
+        [("AWS_ENDPOINT_URL", self.endpoint.as_str())]
+    }
+}
+
+impl Drop for MotoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
