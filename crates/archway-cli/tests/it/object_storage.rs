@@ -555,3 +555,116 @@ fn garbage_collection_from_another_process_is_safe_while_a_replica_serves_pushes
     let retried: usize = pushed.iter().map(|p| p.3 - 1).sum();
     eprintln!("pushes that had to start over because the collector won a race: {retried}");
 }
+
+/// `archway server --storage`: its registry and its source snapshots on the bucket.
+struct ServerOnS3 {
+    child: std::process::Child,
+    addr: String,
+    admin: String,
+    _data: tempfile::TempDir,
+}
+
+impl ServerOnS3 {
+    fn start(location: &str) -> ServerOnS3 {
+        let data = tempfile::tempdir().unwrap();
+        let log = data.path().join("server.log");
+        let child = crate::support::archway()
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--storage",
+                location,
+                "--data",
+            ])
+            .arg(data.path().join("data"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("listening on http://") {
+                break text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not start:\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let after = |marker: &str| {
+            text.split(marker)
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no `{marker}` in:\n{text}"))
+                .to_owned()
+        };
+        ServerOnS3 {
+            child,
+            addr: after("listening on http://"),
+            admin: after("admin token:"),
+            _data: data,
+        }
+    }
+
+    fn raw(&self) -> Raw {
+        Raw {
+            http: reqwest::blocking::Client::new(),
+            base: format!("http://{}", self.addr),
+            auth: None,
+        }
+    }
+}
+
+impl Drop for ServerOnS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn servers_on_one_bucket_share_their_registry_and_source_snapshots() {
+    let Some(Backend::S3(location)) = Backend::s3() else {
+        return;
+    };
+    // Two coordinators with databases of their own: what they share is the bucket.
+    let (a, b) = (ServerOnS3::start(&location), ServerOnS3::start(&location));
+    let snapshot = data(9 * MIB + 7, 11);
+    let digest = Digest::sha256(&snapshot);
+    let source = |s: &ServerOnS3, method: Method| {
+        s.raw()
+            .req(method, &format!("/api/v1/sources/{digest}"))
+            .header("authorization", format!("Bearer {}", s.admin))
+    };
+    assert_eq!(
+        source(&b, Method::HEAD).send().unwrap().status().as_u16(),
+        404
+    );
+    // Bytes that do not match the digest are refused and leave nothing behind.
+    let r = source(&a, Method::PUT)
+        .body(snapshot[1..].to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(
+        source(&b, Method::HEAD).send().unwrap().status().as_u16(),
+        404
+    );
+    let r = source(&a, Method::PUT)
+        .body(snapshot.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text());
+    assert_eq!(
+        source(&b, Method::HEAD).send().unwrap().status().as_u16(),
+        200
+    );
+
+    // The built-in registries are one registry.
+    let (ra, rb) = (a.raw(), b.raw());
+    let (manifest, _) = ra.push_image("ci/app", "v1", &data(2 * MIB, 12), None);
+    assert_eq!(body(rb.get("/v2/ci/app/manifests/v1")), manifest);
+}
