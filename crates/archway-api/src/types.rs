@@ -480,6 +480,18 @@ pub struct FinishAttempt {
     /// Total log bytes the runner produced (so the server can tell a missing tail).
     #[serde(default)]
     pub log_bytes: u64,
+    /// The log's last bytes, sent with the end report instead of separately (one request
+    /// for a short job); appended at `offset` like any log chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<LogTail>,
+}
+
+/// Log bytes carried in another report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogTail {
+    pub offset: u64,
+    /// Base64 (standard alphabet).
+    pub data: String,
 }
 
 /// Answer to a log append: how many bytes of the attempt's log the server has.

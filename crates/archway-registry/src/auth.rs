@@ -350,6 +350,27 @@ struct Claims {
     iat: u64,
     jti: String,
     access: Vec<AccessEntry>,
+    /// The subject is an [`ExternalCredentials`] one (re-validated on every use).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    ext: bool,
+}
+
+/// A boxed future (the [`ExternalCredentials`] methods are called through `dyn`).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Credentials a host application checks for the registry (the coordinator: admin, runner
+/// and job tokens presented as passwords). A successful check names a *subject*; what a
+/// subject may do is a pure function of it, and whether it is still valid is asked again on
+/// every request that carries a token issued to it (a job token dies with its attempt).
+pub trait ExternalCredentials: Send + Sync + fmt::Debug {
+    /// The subject these credentials authenticate, if any.
+    fn check<'a>(&'a self, user: &'a str, password: &'a str) -> BoxFuture<'a, Option<String>>;
+    /// Whether `subject` may do `action` on `repo`.
+    fn allows(&self, subject: &str, repo: &str, action: Action) -> bool;
+    /// Whether `subject` may list the catalog (it then sees what it may pull).
+    fn catalog(&self, subject: &str) -> bool;
+    /// Whether `subject` is still valid (checked on every request with a token issued to it).
+    fn still_valid<'a>(&'a self, subject: &'a str) -> BoxFuture<'a, bool>;
 }
 
 /// What an authenticated request may do.
@@ -357,10 +378,14 @@ struct Claims {
 pub enum Grant {
     /// Basic credentials or an anonymous request: decided by the policy per repository.
     Principal { user: Option<String> },
+    /// Basic credentials the host application vouched for: decided by it.
+    External { subject: String },
     /// A bearer token: exactly what its `access` claim lists.
     Token {
         user: String,
         access: Vec<AccessEntry>,
+        /// Issued to an [`ExternalCredentials`] subject.
+        external: bool,
     },
 }
 
@@ -369,6 +394,7 @@ impl Grant {
     pub fn user(&self) -> Option<&str> {
         match self {
             Grant::Principal { user } => user.as_deref(),
+            Grant::External { subject } => Some(subject),
             Grant::Token { user, .. } => (!user.is_empty()).then_some(user.as_str()),
         }
     }
@@ -416,6 +442,7 @@ pub struct Auth {
     failures: FailureCounter,
     pool: BlockingPool,
     password_checks: Counter,
+    external: Option<std::sync::Arc<dyn ExternalCredentials>>,
 }
 
 impl fmt::Debug for Auth {
@@ -569,6 +596,21 @@ impl Auth {
             failures: FailureCounter::default(),
             pool: BlockingPool::new("password check", PASSWORD_WORKERS, PASSWORD_QUEUE),
             password_checks: Counter::default(),
+            external: None,
+        }
+    }
+
+    /// Credentials checked by the host application, tried before the htpasswd users.
+    pub fn with_external(mut self, external: std::sync::Arc<dyn ExternalCredentials>) -> Self {
+        self.external = Some(external);
+        self
+    }
+
+    /// The subject `user`/`password` authenticate with the host application, if any.
+    async fn check_external(&self, user: &str, password: &str) -> Option<String> {
+        match &self.external {
+            Some(e) => e.check(user, password).await,
+            None => None,
         }
     }
 
@@ -738,7 +780,7 @@ impl Auth {
         };
         let grant = match credentials(headers) {
             Credentials::None => None,
-            Credentials::Bearer(token) => match self.verify_token(&token) {
+            Credentials::Bearer(token) => match self.verify_token(&token).await {
                 Some(g) => Some(g),
                 None => {
                     return Err(refuse(
@@ -748,11 +790,15 @@ impl Auth {
                 }
             },
             Credentials::Basic { user, password } => {
-                let client = self.client_address(headers, peer);
-                if !self.check_password(&user, &password, client).await? {
-                    return Err(refuse(Some("invalid_token"), "wrong user name or password"));
+                if let Some(subject) = self.check_external(&user, &password).await {
+                    Some(Grant::External { subject })
+                } else {
+                    let client = self.client_address(headers, peer);
+                    if !self.check_password(&user, &password, client).await? {
+                        return Err(refuse(Some("invalid_token"), "wrong user name or password"));
+                    }
+                    Some(Grant::Principal { user: Some(user) })
                 }
-                Some(Grant::Principal { user: Some(user) })
             }
             Credentials::Invalid => {
                 return Err(refuse(
@@ -773,6 +819,9 @@ impl Auth {
                     .iter()
                     .any(|e| e.kind == "registry" && e.name == "catalog"),
                 Some(Grant::Principal { user }) => self.policy.catalog_allowed(user.as_deref()),
+                Some(Grant::External { subject }) => {
+                    self.external.as_ref().is_some_and(|e| e.catalog(subject))
+                }
                 None => self.policy.catalog_allowed(None),
             },
         };
@@ -807,6 +856,10 @@ impl Auth {
                 .policy
                 .allowed(user.as_deref(), repo.as_str())
                 .contains(&action),
+            Grant::External { subject } => self
+                .external
+                .as_ref()
+                .is_some_and(|e| e.allows(subject, repo.as_str(), action)),
             Grant::Token { access, .. } => access.iter().any(|e| {
                 e.kind == "repository"
                     && e.name == repo.as_str()
@@ -818,19 +871,42 @@ impl Auth {
     /// Whether the catalog shows `repo` to the holder of `grant`: the access rules for its
     /// user (a token's subject) allow pulling it.
     pub fn catalog_shows(&self, grant: &Grant, repo: &RepoName) -> bool {
+        let external_subject = match grant {
+            Grant::External { subject } => Some(subject),
+            Grant::Token {
+                user,
+                external: true,
+                ..
+            } => Some(user),
+            _ => None,
+        };
+        if let Some(subject) = external_subject {
+            return self
+                .external
+                .as_ref()
+                .is_some_and(|e| e.allows(subject, repo.as_str(), Action::Pull));
+        }
         self.policy
             .allowed(grant.user(), repo.as_str())
             .contains(&Action::Pull)
     }
 
-    fn verify_token(&self, token: &str) -> Option<Grant> {
+    async fn verify_token(&self, token: &str) -> Option<Grant> {
         let claims: Claims = self.key.verify(token, now_secs()).ok()?;
         if claims.iss != ISSUER || claims.aud != self.service {
             return None;
         }
+        if claims.ext {
+            // The subject must still be valid (a job token's attempt still running).
+            let external = self.external.as_ref()?;
+            if !external.still_valid(&claims.sub).await {
+                return None;
+            }
+        }
         Some(Grant::Token {
             user: claims.sub,
             access: claims.access,
+            external: claims.ext,
         })
     }
 
@@ -857,12 +933,20 @@ impl Auth {
                 Credentials::None | Credentials::Bearer(_) => None,
             },
         };
+        let mut external_subject = None;
+        if let Some((u, p)) = &presented {
+            external_subject = self.check_external(u, p).await;
+        }
         let user = match presented {
+            _ if external_subject.is_some() => external_subject.clone(),
             Some((u, p)) if self.check_password(&u, &p, client).await? => Some(u),
             Some(_) => return Err(bad_credentials()),
             None => None,
         };
         let principal = Grant::Principal { user: user.clone() };
+        let external = external_subject
+            .as_ref()
+            .and_then(|s| self.external.as_ref().map(|e| (s, e)));
         let mut access = Vec::new();
         for s in scopes {
             let actions: Vec<String> = match s.kind.as_str() {
@@ -870,7 +954,13 @@ impl Auth {
                     let Some(repo) = RepoName::parse(&s.name) else {
                         continue;
                     };
-                    let allowed = self.policy.allowed(principal.user(), repo.as_str());
+                    let allowed: BTreeSet<Action> = match &external {
+                        Some((subject, e)) => [Action::Pull, Action::Push, Action::Delete]
+                            .into_iter()
+                            .filter(|a| e.allows(subject, repo.as_str(), *a))
+                            .collect(),
+                        None => self.policy.allowed(principal.user(), repo.as_str()),
+                    };
                     s.actions
                         .iter()
                         .filter(|a| match Action::parse_list(a) {
@@ -881,7 +971,11 @@ impl Auth {
                         .collect()
                 }
                 "registry"
-                    if s.name == "catalog" && self.policy.catalog_allowed(user.as_deref()) =>
+                    if s.name == "catalog"
+                        && match &external {
+                            Some((subject, e)) => e.catalog(subject),
+                            None => self.policy.catalog_allowed(user.as_deref()),
+                        } =>
                 {
                     vec!["*".to_owned()]
                 }
@@ -905,6 +999,7 @@ impl Auth {
             iat: now,
             jti: uuid::Uuid::new_v4().to_string(),
             access,
+            ext: external.is_some(),
         };
         let token = self.key.sign(&claims);
         Ok(TokenResponse {

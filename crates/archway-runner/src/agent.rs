@@ -11,6 +11,8 @@
 //! stops the job: the attempt belongs to nobody any more.
 
 use std::collections::HashMap;
+
+use base64::Engine as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use archway_api::client::backoff;
 use archway_api::{
-    ApiClient, ApiError, AttemptOutcome, FailureReason, FinishAttempt, JobPayload, PlatformOffer,
-    PollRequest,
+    ApiClient, ApiError, AttemptOutcome, FailureReason, FinishAttempt, JobPayload, LogTail,
+    PlatformOffer, PollRequest,
 };
 
 use crate::executor::{ExecResult, Executor, JobIo, LogSink};
@@ -413,34 +415,45 @@ impl JobContext {
             )),
         }
         sink.close();
-        let log_bytes = uploader.await.unwrap_or(0);
+        // The uploader leaves the log's last bytes (if few) to travel with the end report.
+        let (log_acked, tail) = uploader.await.unwrap_or((0, Vec::new()));
+        let log_bytes = log_acked + tail.len() as u64;
+        let log_tail = (!tail.is_empty()).then(|| LogTail {
+            offset: log_acked,
+            data: base64::engine::general_purpose::STANDARD.encode(&tail),
+        });
         let _ = std::fs::remove_dir_all(&self.work_dir);
-        let report = match (result, handed) {
+        let mut report = match (result, handed) {
             (_, true) => FinishAttempt {
                 outcome: AttemptOutcome::HandedBack,
                 exit_code: None,
                 reason: None,
                 log_bytes,
+                log_tail: None,
             },
             (ExecResult::Success, _) => FinishAttempt {
                 outcome: AttemptOutcome::Success,
                 exit_code: Some(0),
                 reason: None,
                 log_bytes,
+                log_tail: None,
             },
             (ExecResult::Canceled, _) => FinishAttempt {
                 outcome: AttemptOutcome::Canceled,
                 exit_code: None,
                 reason: None,
                 log_bytes,
+                log_tail: None,
             },
             (ExecResult::Failed { exit_code, reason }, _) => FinishAttempt {
                 outcome: AttemptOutcome::Failed,
                 exit_code,
                 reason: Some(reason),
                 log_bytes,
+                log_tail: None,
             },
         };
+        report.log_tail = log_tail;
         let outcome = report.outcome;
         if !fenced.is_cancelled() {
             let mut failures = 0;
@@ -483,17 +496,20 @@ impl JobContext {
 
 /// Largest log request.
 const LOG_CHUNK: usize = 512 * 1024;
+/// At the end of a job, up to this many unsent bytes go with the end report instead.
+const TAIL_WITH_FINISH: usize = 64 * 1024;
 
 /// Streams a job's output to the coordinator: masks it, sends it at increasing offsets
 /// (resending from what the server acknowledged after any error), stops the job if the
-/// attempt is fenced. Returns the bytes of log produced.
+/// attempt is fenced. Returns the offset the server acknowledged and the (masked) bytes left
+/// for the end report.
 async fn upload_log(
     api: ApiClient,
     attempt: i64,
     sink: Arc<LogSink>,
     mut masker: Masker,
     fenced: CancellationToken,
-) -> u64 {
+) -> (u64, Vec<u8>) {
     let mut unacked: Vec<u8> = Vec::new();
     let mut acked: u64 = 0;
     let mut closed = false;
@@ -516,10 +532,10 @@ async fn upload_log(
                 unacked.extend(masker.finish());
             }
         }
+        if closed && unacked.len() <= TAIL_WITH_FINISH {
+            return (acked, unacked);
+        }
         if unacked.is_empty() {
-            if closed {
-                return acked;
-            }
             continue;
         }
         let n = unacked.len().min(LOG_CHUNK);
@@ -549,7 +565,7 @@ async fn upload_log(
                 loop {
                     let (_, c) = sink.take().await;
                     if c {
-                        return acked;
+                        return (acked, Vec::new());
                     }
                 }
             }

@@ -42,8 +42,11 @@ pub struct SandboxExecutor {
     pub default_image: Option<String>,
     /// Registries reached over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
-    /// The coordinator's registry (`host:port`): pulls from it use the job token.
+    /// The coordinator's registry (`host:port`, default: the job's `CI_REGISTRY`): job images
+    /// are pulled from it with the runner's own token (which may pull any repository there),
+    /// else with the job token (its own project and public repositories only).
     pub ci_registry: Option<String>,
+    pub runner_token: Option<String>,
     privileged: bool,
 }
 
@@ -56,6 +59,7 @@ impl SandboxExecutor {
             default_image: None,
             insecure_registries: Vec::new(),
             ci_registry: None,
+            runner_token: None,
             privileged: rustix::process::geteuid().is_root(),
         }
     }
@@ -70,10 +74,11 @@ impl SandboxExecutor {
             .clone()
             .or_else(|| job.var("CI_REGISTRY").map(str::to_owned));
         if ci_registry.as_deref() == Some(registry) {
-            opts.credentials.insert(
-                registry.to_owned(),
-                Credentials::password("gitlab-ci-token", &job.token),
-            );
+            let creds = match &self.runner_token {
+                Some(t) => Credentials::password("archway-runner", t),
+                None => Credentials::password("gitlab-ci-token", &job.token),
+            };
+            opts.credentials.insert(registry.to_owned(), creds);
         }
         Client::new(opts).map_err(|e| e.to_string())
     }

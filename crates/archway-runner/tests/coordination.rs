@@ -47,6 +47,19 @@ async fn start_on(
     let mut config = ServerConfig::new(dir.path().to_owned());
     config.database_url = database;
     config.coordinator.lease_ttl = lease;
+    Some(start_in(config, tokens, dir).await)
+}
+
+async fn start_with_config(config: ServerConfig, tokens: Option<(String, String)>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    start_in(config, tokens, dir).await
+}
+
+async fn start_in(
+    mut config: ServerConfig,
+    tokens: Option<(String, String)>,
+    dir: tempfile::TempDir,
+) -> Harness {
     config.poll_wait = Duration::from_secs(2);
     let (server, boot) = Server::open(config).await.unwrap();
     let (admin_token, registration_token) = match (boot, tokens) {
@@ -62,14 +75,14 @@ async fn start_on(
     tokio::spawn(archway_server::serve(listener, router, async {
         let _ = rx.await;
     }));
-    Some(Harness {
+    Harness {
         admin: ApiClient::new(&url, Some(admin_token.clone())).unwrap(),
         admin_token,
         url,
         registration: registration_token,
         _dir: dir,
         shutdown: Some(tx),
-    })
+    }
 }
 
 impl Drop for Harness {
@@ -405,6 +418,7 @@ async fn a_dead_runners_job_is_requeued_elsewhere_and_its_late_reports_are_refus
                 exit_code: Some(1),
                 reason: None,
                 log_bytes: 0,
+                log_tail: None,
             },
         )
         .await
@@ -841,6 +855,83 @@ async fn delayed_jobs_start_after_their_delay_or_when_played(b: Backend) {
     r.task.abort();
 }
 
+async fn log_appends_are_idempotent_and_the_stored_log_is_capped(b: Backend) {
+    let url = match b {
+        Backend::Postgres => match testing::postgres_database("logs").await {
+            Some(u) => Some(u),
+            None => return,
+        },
+        Backend::Sqlite => None,
+    };
+    // A tiny cap to see the marker.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(dir.path().to_owned());
+    config.database_url = url;
+    config.coordinator.max_log_bytes = 1024;
+    let h = start_with_config(config, None).await;
+    let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
+    r.exec.act(
+        "talky",
+        Act {
+            duration: Duration::from_secs(3600),
+            ..Act::default()
+        },
+    );
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(&["x"], vec![job("talky", "x")]))
+        .await
+        .unwrap();
+    let id = job_id(&p, "talky");
+    h.wait_job(id, JobStatus::Running, T).await;
+    let deadline = Instant::now() + T;
+    while r.exec.runs.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let payload = r.exec.runs.lock().unwrap()[0].clone();
+    // The agent's own header line went first; continue the stream from where the server is.
+    let job_api = ApiClient::new(&h.url, Some(payload.token.clone())).unwrap();
+    let have = job_api
+        .append_log(payload.attempt_id, 0, bytes::Bytes::new())
+        .await
+        .unwrap()
+        .received;
+    let at = |n: u64| have + n;
+    let send = |off: u64, data: &'static [u8]| {
+        let api = job_api.clone();
+        async move {
+            api.append_log(payload.attempt_id, off, bytes::Bytes::from_static(data))
+                .await
+                .unwrap()
+                .received
+        }
+    };
+    assert_eq!(send(at(0), b"abc").await, at(3));
+    // A retry that overlaps what the server has: only the new tail counts.
+    assert_eq!(send(at(0), b"abcdef").await, at(6));
+    assert_eq!(send(at(3), b"def").await, at(6));
+    // A gap: nothing stored, the answer says where to resume.
+    assert_eq!(send(at(10), b"zzz").await, at(6));
+    // Past the cap: accepted (offsets advance) but dropped, with one marker.
+    for _ in 0..30 {
+        let off = send(at(0), b"").await;
+        send(off, b"0123456789012345678901234567890123456789\n").await;
+    }
+    let log = h.log(id).await;
+    assert!(log.contains("abcdef"), "{log}");
+    assert!(!log.contains("zzz"), "{log}");
+    assert_eq!(log.matches("abcdef").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("the job log reached the 1 KiB limit").count(),
+        1,
+        "{log}"
+    );
+    let stored = h.admin.job(id).await.unwrap().attempts[0].log_bytes;
+    assert!(stored < 1024 + 100, "{stored}");
+    r.task.abort();
+}
+
 /// Each scenario as a test on both databases.
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
@@ -874,5 +965,6 @@ on_both_databases!(
     a_draining_runner_finishes_what_it_can_and_hands_back_the_rest,
     a_resource_group_runs_one_job_at_a_time,
     a_newer_pipeline_cancels_an_older_interruptible_one,
-    delayed_jobs_start_after_their_delay_or_when_played
+    delayed_jobs_start_after_their_delay_or_when_played,
+    log_appends_are_idempotent_and_the_stored_log_is_capped
 );

@@ -59,7 +59,63 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/api/v1/runners", get(list_runners))
         .route("/api/v1/{*rest}", axum::routing::any(unknown))
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            observe,
+        ))
         .with_state(server)
+}
+
+/// Route templates the API has: the only values the `route` label takes.
+const ROUTES: [&str; 15] = [
+    "/api/v1/runners/register",
+    "/api/v1/runner/poll",
+    "/api/v1/runner/attempts/{id}/log",
+    "/api/v1/runner/attempts/{id}/finish",
+    "/api/v1/runner/sources/{digest}",
+    "/api/v1/sources/{digest}",
+    "/api/v1/pipelines",
+    "/api/v1/pipelines/{id}",
+    "/api/v1/pipelines/{id}/{action}",
+    "/api/v1/jobs/{id}",
+    "/api/v1/jobs/{id}/log",
+    "/api/v1/jobs/{id}/{action}",
+    "/api/v1/runners",
+    "/api/v1/{*rest}",
+    "other",
+];
+
+/// Access log (target `archway::access`) and metrics for every API request.
+async fn observe(
+    State(s): State<Arc<Server>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let start = std::time::Instant::now();
+    let method = archway_http::labels::method_label(req.method());
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("other", |m| {
+            archway_http::labels::route_label(m.as_str(), &ROUTES)
+        });
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let elapsed = start.elapsed();
+    s.coord
+        .metrics
+        .observe_api(method, route, status, elapsed.as_secs_f64());
+    tracing::info!(
+        target: "archway::access",
+        method,
+        path = %path,
+        route,
+        status,
+        micros = elapsed.as_micros() as u64,
+        "api request"
+    );
+    resp
 }
 
 async fn unknown() -> CoordError {

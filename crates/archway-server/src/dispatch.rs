@@ -141,7 +141,10 @@ impl Dispatcher {
         if offers.is_empty() {
             return Ok(false);
         }
-        let candidates = coord.candidates(256).await?;
+        let free_slots: u32 = offers.iter().map(|o| o.2).sum();
+        // Enough candidates to fill the free slots even if many do not fit.
+        let limit = (i64::from(free_slots) * 4).clamp(16, 256);
+        let candidates = coord.candidates(limit).await?;
         if candidates.is_empty() {
             return Ok(false);
         }
@@ -149,19 +152,13 @@ impl Dispatcher {
         let mut slots: Vec<u32> = offers.iter().map(|o| o.2).collect();
         let mut plan: Vec<(u64, Claim)> = Vec::new();
         for c in &candidates {
-            let free: Vec<RunnerOffer> = offers
+            let free = offers
                 .iter()
-                .zip(&slots)
-                .map(|((_, o, _), s)| {
-                    let mut o = o.clone();
-                    if *s == 0 {
-                        o.platforms.clear();
-                    }
-                    o
-                })
-                .collect();
+                .enumerate()
+                .filter(|(i, _)| slots[*i] > 0)
+                .map(|(i, (_, o, _))| (i, o));
             if let Some((i, platform, emulated)) =
-                schedule::pick_runner(&free, &c.tags, c.platform.as_deref())
+                schedule::pick_runner(free, &c.tags, c.platform.as_deref())
             {
                 slots[i] -= 1;
                 plan.push((

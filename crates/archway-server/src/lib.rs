@@ -20,6 +20,7 @@ pub mod dispatch;
 pub mod error;
 pub mod events;
 pub mod metrics;
+pub mod registry_auth;
 pub mod schedule;
 pub mod sources;
 #[cfg(feature = "testing")]
@@ -60,6 +61,8 @@ pub struct ServerConfig {
     /// The registry's content and the source snapshots on an object store (shared by every
     /// replica) instead of under `data_dir`.
     pub object_store: Option<S3Config>,
+    /// Registry repositories anyone may pull (globs, `*` matches `/` too), e.g. `library/*`.
+    pub public_repos: Vec<String>,
 }
 
 impl ServerConfig {
@@ -72,6 +75,7 @@ impl ServerConfig {
             max_source_bytes: 1024 * 1024 * 1024,
             open_metrics: false,
             object_store: None,
+            public_repos: Vec::new(),
         }
     }
 }
@@ -167,7 +171,13 @@ impl Server {
                 (Arc::new(storage), sources)
             }
         };
-        let registry = Arc::new(Registry::new(storage, None, RegistryConfig::default()));
+        let auth = registry_auth::registry_auth(coord.clone(), &config.public_repos).map_err(
+            |message| OpenError::Registry {
+                path: "--public-repos".into(),
+                message,
+            },
+        )?;
+        let registry = Arc::new(Registry::new(storage, Some(auth), RegistryConfig::default()));
         let server = Arc::new(Server {
             coord,
             dispatcher: dispatch::Dispatcher::new(),

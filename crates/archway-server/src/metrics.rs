@@ -54,6 +54,25 @@ struct ReasonLabel {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    method: &'static str,
+    route: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+type LatencyFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
+
+fn api_latency_histogram() -> Histogram {
+    // 100 µs … ~6.5 s (long polls land in the top buckets)
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -62,6 +81,8 @@ pub struct Metrics {
     runners: Family<PlatformLabel, Gauge>,
     pickup: Histogram,
     requeues: Family<ReasonLabel, Counter<u64, AtomicU64>>,
+    api_requests: Family<ApiLabels, Counter<u64, AtomicU64>>,
+    api_latency: LatencyFamily,
 }
 
 impl Default for Metrics {
@@ -79,6 +100,18 @@ impl Metrics {
         // 0.5 ms … ~16 s
         let pickup = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let requeues = Family::<ReasonLabel, Counter<u64, AtomicU64>>::default();
+        let api_requests = Family::<ApiLabels, Counter<u64, AtomicU64>>::default();
+        let api_latency = LatencyFamily::new_with_constructor(api_latency_histogram);
+        registry.register(
+            "api_requests",
+            "API requests, by method, route template and status class",
+            api_requests.clone(),
+        );
+        registry.register(
+            "api_request_seconds",
+            "API request latency by route template (long polls included)",
+            api_latency.clone(),
+        );
         registry.register(
             "jobs_queued",
             "Pending jobs waiting for a runner, by required tag set",
@@ -122,7 +155,36 @@ impl Metrics {
             runners,
             pickup,
             requeues,
+            api_requests,
+            api_latency,
         }
+    }
+
+    /// Counts one API request. `route` is a route template of the router (a fixed set),
+    /// `method` one of `archway_http::labels`' fixed values.
+    pub fn observe_api(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        status: u16,
+        seconds: f64,
+    ) {
+        let status = match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.api_requests
+            .get_or_create(&ApiLabels {
+                method,
+                route,
+                status,
+            })
+            .inc();
+        self.api_latency
+            .get_or_create(&RouteLabel { route })
+            .observe(seconds);
     }
 
     pub fn observe_pickup(&self, seconds: f64) {

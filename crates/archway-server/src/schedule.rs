@@ -196,15 +196,15 @@ impl RunnerOffer {
     }
 }
 
-/// Picks the runner for a job among `offers`: a native fit before an emulated one, earlier
-/// offers (longer waiting) first. Returns the index and the platform to run on.
-pub fn pick_runner(
-    offers: &[RunnerOffer],
+/// Picks the runner for a job among `offers` (index, offer): a native fit before an emulated
+/// one, earlier offers (longer waiting) first. Returns the index and the platform to run on.
+pub fn pick_runner<'a>(
+    offers: impl IntoIterator<Item = (usize, &'a RunnerOffer)>,
     tags: &[String],
     platform: Option<&str>,
 ) -> Option<(usize, String, bool)> {
     let mut emulated = None;
-    for (i, o) in offers.iter().enumerate() {
+    for (i, o) in offers {
         if let Some((p, e)) = o.fit(tags, platform) {
             if !e {
                 return Some((i, p, false));
@@ -379,16 +379,20 @@ mod tests {
             false,
         );
         let arm = offer(2, &["arm64", "aarch64"], &[("linux/arm64", false)], true);
-        let offers = vec![amd.clone(), arm.clone()];
+        let offers = [amd.clone(), arm.clone()];
         // arm64: the native arm runner, although the emulating one waits longer.
         assert_eq!(
-            pick_runner(&offers, &tags(&["arm64"]), Some("linux/arm64")),
+            pick_runner(
+                offers.iter().enumerate(),
+                &tags(&["arm64"]),
+                Some("linux/arm64")
+            ),
             Some((1, "linux/arm64".into(), false))
         );
         // Only the emulating runner free: it takes the job, emulated.
         assert_eq!(
             pick_runner(
-                std::slice::from_ref(&amd),
+                std::iter::once((0, &amd)),
                 &tags(&["arm64"]),
                 Some("linux/arm64")
             ),
@@ -396,15 +400,22 @@ mod tests {
         );
         // Every tag: `docker` only on runner 1.
         assert_eq!(
-            pick_runner(&offers, &tags(&["docker", "amd64"]), Some("linux/amd64")),
+            pick_runner(
+                offers.iter().enumerate(),
+                &tags(&["docker", "amd64"]),
+                Some("linux/amd64")
+            ),
             Some((0, "linux/amd64".into(), false))
         );
-        assert_eq!(pick_runner(&offers, &tags(&["gpu"]), None), None);
+        assert_eq!(
+            pick_runner(offers.iter().enumerate(), &tags(&["gpu"]), None),
+            None
+        );
         // Untagged jobs: only runners that take them, on their native platform.
         assert_eq!(
-            pick_runner(&offers, &[], None),
+            pick_runner(offers.iter().enumerate(), &[], None),
             Some((1, "linux/arm64".into(), false))
         );
-        assert_eq!(pick_runner(&[amd], &[], None), None);
+        assert_eq!(pick_runner(std::iter::once((0, &amd)), &[], None), None);
     }
 }

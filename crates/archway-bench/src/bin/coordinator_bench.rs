@@ -53,6 +53,18 @@ struct Args {
     /// ARCHWAY_TEST_POSTGRES); without one the PostgreSQL rows are skipped.
     #[arg(long, env = "ARCHWAY_TEST_POSTGRES")]
     postgres: Option<String>,
+    /// Only these measurements (repeatable): memory, pickup, log, throughput, requeue.
+    #[arg(long)]
+    only: Vec<String>,
+    /// Skip PostgreSQL even when a cluster is configured.
+    #[arg(long)]
+    sqlite_only: bool,
+}
+
+impl Args {
+    fn wants(&self, what: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == what)
+    }
 }
 
 /// Reports when each job starts, and does nothing.
@@ -72,10 +84,116 @@ impl Executor for Stopwatch {
     }
 }
 
+/// Writes numbered lines at a steady pace, remembering when each was written.
+#[derive(Debug)]
+struct Ticker {
+    written: Arc<std::sync::Mutex<Vec<Instant>>>,
+    lines: usize,
+    every: Duration,
+}
+
+#[async_trait::async_trait]
+impl Executor for Ticker {
+    fn name(&self) -> &'static str {
+        "ticker"
+    }
+    async fn run(&self, _job: &JobPayload, io: JobIo) -> ExecResult {
+        for i in 0..self.lines {
+            if let Ok(mut w) = self.written.lock() {
+                w.push(Instant::now());
+            }
+            io.log.write(format!("tick {i}\n").as_bytes());
+            tokio::time::sleep(self.every).await;
+        }
+        ExecResult::Success
+    }
+}
+
+/// From a job writing a line to `archway job log -f`'s stream delivering it.
+async fn log_latency(c: &Coordinator, lines: usize) -> anyhow::Result<Samples> {
+    use futures_util::StreamExt;
+    let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let exec = Arc::new(Ticker {
+        written: written.clone(),
+        lines,
+        every: Duration::from_millis(20),
+    });
+    let p = c
+        .admin
+        .submit_pipeline(&pipeline(vec![job("ticker")], &["ticker"]))
+        .await?;
+    let mut stream = c.admin.job_log(p.jobs[0].id, true).await?;
+    let anon = ApiClient::new(&c.url, None)?;
+    let platforms = vec![PlatformOffer {
+        platform: "linux/amd64".into(),
+        emulated: false,
+    }];
+    let reg = anon
+        .register_runner(&RegisterRunner {
+            registration_token: c.registration.clone(),
+            name: "ticker".into(),
+            tags: vec!["ticker".into()],
+            platforms: platforms.clone(),
+            concurrency: 1,
+            run_untagged: false,
+            version: "bench".into(),
+        })
+        .await?;
+    let agent = Agent::new(
+        AgentOptions {
+            server: c.url.clone(),
+            token: reg.token,
+            name: "ticker".into(),
+            platforms,
+            concurrency: 1,
+            work_dir: tempfile::tempdir()?.keep(),
+            drain_deadline: Duration::from_secs(1),
+            version: "bench".into(),
+        },
+        exec,
+        Arc::new(|_| {}),
+    )?;
+    let task = tokio::spawn(async move {
+        let _ = agent.run().await;
+    });
+    let mut received: Vec<(usize, Instant)> = Vec::new();
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        let now = Instant::now();
+        text.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(nl) = text.find('\n') {
+            let line: String = text.drain(..=nl).collect();
+            if let Some(n) = line
+                .trim()
+                .strip_prefix("tick ")
+                .and_then(|n| n.parse().ok())
+            {
+                received.push((n, now));
+            }
+        }
+        if received.len() == lines {
+            break;
+        }
+    }
+    task.abort();
+    let written = written.lock().map(|w| w.clone()).unwrap_or_default();
+    let mut s = Samples::default();
+    for (n, at) in received {
+        if let Some(w) = written.get(n) {
+            s.latencies.push(at.saturating_duration_since(*w));
+        }
+    }
+    if s.latencies.len() != lines {
+        bail!("{} of {lines} lines arrived", s.latencies.len());
+    }
+    Ok(s)
+}
+
 struct Coordinator {
     server: Server,
     url: String,
     admin: ApiClient,
+    admin_token: String,
     registration: String,
     _dir: tempfile::TempDir,
 }
@@ -109,6 +227,10 @@ fn start_server(archway: &Path, database: Option<&str>) -> anyhow::Result<Coordi
     let url = format!("http://{addr}");
     Ok(Coordinator {
         admin: ApiClient::new(&url, tokens["admin_token"].as_str().map(str::to_owned))?,
+        admin_token: tokens["admin_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
         registration: tokens["registration_token"]
             .as_str()
             .context("no registration token")?
@@ -291,7 +413,27 @@ async fn throughput(c: &Coordinator, total: usize, n: usize) -> anyhow::Result<(
     for s in submits {
         ids.push(s.await??.id);
     }
-    wait_pipelines(c, &ids, Duration::from_secs(600)).await?;
+    // Watch through the light list view (no jobs), so watching costs the server little.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let list = c.admin.pipelines(Some("bench/app"), 1000).await?;
+        let done = ids
+            .iter()
+            .all(|id| list.iter().any(|p| p.id == *id && p.status.is_final()));
+        if done {
+            if let Some(p) = list
+                .iter()
+                .find(|p| ids.contains(&p.id) && p.status != PipelineStatus::Success)
+            {
+                bail!("pipeline {} ended {}", p.id, p.status);
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the throughput pipelines did not finish within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let elapsed = t0.elapsed();
     let mut ran = 0;
     while started.try_recv().is_ok() {
@@ -373,7 +515,8 @@ async fn requeue_trials(
     );
     let fixture = std::env::current_dir()?.join("testdata/busybox-oci");
     let copy = Command::new(archway)
-        .args(["image", "copy", "--all"])
+        .args(["image", "copy", "--all", "--creds"])
+        .arg(format!("admin:{}", c.admin_token))
         .arg(format!("oci:{}:1.35", fixture.display()))
         .arg(&image)
         .output()?;
@@ -475,7 +618,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let mut databases: Vec<(&str, Option<String>)> = vec![("sqlite", None)];
-    match &args.postgres {
+    match args.postgres.as_ref().filter(|_| !args.sqlite_only) {
         Some(admin) => databases.push(("postgres", Some(create_pg_database(admin).await?))),
         None => eprintln!(
             "no PostgreSQL (set ARCHWAY_TEST_POSTGRES or --postgres): PostgreSQL rows skipped"
@@ -486,7 +629,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("== {db_name}");
         let c = start_server(&archway, url.as_deref())?;
         // Idle memory: the server with one runner connected, nothing to do.
-        if *db_name == "sqlite" {
+        if *db_name == "sqlite" && args.wants("memory") {
             let (tasks, _rx) = runners(&c, 1, 1).await?;
             tokio::time::sleep(Duration::from_secs(2)).await;
             let rss = proc::rss_bytes(c.server.pid()).unwrap_or(0);
@@ -518,7 +661,10 @@ async fn main() -> anyhow::Result<()> {
             );
             json.insert("idle_runner_rss_bytes".into(), rss.into());
         }
-        for n in [1usize, 10, 100] {
+        for n in [1usize, 10, 100]
+            .into_iter()
+            .filter(|_| args.wants("pickup"))
+        {
             eprintln!("  pickup with {n} waiting runners…");
             let s = pickup(&c, n, args.pickups).await?;
             let (p50, p99) = (s.quantile(0.5), s.quantile(0.99));
@@ -548,30 +694,61 @@ async fn main() -> anyhow::Result<()> {
                 (p99.as_secs_f64() * 1000.0).into(),
             );
         }
-        eprintln!("  throughput: {} jobs over 100 runners…", args.jobs);
-        let sampler = c.server.sample_rss();
-        let (rate, took) = throughput(&c, args.jobs, 100).await?;
-        let peak = sampler.finish();
-        let sqlite = *db_name == "sqlite";
-        add(
-            &mut rows,
-            "dispatch, 100 runners, no-op",
-            db_name,
-            format!("{rate:.0} jobs/s ({:.1} s)", took.as_secs_f64()),
-            if sqlite { "≥ 1,000 jobs/s" } else { "" },
-            sqlite.then_some(rate >= 1000.0),
-        );
-        add(
-            &mut rows,
-            "server peak RSS under load",
-            db_name,
-            mib(peak),
-            "",
-            None,
-        );
-        json.insert(format!("{db_name}_jobs_per_sec"), rate.into());
-        json.insert(format!("{db_name}_peak_rss_bytes"), peak.into());
-        if sqlite && args.requeue_trials > 0 {
+        if args.wants("log") {
+            eprintln!("  log follow latency…");
+            let s = log_latency(&c, 200).await?;
+            let (p50, p99) = (s.quantile(0.5), s.quantile(0.99));
+            add(
+                &mut rows,
+                "log line → job log -f, p50",
+                db_name,
+                ms(p50),
+                "",
+                None,
+            );
+            add(
+                &mut rows,
+                "log line → job log -f, p99",
+                db_name,
+                ms(p99),
+                "≤ 100 ms",
+                Some(p99 <= Duration::from_millis(100)),
+            );
+            json.insert(
+                format!("{db_name}_log_p50_ms"),
+                (p50.as_secs_f64() * 1000.0).into(),
+            );
+            json.insert(
+                format!("{db_name}_log_p99_ms"),
+                (p99.as_secs_f64() * 1000.0).into(),
+            );
+        }
+        if args.wants("throughput") {
+            eprintln!("  throughput: {} jobs over 100 runners…", args.jobs);
+            let sampler = c.server.sample_rss();
+            let (rate, took) = throughput(&c, args.jobs, 100).await?;
+            let peak = sampler.finish();
+            let sqlite = *db_name == "sqlite";
+            add(
+                &mut rows,
+                "dispatch, 100 runners, no-op",
+                db_name,
+                format!("{rate:.0} jobs/s ({:.1} s)", took.as_secs_f64()),
+                if sqlite { "≥ 1,000 jobs/s" } else { "" },
+                sqlite.then_some(rate >= 1000.0),
+            );
+            add(
+                &mut rows,
+                "server peak RSS under load",
+                db_name,
+                mib(peak),
+                "",
+                None,
+            );
+            json.insert(format!("{db_name}_jobs_per_sec"), rate.into());
+            json.insert(format!("{db_name}_peak_rss_bytes"), peak.into());
+        }
+        if *db_name == "sqlite" && args.requeue_trials > 0 && args.wants("requeue") {
             eprintln!(
                 "  requeue after kill -9 ({} trials; each waits out a 15 s lease)…",
                 args.requeue_trials

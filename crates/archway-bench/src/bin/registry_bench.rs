@@ -77,7 +77,7 @@ struct Args {
 }
 
 /// A server (or, for `StoreDirect`, the store itself) under load.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Contender {
     ArchwayFs,
     DistributionFs,
@@ -330,7 +330,6 @@ async fn push_blob(c: &HttpClient, base: &str, repo: &str, blob: &Blob) -> anyho
 }
 
 struct Prepared {
-    pull_blobs: Vec<Digest>,
     /// Where each pull blob is read from: the registry, or (store direct) presigned URLs.
     pull_urls: Vec<String>,
     tag: String,
@@ -356,7 +355,6 @@ async fn prepare(
     sc: &Scenario,
     direct: bool,
 ) -> anyhow::Result<Prepared> {
-    let mut pull_blobs = Vec::new();
     let mut pull_urls = Vec::new();
     if let Kind::Pull = sc.kind {
         let f = BlobFactory::new(sc.size, 7);
@@ -377,7 +375,6 @@ async fn prepare(
             } else {
                 url
             });
-            pull_blobs.push(b.digest);
         }
     }
     let tag = "v1".to_owned();
@@ -423,7 +420,6 @@ async fn prepare(
         }
     }
     Ok(Prepared {
-        pull_blobs,
         pull_urls,
         tag,
     })

@@ -295,6 +295,7 @@ async fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
             let mut e = SandboxExecutor::new(sandbox, Arc::new(store), &cache);
             e.default_image = config.default_image.clone();
             e.insecure_registries = config.insecure_registries.clone();
+            e.runner_token = Some(config.token.clone());
             Arc::new(e)
         }
         other => bail!(

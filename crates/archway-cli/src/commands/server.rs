@@ -150,6 +150,11 @@ struct ServeArgs {
     /// --storage; clients must reach the store's endpoint).
     #[arg(long, requires = "storage")]
     storage_redirect: bool,
+    /// Registry repositories anyone may pull, without credentials (repeatable glob, `*`
+    /// matches `/` too), e.g. `library/*` for shared base images. Other repositories need an
+    /// admin token, a runner token (pull) or a job token (its own project).
+    #[arg(long = "public-repos", value_name = "GLOB")]
+    public_repos: Vec<String>,
     /// Serve /metrics without a token on this separate (private) address instead.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
@@ -363,6 +368,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         open_checked(probe, StorageUse::Serve).await?;
         config.object_store = Some(s3);
     }
+    config.public_repos = a.public_repos.clone();
     let (server, bootstrap) = Server::open(config).await?;
     if let Some(b) = bootstrap {
         eprintln!(

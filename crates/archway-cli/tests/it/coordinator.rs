@@ -162,6 +162,8 @@ impl ServerProcess {
             "copy",
             "--all",
             "--quiet",
+            "--creds",
+            &format!("admin:{}", self.admin),
             &format!("oci:{}:1.35", busybox_layout().display()),
             &format!("{}/library/busybox:1.35", self.addr),
         ]);
@@ -877,4 +879,203 @@ fn a_job_that_outlives_its_timeout_fails_with_job_execution_timeout() {
     // The failed job's log tail is shown by `pipeline run`.
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("log tail of slow"), "{stderr}");
+}
+
+#[test]
+fn a_job_token_pushes_to_its_own_project_only_and_dies_with_its_attempt() {
+    let server = ServerProcess::start(&["--public-repos", "library/*"]);
+    server.push_busybox();
+    let runner = RunnerProcess::start(&server, "r", &["--platform", "linux/amd64"]);
+    let r = repo(&[(
+        ".gitlab-ci.yml",
+        "hold:\n  image: $CI_REGISTRY/library/busybox:1.35\n  script:\n    - echo \"$CI_JOB_TOKEN\" > token.txt\n    - sleep 6\n",
+    )]);
+    let p = submit(&server, r.path(), &["--project", "team/app"]);
+    let id = job_id(&p, "hold");
+    let j = server.wait_job(id, "the token file", |j| {
+        j["status"] == "running" && j["attempts"][0]["log_bytes"].as_u64().unwrap_or(0) > 0
+    });
+    let attempt = j["attempts"][0]["id"].as_i64().unwrap();
+    let runner_id =
+        serde_json::from_str::<serde_json::Value>(&fs::read_to_string(&runner.config).unwrap())
+            .unwrap()["id"]
+            .clone();
+    let token_file = runner.config.parent().unwrap().join(format!(
+        "runner-{runner_id}-work/attempt-{attempt}/src/token.txt"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !token_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no token file at {}",
+            token_file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = fs::read_to_string(&token_file).unwrap().trim().to_owned();
+    assert!(token.starts_with("awj_"), "{token}");
+    let env = UserEnv::new();
+    let creds = format!("gitlab-ci-token:{token}");
+    let src = format!("oci:{}:1.35", busybox_layout().display());
+    let copy = |dest: &str| {
+        env.archway()
+            .args([
+                "image", "copy", "--all", "--quiet", "--creds", &creds, &src, dest,
+            ])
+            .output()
+            .unwrap()
+    };
+    // Its own project: push works (and pulling what it pushed).
+    let own = copy(&format!("{}/team/app/base:1", server.addr));
+    assert!(
+        own.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    // Another project: refused.
+    let other = copy(&format!("{}/other/app:1", server.addr));
+    assert!(!other.status.success());
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        err.contains("denied")
+            || err.contains("401")
+            || err.contains("403")
+            || err.contains("not authorized"),
+        "{err}"
+    );
+    // Public repositories: anyone pulls; private ones need credentials.
+    let anon = UserEnv::new();
+    anon.ok(&[
+        "image",
+        "inspect",
+        &format!("{}/library/busybox:1.35", server.addr),
+    ]);
+    let denied = anon.fails(&[
+        "image",
+        "inspect",
+        &format!("{}/team/app/base:1", server.addr),
+    ]);
+    assert!(!denied.is_empty());
+    // After the job ends, its token opens nothing.
+    server.wait_job(id, "the job to end", |j| j["status"] == "success");
+    let late = env
+        .archway()
+        .args([
+            "image",
+            "inspect",
+            "--creds",
+            &creds,
+            &format!("{}/team/app/base:1", server.addr),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !late.status.success(),
+        "a finished attempt's token still pulls"
+    );
+}
+
+#[test]
+fn metrics_need_the_admin_token_and_their_labels_stay_bounded() {
+    let server = ServerProcess::start(&[]);
+    let client = reqwest::blocking::Client::new();
+    let anon = client
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .unwrap();
+    assert_eq!(anon.status().as_u16(), 401);
+    let scrape = || {
+        client
+            .get(format!("{}/metrics", server.url()))
+            .bearer_auth(&server.admin)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let before = scrape().len();
+    // Hostile clients: invented paths and methods, no credentials.
+    for i in 0..300 {
+        let method = reqwest::Method::from_bytes(format!("X{i}").as_bytes()).unwrap();
+        let _ = client
+            .request(method, format!("{}/api/v1/made-up-{i}/x{i}", server.url()))
+            .send()
+            .unwrap();
+        let _ = client
+            .get(format!("{}/api/v1/jobs/{i}", server.url()))
+            .send()
+            .unwrap();
+    }
+    let text = scrape();
+    assert!(
+        text.contains(
+            "archway_api_requests_total{method=\"other\",route=\"/api/v1/{*rest}\",status=\"4xx\"}"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("route=\"/api/v1/jobs/{id}\""), "{text}");
+    assert!(
+        !text.contains("made-up"),
+        "a client-chosen path became a label"
+    );
+    // A few new series at most, however many distinct requests.
+    assert!(
+        text.len() < before + 16 * 1024,
+        "{} → {} bytes",
+        before,
+        text.len()
+    );
+    // The coordinator's own series are there, alongside the registry's.
+    for series in [
+        "archway_jobs_running 0",
+        "archway_job_requeues_total{reason=\"runner_system_failure\"} 0",
+        "archway_job_pickup_seconds_count 0",
+        "archway_registry_uploads_in_progress 0",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+}
+
+#[test]
+fn a_revoked_runner_stops_with_a_clear_error() {
+    let server = ServerProcess::start(&[]);
+    let mut runner = RunnerProcess::start(&server, "doomed", &["--platform", "linux/amd64"]);
+    let id =
+        serde_json::from_str::<serde_json::Value>(&fs::read_to_string(&runner.config).unwrap())
+            .unwrap()["id"]
+            .to_string();
+    // Online first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server
+        .json(&["runner", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["online"] == true)
+    {
+        assert!(Instant::now() < deadline, "the runner never came online");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut revoke = archway();
+    revoke
+        .args(["server", "token", "revoke-runner", &id, "--data"])
+        .arg(&server.data);
+    ok(&mut revoke);
+    let mut child = runner.child.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revoked runner kept running:\n{}",
+            runner.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let log = runner.log_text();
+    assert!(log.contains("refused this runner's token"), "{log}");
+    assert!(log.contains("register the runner again"), "{log}");
 }
