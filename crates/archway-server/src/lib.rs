@@ -177,7 +177,11 @@ impl Server {
                 message,
             },
         )?;
-        let registry = Arc::new(Registry::new(storage, Some(auth), RegistryConfig::default()));
+        let registry = Arc::new(Registry::new(
+            storage,
+            Some(auth),
+            RegistryConfig::default(),
+        ));
         let server = Arc::new(Server {
             coord,
             dispatcher: dispatch::Dispatcher::new(),

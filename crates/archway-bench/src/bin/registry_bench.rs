@@ -419,10 +419,7 @@ async fn prepare(
             bail!("manifest PUT: {s}");
         }
     }
-    Ok(Prepared {
-        pull_urls,
-        tag,
-    })
+    Ok(Prepared { pull_urls, tag })
 }
 
 async fn run_load(
