@@ -497,8 +497,8 @@ impl LogCursor {
                 if self.offset < p.stored {
                     return match self
                         .server
-                        .coord
-                        .log_bytes(p.attempt_id, self.offset, LOG_READ)
+                        .logs
+                        .read(p.attempt_id, self.offset, LOG_READ, p.stored)
                         .await
                     {
                         Ok(b) if !b.is_empty() => {

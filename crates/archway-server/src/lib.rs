@@ -19,6 +19,7 @@ pub mod db;
 pub mod dispatch;
 pub mod error;
 pub mod events;
+pub mod logs;
 pub mod metrics;
 pub mod registry_auth;
 pub mod schedule;
@@ -47,8 +48,8 @@ pub use error::CoordError;
 /// How to run a server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Holds `coordinator.db` (SQLite), and `registry/` and `sources/` unless they are on an
-    /// object store.
+    /// Holds `coordinator.db` (SQLite), and `registry/`, `sources/` and `logs/` unless they
+    /// are on an object store.
     pub data_dir: PathBuf,
     /// `postgres://…`; SQLite under `data_dir` when `None`.
     pub database_url: Option<String>,
@@ -58,8 +59,8 @@ pub struct ServerConfig {
     pub max_source_bytes: u64,
     /// Serve `/metrics` without a token (when it is on a separate, private listener).
     pub open_metrics: bool,
-    /// The registry's content and the source snapshots on an object store (shared by every
-    /// replica) instead of under `data_dir`.
+    /// The registry's content, the source snapshots and the archived job logs on an object
+    /// store (shared by every replica) instead of under `data_dir`.
     pub object_store: Option<S3Config>,
     /// Registry repositories anyone may pull (globs, `*` matches `/` too), e.g. `library/*`.
     pub public_repos: Vec<String>,
@@ -86,6 +87,8 @@ pub struct Server {
     pub coord: Arc<Coordinator>,
     pub dispatcher: Arc<dispatch::Dispatcher>,
     pub sources: sources::SourceStore,
+    /// Job logs: in the database while their attempt runs, archived afterwards.
+    pub logs: logs::JobLogs,
     pub registry: Arc<Registry>,
     pub poll_wait: Duration,
     pub open_metrics: bool,
@@ -148,7 +151,7 @@ impl Server {
                 "gave running attempts a lease period to reconnect after a restart"
             );
         }
-        let (storage, sources): (Arc<dyn Storage>, _) = match &config.object_store {
+        let (storage, sources, log_archive): (Arc<dyn Storage>, _, _) = match &config.object_store {
             Some(s3) => {
                 let failed = |message: String| OpenError::ObjectStore {
                     location: s3.location.to_string(),
@@ -156,9 +159,14 @@ impl Server {
                 };
                 let storage = S3Storage::open(s3).map_err(|e| failed(e.to_string()))?;
                 let (client, prefix) = storage.client();
-                let sources =
-                    sources::SourceStore::on_object_store(client, &prefix, config.max_source_bytes);
-                (Arc::new(storage), sources)
+                let sources = sources::SourceStore::on_object_store(
+                    client.clone(),
+                    &prefix,
+                    config.max_source_bytes,
+                );
+                let logs: Arc<dyn logs::LogArchive> =
+                    Arc::new(logs::ObjectLogArchive::new(client, &prefix));
+                (Arc::new(storage), sources, logs)
             }
             None => {
                 let reg_root = config.data_dir.join("registry");
@@ -168,7 +176,9 @@ impl Server {
                 })?;
                 let sources =
                     sources::SourceStore::open(&config.data_dir, config.max_source_bytes)?;
-                (Arc::new(storage), sources)
+                let logs: Arc<dyn logs::LogArchive> =
+                    Arc::new(logs::FsLogArchive::open(&config.data_dir)?);
+                (Arc::new(storage), sources, logs)
             }
         };
         let auth = registry_auth::registry_auth(coord.clone(), &config.public_repos).map_err(
@@ -182,8 +192,10 @@ impl Server {
             Some(auth),
             RegistryConfig::default(),
         ));
+        let logs = logs::JobLogs::new(coord.clone(), log_archive);
         let server = Arc::new(Server {
             coord,
+            logs,
             dispatcher: dispatch::Dispatcher::new(),
             sources,
             registry,
@@ -193,8 +205,8 @@ impl Server {
         Ok((server, bootstrap))
     }
 
-    /// Starts the background work: dispatch rounds, the lease reaper, and (PostgreSQL) the
-    /// listener for other servers' events.
+    /// Starts the background work: dispatch rounds, the lease reaper, the job log archiver,
+    /// and (PostgreSQL) the listener for other servers' events.
     pub fn spawn_background(self: &Arc<Self>) {
         tokio::spawn(self.dispatcher.clone().run(self.coord.clone()));
         let coord = self.coord.clone();
@@ -213,6 +225,7 @@ impl Server {
                 }
             }
         });
+        tokio::spawn(self.logs.clone().run_archiver(Duration::from_secs(5)));
         if self.coord.db.url.is_some() {
             tokio::spawn(self.coord.events.clone().listen(self.coord.db.clone()));
         }

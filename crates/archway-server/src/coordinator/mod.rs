@@ -5,7 +5,8 @@
 //! * `access`: tokens, authentication, runners and their polls' bookkeeping;
 //! * `pipelines`: submission (and auto-cancel) and the user's actions (cancel, retry, play);
 //! * `attempts`: dispatch claims, log appends, attempt ends, lost leases;
-//! * `views`: what the API shows (pipelines, jobs, runners, logs, gauges).
+//! * `views`: what the API shows (pipelines, jobs, runners, logs, gauges);
+//! * `archived_logs`: finished attempts' logs leaving the database for the archive.
 //!
 //! Fencing: an attempt accepts reports (log, finish) only while its row says `running`. A
 //! lost lease flips it to `lost` in a conditional update, after which nothing from it is
@@ -425,11 +426,13 @@ pub(super) async fn pipeline_status_tx(
 }
 
 mod access;
+mod archived_logs;
 mod attempts;
 mod cache;
 mod pipelines;
 mod views;
 
 pub use access::TokenInfo;
+pub use archived_logs::FinishedLog;
 pub use attempts::Candidate;
 pub use views::{Gauges, LogPart};
