@@ -46,9 +46,9 @@ fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> CoordError {
 }
 
 fn store_io(context: &'static str) -> impl FnOnce(object_store::Error) -> CoordError {
-    move |e| CoordError::Io {
+    move |source| CoordError::Unavailable {
         context: context.into(),
-        source: std::io::Error::other(e),
+        source,
     }
 }
 

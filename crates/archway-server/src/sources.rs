@@ -59,9 +59,9 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CoordError {
 }
 
 fn store_io(context: &str) -> impl FnOnce(object_store::Error) -> CoordError + '_ {
-    move |e| CoordError::Io {
+    move |source| CoordError::Unavailable {
         context: context.to_owned(),
-        source: std::io::Error::other(e),
+        source,
     }
 }
 

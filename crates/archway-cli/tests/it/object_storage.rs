@@ -1,7 +1,9 @@
 //! The registry on an object store (the test S3 server): replicas sharing one bucket behave as
 //! one, uploads survive a replica's `kill -9`, blob reads redirect to the store, and the
 //! store's failures are retried or surface as the spec's error codes, never as half-written
-//! content. (The conformance, GC and interop suites also run on the object store.)
+//! content; `archway server --storage` shares its registry and snapshots through the bucket
+//! and answers 503 when the store stays down. (The conformance, GC and interop suites also
+//! run on the object store; coordinator.rs runs a pipeline through two servers on one bucket.)
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -566,9 +568,14 @@ struct ServerOnS3 {
 
 impl ServerOnS3 {
     fn start(location: &str) -> ServerOnS3 {
+        Self::start_with_env(location, &[])
+    }
+
+    fn start_with_env(location: &str, envs: &[(&str, &str)]) -> ServerOnS3 {
         let data = tempfile::tempdir().unwrap();
         let log = data.path().join("server.log");
         let child = crate::support::archway()
+            .envs(envs.iter().copied())
             .args([
                 "server",
                 "--listen",
@@ -671,4 +678,48 @@ fn servers_on_one_bucket_share_their_registry_and_source_snapshots() {
     let (ra, rb) = (a.raw(), b.raw());
     let (manifest, _) = ra.push_image("ci/app", "v1", &data(2 * MIB, 12), None);
     assert_eq!(body(rb.get("/v2/ci/app/manifests/v1")), manifest);
+}
+
+#[test]
+fn a_server_whose_store_keeps_failing_answers_503_and_stores_nothing() {
+    let Some(proxy) = FaultyS3::start() else {
+        return;
+    };
+    let Some(Backend::S3(location)) = Backend::s3() else {
+        return;
+    };
+    let server = ServerOnS3::start_with_env(&location, &proxy.envs());
+    let snapshot = data(4096, 21);
+    let digest = Digest::sha256(&snapshot);
+    let source = |method: Method| {
+        reqwest::blocking::Client::new()
+            .request(
+                method,
+                format!("http://{}/api/v1/sources/{digest}", server.addr),
+            )
+            .header("authorization", format!("Bearer {}", server.admin))
+    };
+    // Every write of a snapshot fails, also after the client's retries: 503 UNAVAILABLE with
+    // Retry-After, the store's address only in the server's log.
+    for method in ["PUT", "POST"] {
+        proxy.add(FaultRule {
+            method,
+            path_contains: "/sources/",
+            fault: Fault::Status(503, "SlowDown"),
+            times: usize::MAX,
+        });
+    }
+    let r = source(Method::PUT).body(snapshot.clone()).send().unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(header(r.headers(), "retry-after"), "1");
+    let text = r.text().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "UNAVAILABLE", "{text}");
+    assert!(!text.contains("127.0.0.1"), "{text}");
+    assert!(proxy.injected() > 1, "the store was not retried");
+    proxy.clear();
+    assert_eq!(source(Method::HEAD).send().unwrap().status().as_u16(), 404);
+    let r = source(Method::PUT).body(snapshot).send().unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text());
+    assert_eq!(source(Method::HEAD).send().unwrap().status().as_u16(), 200);
 }
