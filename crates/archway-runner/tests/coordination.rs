@@ -1009,6 +1009,76 @@ async fn a_finished_attempts_log_moves_to_the_archive_and_reads_the_same(b: Back
     let last = log.trim_end().rsplit('\n').next().unwrap();
     assert!(last.starts_with("[archway] attempt 1 success"), "{last}");
     r.task.abort();
+
+    // An attempt that wrote nothing is archived too (as the empty log).
+    let reg = ApiClient::new(&h.url, None)
+        .unwrap()
+        .register_runner(&RegisterRunner {
+            registration_token: h.registration.clone(),
+            name: "mute".into(),
+            tags: vec![],
+            platforms: vec![PlatformOffer {
+                platform: "linux/amd64".into(),
+                emulated: false,
+            }],
+            concurrency: 1,
+            run_untagged: true,
+            version: "test".into(),
+        })
+        .await
+        .unwrap();
+    let mute = ApiClient::new(&h.url, Some(reg.token)).unwrap();
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(&["x"], vec![job("silent", "x")]))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + T;
+    let payload = loop {
+        let got = mute
+            .poll(&archway_api::PollRequest {
+                free_slots: 1,
+                platforms: vec![PlatformOffer {
+                    platform: "linux/amd64".into(),
+                    emulated: false,
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if let Some(j) = got.jobs.into_iter().next() {
+            break j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the silent job was not handed out"
+        );
+    };
+    let job_api = ApiClient::new(&h.url, Some(payload.token.clone())).unwrap();
+    job_api
+        .finish(
+            payload.attempt_id,
+            &FinishAttempt {
+                outcome: AttemptOutcome::Success,
+                exit_code: Some(0),
+                reason: None,
+                log_bytes: 0,
+                log_tail: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        h.wait_pipeline(p.id, T).await.status,
+        PipelineStatus::Success
+    );
+    let empty = archived.join(archway_oci::Digest::sha256(b"").hex());
+    while !empty.exists() {
+        assert!(Instant::now() < deadline, "the empty log was not archived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = h.log(job_id(&p, "silent")).await;
+    assert!(log.contains("[archway] attempt 1 success"), "{log}");
 }
 
 /// Each scenario as a test on both databases.

@@ -519,6 +519,9 @@ fn start_distribution(
     )?;
     let mut cmd = Command::new(bin);
     cmd.arg("serve").arg(&config);
+    // The AWS SDK in distribution refuses to start when AWS_CA_BUNDLE is set (its HTTP
+    // transport cannot take one); the store here is plain HTTP on loopback anyway.
+    cmd.env_remove("AWS_CA_BUNDLE");
     Server::start("distribution", cmd, addr)
 }
 

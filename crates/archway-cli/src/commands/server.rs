@@ -140,9 +140,9 @@ struct ServeArgs {
     /// Job timeout when the job sets none.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     default_timeout: Duration,
-    /// Keep the registry's content and the source snapshots on S3-compatible object storage
-    /// (s3://BUCKET[/PREFIX]) instead of under --data; with --database on PostgreSQL, any
-    /// number of servers sharing both behave as one. Endpoint, region and credentials come
+    /// Keep the registry's content, the source snapshots and finished job logs on
+    /// S3-compatible object storage (s3://BUCKET[/PREFIX]) instead of under --data; with
+    /// --database on PostgreSQL, any number of servers sharing both behave as one. Endpoint, region and credentials come
     /// from the AWS environment variables and files (see `archway registry serve --help`).
     #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
     storage: Option<S3Location>,
