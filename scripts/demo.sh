@@ -9,7 +9,10 @@
 #   2. `archway image import` Debian's busybox-static for amd64 and for arm64 (reproducibly)
 #   3. `archway manifest create` + `push`: one multi-platform base tag
 #   4. `archway build` examples/hello-multiarch for both platforms, `--push`
-#   5. `archway run --platform linux/arm64` the result; read it back with skopeo
+#   5. `archway run --platform linux/arm64` the result
+#   6. `archway pipeline run` the application's .gitlab-ci.yml with no server: its jobs run
+#      inside the image on each architecture (arm64 on an emulated runner); read it back with
+#      skopeo
 #
 # Needs: Debian 12, Rust >= 1.95 (rustup), root or sudo (to install skopeo, runc and
 # qemu-user-static, mount binfmt_misc, and enable arm64 packages for `apt-get download`).
@@ -18,7 +21,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 require_rust
-ensure_packages skopeo runc util-linux
+ensure_packages skopeo runc util-linux git
 ensure_binfmt
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
     step "enabling arm64 packages (to download busybox-static:arm64)"
@@ -94,6 +97,16 @@ for arch in arm64 amd64; do
     "$archway" run --platform "linux/$arch" --cache-dir "$work/build-cache" "$reg/demo/hello:1.0" whoami
     "$archway" run --platform "linux/$arch" --cache-dir "$work/build-cache" "$reg/demo/hello:1.0" cat /srv/www/build.txt
 done
+
+step "the application's own pipeline, on this machine: archway pipeline run (no server)"
+# examples/hello-multiarch/.gitlab-ci.yml tests the image inside itself on each architecture
+# (the arm64 job on a qemu-emulated arm64 runner), then serves its page. As a user would, from
+# a git checkout of the application; the coordinator and registry state go to .archway/.
+cp -r examples/hello-multiarch "$work/app"
+git -C "$work/app" init -q -b main
+git -C "$work/app" add -A
+git -C "$work/app" -c user.email=demo@example.com -c user.name=demo commit -qm "hello-multiarch"
+(cd "$work/app" && "$archway" pipeline run --project demo/hello --var "APP_IMAGE=$reg/demo/hello:1.0")
 
 step "a peer reads the application image: skopeo inspect --raw (an OCI index of two images)"
 skopeo inspect --tls-verify=false --raw "docker://$reg/demo/hello:1.0"; echo

@@ -62,6 +62,19 @@ ensure_binfmt() {
     done
 }
 
+# Rootless builds with subordinate ids: give USER a range in /etc/subuid and /etc/subgid
+# (as `useradd` does for new users) unless it has one; newuidmap/newgidmap come with uidmap.
+ensure_subids() {
+    local user=$1 start=${2:-200000} count=${3:-65536}
+    ensure_packages uidmap
+    for f in /etc/subuid /etc/subgid; do
+        if ! grep -q "^$user:" "$f" 2>/dev/null; then
+            step "giving $user the subordinate ids $start-$((start + count - 1)) in $f"
+            echo "$user:$start:$count" | as_root tee -a "$f" >/dev/null
+        fi
+    done
+}
+
 # A throwaway PostgreSQL cluster for the tests: initdb in a temporary directory as an
 # unprivileged user (the `postgres` user when we are root), listening on a free loopback port,
 # fsync off. Exports ARCHWAY_TEST_POSTGRES (a URL the tests create their databases through)

@@ -14,9 +14,11 @@ require_rust
 # engine (dockerd), CNCF distribution (docker-registry) for benchmarks. The build sandbox needs
 # an OCI runtime (runc; crun where cgroups are unified) and util-linux's unshare/setpriv. The
 # garbage-collection test on S3 sets its S3 server's clock back with libfaketime.
-ensure_packages skopeo podman buildah umoci docker.io docker-registry crun runc uidmap apache2-utils util-linux libfaketime
+ensure_packages skopeo podman buildah umoci docker.io docker-registry crun runc uidmap apache2-utils util-linux git libfaketime
 # arm64 RUN steps and `archway run --platform linux/arm64` go through qemu-user.
 ensure_binfmt
+# The rootless build test runs as `nobody` with a range of subordinate ids.
+ensure_subids nobody
 # The coordinator's tests run on SQLite and on PostgreSQL: a throwaway cluster for them.
 start_test_postgres
 # The registry's tests run on the filesystem and on S3: a throwaway S3 server for them.

@@ -244,6 +244,72 @@ impl ApiClient {
         Ok(resp.bytes_stream())
     }
 
+    /// Uploads the attempt's artifact archive (a gzipped tar, hashing to `digest`) from
+    /// `file`, streamed.
+    pub async fn upload_artifacts(
+        &self,
+        attempt: i64,
+        digest: &str,
+        file: tokio::fs::File,
+        expire_in_secs: Option<u64>,
+    ) -> Result<(), ApiError> {
+        let mut path = format!("/api/v1/runner/attempts/{attempt}/artifacts/{digest}");
+        if let Some(s) = expire_in_secs {
+            path.push_str(&format!("?expire_in_secs={s}"));
+        }
+        let stream = futures_util::stream::unfold(file, |mut f| async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 256 * 1024];
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, std::io::Error>(Bytes::from(buf)), f))
+                }
+                Err(e) => Some((Err(e), f)),
+            }
+        });
+        self.send(
+            self.request(Method::PUT, &path)
+                .timeout(Duration::from_secs(3600))
+                .body(reqwest::Body::wrap_stream(stream)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// An earlier job's artifact archive (with the job token of a job of the same
+    /// pipeline).
+    pub async fn fetch_artifacts(
+        &self,
+        job_id: i64,
+    ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>> + use<>, ApiError> {
+        let resp = self
+            .send(
+                self.request(
+                    Method::GET,
+                    &format!("/api/v1/runner/jobs/{job_id}/artifacts"),
+                )
+                .timeout(Duration::from_secs(3600)),
+            )
+            .await?;
+        Ok(resp.bytes_stream())
+    }
+
+    /// A job's artifact archive (admin token).
+    pub async fn job_artifacts(
+        &self,
+        job_id: i64,
+    ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>> + use<>, ApiError> {
+        let resp = self
+            .send(
+                self.request(Method::GET, &format!("/api/v1/jobs/{job_id}/artifacts"))
+                    .timeout(Duration::from_secs(3600)),
+            )
+            .await?;
+        Ok(resp.bytes_stream())
+    }
+
     // --- pipelines ----------------------------------------------------------------------
 
     /// Whether the server has a source snapshot.

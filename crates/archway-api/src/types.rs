@@ -165,12 +165,14 @@ pub enum FailureReason {
     ApiFailure,
     RunnerUnsupported,
     DataIntegrityFailure,
+    /// A trigger job's child pipeline could not be created (it has no jobs to run).
+    DownstreamPipelineCreationFailed,
     #[serde(other)]
     UnknownFailure,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 9] = [
+    pub const ALL: [FailureReason; 10] = [
         FailureReason::ScriptFailure,
         FailureReason::RunnerSystemFailure,
         FailureReason::StuckOrTimeoutFailure,
@@ -179,6 +181,7 @@ impl FailureReason {
         FailureReason::ApiFailure,
         FailureReason::RunnerUnsupported,
         FailureReason::DataIntegrityFailure,
+        FailureReason::DownstreamPipelineCreationFailed,
         FailureReason::UnknownFailure,
     ];
 
@@ -192,6 +195,9 @@ impl FailureReason {
             FailureReason::ApiFailure => "api_failure",
             FailureReason::RunnerUnsupported => "runner_unsupported",
             FailureReason::DataIntegrityFailure => "data_integrity_failure",
+            FailureReason::DownstreamPipelineCreationFailed => {
+                "downstream_pipeline_creation_failed"
+            }
             FailureReason::UnknownFailure => "unknown_failure",
         }
     }
@@ -211,9 +217,10 @@ impl fmt::Display for FailureReason {
 }
 
 /// `when:` of a job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum When {
+    #[default]
     OnSuccess,
     OnFailure,
     Always,
@@ -254,6 +261,9 @@ pub struct ImageDef {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
+    /// `image:docker:user`: run the job as this user instead of the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A variable as the pipeline defines it.
@@ -264,7 +274,8 @@ pub struct VarDef {
 }
 
 /// One job of a submitted pipeline: what the scheduler needs and what the runner runs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// (`Default` is an empty job in stage `""` that runs on success, for tests and tools.)
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobDefinition {
     pub name: String,
     pub stage: String,
@@ -303,6 +314,132 @@ pub struct JobDefinition {
     pub interruptible: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_group: Option<String>,
+    /// What the job keeps when it ends (`artifacts:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<ArtifactsDef>,
+    /// Jobs whose artifacts (and dotenv variables) this one receives; `None`: every job of
+    /// the earlier stages (GitLab's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependencies: Option<Vec<String>>,
+    /// `cache:` entries (kept by each runner).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache: Vec<CacheDef>,
+    /// `services:`: sidecars started beside the job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceDef>,
+    /// A trigger job (`trigger: include:`): it runs no script; when it starts, the
+    /// coordinator creates this child pipeline instead of giving it to a runner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Box<TriggerDefinition>>,
+}
+
+/// One `services:` entry: an image run beside the job, on its network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceDef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variables: Vec<VarDef>,
+}
+
+/// One `cache:` entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheDef {
+    /// The key; `files:A,B` (after an optional `PREFIX-`) means "from these files'
+    /// contents", as `cache:key:files`.
+    pub key: String,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// pull-push (default), pull or push.
+    #[serde(default = "pull_push")]
+    pub policy: String,
+    /// on_success (default), on_failure or always: when it is saved.
+    #[serde(default = "on_success")]
+    pub when: String,
+    /// Keys restored from, in order, when `key` has no cache yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_keys: Vec<String>,
+}
+
+fn pull_push() -> String {
+    "pull-push".into()
+}
+
+/// A job's `artifacts:`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactsDef {
+    /// Globs relative to the project directory (`**` crosses directories).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Also every file git does not track.
+    #[serde(default)]
+    pub untracked: bool,
+    /// on_success (default), on_failure or always.
+    #[serde(default = "on_success")]
+    pub when: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_in_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `reports:dotenv` files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dotenv: Vec<String>,
+    /// `reports:junit` files (kept in the archive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub junit: Vec<String>,
+}
+
+fn on_success() -> String {
+    "on_success".into()
+}
+
+/// An earlier job's artifacts a job receives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    pub job_id: i64,
+    pub job_name: String,
+    pub size: u64,
+}
+
+/// What the coordinator needs to plan a dynamic child pipeline: the parent's planning
+/// context and the trigger's child (see `archway_pipeline::plan_child`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DynamicChild {
+    pub context: archway_pipeline::graph::Context,
+    pub child: archway_pipeline::graph::ChildPipeline,
+}
+
+/// What a trigger job starts: a child pipeline of the same project, commit and source,
+/// planned by the client (see `archway_pipeline::graph::ChildPipeline`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerDefinition {
+    /// `strategy: depend` (or `mirror`): the trigger job runs until the child finishes and
+    /// takes its status; otherwise it succeeds once the child is created.
+    #[serde(default)]
+    pub depend: bool,
+    /// The child's configuration, for display (`ci/child.yml`, or several joined by `, `).
+    pub file: String,
+    pub stages: Vec<String>,
+    /// The child's jobs; empty when the child has none to run (the trigger job then fails,
+    /// as in GitLab).
+    pub jobs: Vec<JobDefinition>,
+    /// The variables passed down (`graph::ChildPipeline::variables`; each child job's
+    /// `variables` already holds them). `$CI_PIPELINE_ID`,
+    /// `$CI_PIPELINE_IID`, `$CI_JOB_ID`, `$CI_JOB_NAME` and `$CI_JOB_STAGE` in their values are
+    /// the trigger job's, expanded by the coordinator when it creates the child.
+    #[serde(default)]
+    pub variables: Vec<VarDef>,
+    /// A dynamic child (`include: artifact:` + `job:`): planned by the coordinator when the
+    /// trigger job starts, from the generating job's artifacts (`jobs` is empty until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<Box<DynamicChild>>,
 }
 
 /// A pipeline to run: the planned job graph plus where its source is.
@@ -336,6 +473,10 @@ pub struct SubmitPipeline {
     /// Secret variables (name → value) given only to the jobs, never stored in the plan.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// Variables of type `file`, by name (their values are in `variables` or `secrets`):
+    /// each job gets the path of a file holding the value, as GitLab does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_variables: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -411,6 +552,9 @@ pub struct JobVariable {
     pub value: String,
     #[serde(default)]
     pub masked: bool,
+    /// A `file` variable: the runner writes `value` to a file and gives the job its path.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub file: bool,
 }
 
 /// Everything a runner needs to run one attempt of a job.
@@ -446,6 +590,18 @@ pub struct JobPayload {
     pub source: Option<String>,
     /// Bytes of log the server keeps; more is dropped with a marker.
     pub max_log_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<ArtifactsDef>,
+    /// Earlier jobs' artifacts to unpack into the project directory before the script.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<ArtifactRef>,
+    /// Largest artifact archive the server accepts.
+    #[serde(default)]
+    pub max_artifact_bytes: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache: Vec<CacheDef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceDef>,
 }
 
 impl JobPayload {
@@ -484,6 +640,71 @@ pub struct FinishAttempt {
     /// for a short job); appended at `offset` like any log chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_tail: Option<LogTail>,
+    /// Variables from the job's `artifacts:reports:dotenv` files, for the jobs after it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dotenv: Vec<VarDef>,
+    /// The job's `artifacts:reports:junit` results, summarised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestSummary>,
+}
+
+/// What a job's JUnit reports say: counts, and the first failing cases.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestSummary {
+    pub total: u64,
+    pub failed: u64,
+    pub errors: u64,
+    pub skipped: u64,
+    /// At most [`TestSummary::MAX_FAILURES`] failing or erroring cases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<TestFailure>,
+}
+
+impl TestSummary {
+    pub const MAX_FAILURES: usize = 20;
+    /// Longest failure message kept, in bytes.
+    pub const MAX_MESSAGE: usize = 500;
+
+    pub fn passed(&self) -> u64 {
+        self.total
+            .saturating_sub(self.failed + self.errors + self.skipped)
+    }
+
+    /// `s` cut to at most [`Self::MAX_MESSAGE`] bytes (ending in `…` when cut).
+    pub fn clip(mut s: String) -> String {
+        if s.len() > Self::MAX_MESSAGE {
+            let mut end = Self::MAX_MESSAGE - '…'.len_utf8();
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+            s.push('…');
+        }
+        s
+    }
+
+    /// Within the bounds a summary may have: at most [`Self::MAX_FAILURES`] failures, each
+    /// string clipped. The runner makes summaries this way; the coordinator applies it to
+    /// what any runner sends.
+    pub fn bounded(mut self) -> Self {
+        self.failures.truncate(Self::MAX_FAILURES);
+        for f in &mut self.failures {
+            for s in [&mut f.suite, &mut f.name, &mut f.message] {
+                *s = Self::clip(std::mem::take(s));
+            }
+        }
+        self
+    }
+}
+
+/// One failing test case.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestFailure {
+    /// `classname` (or the suite's name) and the case's `name`.
+    pub suite: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// Log bytes carried in another report.
@@ -561,6 +782,28 @@ pub struct JobView {
     /// Why a pending job is not running, e.g. `no runner with tags [arm64]; connected: …`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// A trigger job's newest child pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream_pipeline_id: Option<i64>,
+    /// The job's artifacts, when it kept some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<ArtifactsView>,
+    /// What its JUnit reports said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestSummary>,
+}
+
+/// A job's stored artifacts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactsView {
+    /// `sha256:…` of the archive (a gzipped tar).
+    pub digest: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+    /// Variables its dotenv reports gave the jobs after it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dotenv: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -576,6 +819,9 @@ pub struct PipelineView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<i64>,
     pub stages: Vec<String>,
+    /// The trigger job that created this child pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_job_id: Option<i64>,
     /// Jobs (only in single-pipeline answers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<JobView>,

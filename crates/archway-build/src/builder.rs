@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use archway_diag::{Diagnostic, Span};
+use archway_diag::{Diagnostic, Severity, Span};
 use archway_oci::layer::LayerEntry;
 use archway_oci::{Descriptor, Digest, Index, Platform, Reference, media_type};
 use tokio::runtime::Handle;
@@ -27,7 +27,9 @@ use crate::context::Tree;
 use crate::dockerfile::{CopySource, Dockerfile, MountKind};
 use crate::error::BuildError;
 use crate::eval::{Base, CopyFrom, EvalOptions, EvalStep, Evaluated, evaluate};
+use crate::gc::GcPolicy;
 use crate::images::{ImageSource, ImageStore};
+use crate::remote::Fetcher;
 use crate::stage::PlatformBuild;
 use crate::store::Store;
 
@@ -108,6 +110,11 @@ pub enum BuildEvent {
         repository: String,
         entries: usize,
     },
+    /// The store was pruned to its size cap after the build.
+    Pruned {
+        items: usize,
+        bytes: u64,
+    },
 }
 
 /// Receives [`BuildEvent`]s (from several threads).
@@ -138,6 +145,8 @@ pub struct BuildResult {
     /// The index (several platforms) or the manifest (one).
     pub descriptor: Descriptor,
     pub images: Vec<(Platform, Descriptor)>,
+    /// Every image the build pulled (`FROM`, `COPY --from`), per platform, by digest.
+    pub bases: Vec<BaseImage>,
     pub steps: usize,
     pub cached_steps: usize,
     pub warnings: Vec<Diagnostic>,
@@ -151,6 +160,20 @@ pub(crate) struct PlatformResult {
     pub(crate) cached: usize,
     /// Cache keys of the steps that made layers (exported with `--cache-repo`).
     pub(crate) used: BTreeSet<Digest>,
+    pub(crate) bases: Vec<BaseImage>,
+}
+
+/// An image a build pulled, pinned by the digest of the manifest it used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseImage {
+    /// As the Dockerfile named it, normalised (`docker.io/library/debian:12`).
+    pub reference: Reference,
+    /// The platform's manifest the build read.
+    pub digest: Digest,
+    /// The platform pulled (`FROM --platform=$BUILDPLATFORM` pulls the build machine's).
+    pub platform: Platform,
+    /// The platform of the image being built that used it.
+    pub target: Platform,
 }
 
 /// The builder. Cheap to clone (clones share the store and the source).
@@ -160,6 +183,10 @@ pub struct Builder {
     runner: Option<Arc<dyn StepRunner>>,
     progress: Option<ProgressSink>,
     cache_repo: Option<Reference>,
+    /// The size cap applied to the store after each build.
+    gc: Option<GcPolicy>,
+    /// Downloads and clones for `ADD` (made on first use).
+    fetcher: Arc<std::sync::OnceLock<Fetcher>>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -181,7 +208,16 @@ impl Builder {
             runner: None,
             progress: None,
             cache_repo: None,
+            gc: None,
+            fetcher: Arc::default(),
         }
+    }
+
+    /// After each build, prune the store down to `policy` (BuildKit's GC policy; see
+    /// [`crate::gc`]). What the build used stays.
+    pub fn with_gc(mut self, policy: GcPolicy) -> Builder {
+        self.gc = Some(policy);
+        self
     }
 
     /// RUN steps go to `runner` (the sandbox).
@@ -209,6 +245,12 @@ impl Builder {
         self
     }
 
+    /// How much of a layer's ownership unpacking keeps (see [`crate::store::Unpacking`]).
+    pub fn with_unpacking(mut self, unpacking: crate::store::Unpacking) -> Builder {
+        self.images = self.images.with_unpacking(unpacking);
+        self
+    }
+
     /// The image store the builder pulls and unpacks through.
     pub fn images(&self) -> &ImageStore {
         &self.images
@@ -216,6 +258,14 @@ impl Builder {
 
     pub(crate) fn store(&self) -> &Store {
         self.images.store()
+    }
+
+    pub(crate) fn fetcher(&self) -> Result<&Fetcher, BuildError> {
+        if let Some(f) = self.fetcher.get() {
+            return Ok(f);
+        }
+        let f = Fetcher::new()?;
+        Ok(self.fetcher.get_or_init(|| f))
     }
 
     pub(crate) fn runner(&self) -> Option<&Arc<dyn StepRunner>> {
@@ -237,8 +287,24 @@ impl Builder {
     }
 
     /// Validates everything that can be checked before work: every platform's evaluation and
-    /// every COPY source in the context. Pure apart from reading `context`.
+    /// every COPY source in the context (a missing one is an error). Pure apart from reading
+    /// `context`.
     pub fn check(req: &BuildRequest, context: Option<&Tree>) -> (Vec<Evaluated>, Vec<Diagnostic>) {
+        Self::check_with(req, context, Severity::Error)
+    }
+
+    /// `archway build --check`: the Dockerfile judged alone, as BuildKit's frontend does
+    /// (`docker build --check`): sources missing from the context are warnings (a lint job may
+    /// have no context at all), and nothing is fetched.
+    pub fn lint(req: &BuildRequest, context: Option<&Tree>) -> (Vec<Evaluated>, Vec<Diagnostic>) {
+        Self::check_with(req, context, Severity::Warning)
+    }
+
+    fn check_with(
+        req: &BuildRequest,
+        context: Option<&Tree>,
+        missing: Severity,
+    ) -> (Vec<Evaluated>, Vec<Diagnostic>) {
         let mut out = Vec::new();
         let mut diags = Vec::new();
         let host = Platform::host();
@@ -262,7 +328,7 @@ impl Builder {
             }
             let Some(e) = e else { continue };
             if let Some(tree) = context {
-                check_inputs(req, &e, tree, &mut diags);
+                check_inputs(req, &e, tree, missing, &mut diags);
             }
             for a in &e.unused_build_args {
                 let d = Diagnostic::warning(
@@ -293,6 +359,26 @@ impl Builder {
     }
 
     fn build_blocking(&self, rt: &Handle, req: &BuildRequest) -> Result<BuildResult, BuildError> {
+        // Whatever this build touches stays in the store until it ends (see `crate::gc`).
+        let _lease = self.store().lease()?;
+        let result = self.build_leased(rt, req)?;
+        if let Some(policy) = &self.gc {
+            match self.store().gc(policy) {
+                Ok(r) if !r.removed.is_empty() => self.emit(BuildEvent::Pruned {
+                    items: r.removed.len(),
+                    bytes: r.bytes_freed,
+                }),
+                Ok(_) => {}
+                Err(e) => self.emit(BuildEvent::Warning(format!(
+                    "keeping the build store under its size cap failed: {}",
+                    crate::error::with_causes(&e)
+                ))),
+            }
+        }
+        Ok(result)
+    }
+
+    fn build_leased(&self, rt: &Handle, req: &BuildRequest) -> Result<BuildResult, BuildError> {
         let context = Tree::context(&req.context)?;
         let (evaluated, diags) = Self::check(req, Some(&context));
         if diags.iter().any(Diagnostic::is_error) {
@@ -322,8 +408,10 @@ impl Builder {
         let mut images = Vec::new();
         let (mut steps, mut cached) = (0, 0);
         let mut used = BTreeSet::new();
+        let mut bases = Vec::new();
         for r in results {
             let r = r?;
+            bases.extend(r.bases);
             images.push((r.platform, r.descriptor));
             steps += r.steps;
             cached += r.cached;
@@ -349,7 +437,7 @@ impl Builder {
                 })
                 .collect();
             let bytes = index.to_json();
-            let digest = layout.write_blob(&bytes)?;
+            let digest = self.store().write_blob(&bytes)?;
             Descriptor::new(media_type::OCI_INDEX, digest, bytes.len() as u64)
         };
         let tag = format!("build-{}", &descriptor.digest.hex()[..16]);
@@ -359,6 +447,7 @@ impl Builder {
             tag,
             descriptor,
             images,
+            bases,
             steps,
             cached_steps: cached,
             warnings: diags,
@@ -404,25 +493,65 @@ impl Builder {
     }
 }
 
-/// COPY sources exist in the context; required secrets are given.
-fn check_inputs(req: &BuildRequest, e: &Evaluated, tree: &Tree, diags: &mut Vec<Diagnostic>) {
+/// COPY sources exist in the context (`missing` says how bad it is when one does not);
+/// required secrets are given.
+fn check_inputs(
+    req: &BuildRequest,
+    e: &Evaluated,
+    tree: &Tree,
+    missing: Severity,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let mut push = |d: Diagnostic| {
+        if !diags.contains(&d) {
+            diags.push(d);
+        }
+    };
+    let judged = |span: &Span, message: String| match missing {
+        Severity::Error => Diagnostic::error(span, message),
+        Severity::Warning => Diagnostic::warning(span, message),
+    };
     for stage in &e.stages {
         for ins in &stage.instructions {
             if let EvalStep::Copy(c) = &ins.step
                 && c.from == CopyFrom::Context
             {
-                for s in &c.sources {
-                    if let CopySource::Path(p) = s
-                        && let Err(err) = tree.select(p)
-                    {
-                        let d = Diagnostic::error(
+                let what = if c.add { "ADD" } else { "COPY" };
+                let paths: Vec<String> = c
+                    .sources
+                    .iter()
+                    .filter_map(|s| match s {
+                        CopySource::Path(p) => Some(p.clone()),
+                        CopySource::Heredoc(_) => None,
+                    })
+                    .collect();
+                let mut matched = false;
+                for p in &paths {
+                    if crate::context::climbs_above_root(p) {
+                        push(Diagnostic::warning(
                             &ins.span,
-                            format!("{}: {err}", if c.add { "ADD" } else { "COPY" }),
-                        );
-                        if !diags.contains(&d) {
-                            diags.push(d);
+                            format!(
+                                "{what} {p}: sources cannot leave the build context; this is the context's `{}` (as in BuildKit)",
+                                crate::context::clamp_to_root(p)
+                            ),
+                        ));
+                    }
+                    match tree.select(p) {
+                        Ok(found) => matched |= !found.is_empty(),
+                        Err(err) => {
+                            matched = true; // reported on its own
+                            push(judged(&ins.span, format!("{what}: {err}")));
                         }
                     }
+                }
+                let others = c.remote.len()
+                    + c.sources
+                        .iter()
+                        .filter(|s| matches!(s, CopySource::Heredoc(_)))
+                        .count();
+                if !paths.is_empty() && !matched && others == 0 {
+                    let err = crate::context::ContextError::NoSources(paths.clone());
+                    push(judged(&ins.span, format!("{what}: {err}")));
                 }
             }
             if let EvalStep::Run { mounts, .. } = &ins.step {
@@ -431,7 +560,7 @@ fn check_inputs(req: &BuildRequest, e: &Evaluated, tree: &Tree, diags: &mut Vec<
                         && m.required
                         && !req.secrets.contains_key(m.id.as_deref().unwrap_or(""))
                     {
-                        diags.push(Diagnostic::error(
+                        push(Diagnostic::error(
                             &ins.span,
                             format!(
                                 "secret `{}` is required; pass --secret id={},src=FILE",

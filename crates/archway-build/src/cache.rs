@@ -76,7 +76,7 @@ impl Builder {
         let entry: CacheEntry = serde_json::from_slice(&layout.read_blob(&manifest.config.digest)?)
             .map_err(not_an_entry)?;
         if let Some(l) = &entry.layer
-            && !layout.has_blob(&l.digest)
+            && !self.store().touch_blob(&l.digest)
         {
             return Err(BuildError::Image(format!(
                 "{remote}: the cached layer {} is missing",
@@ -91,7 +91,7 @@ impl Builder {
     fn cache_artifact(&self, key: &Digest, entry: &CacheEntry) -> Result<String, BuildError> {
         let layout = self.store().layout();
         let config = serde_json::to_vec(entry).map_err(|e| BuildError::Image(e.to_string()))?;
-        let config_digest = layout.write_blob(&config)?;
+        let config_digest = self.store().write_blob(&config)?;
         let manifest = ImageManifest {
             schema_version: 2,
             media_type: media_type::OCI_MANIFEST.to_owned(),
@@ -102,7 +102,7 @@ impl Builder {
             annotations: None,
         };
         let bytes = manifest.to_json();
-        let digest = layout.write_blob(&bytes)?;
+        let digest = self.store().write_blob(&bytes)?;
         let tag = layout_tag(key);
         layout.set_ref(
             &tag,

@@ -24,12 +24,19 @@ pub enum ContextError {
     Ignore { pattern: String, message: String },
     #[error("`{0}` is not in the build context (check the path, and .dockerignore)")]
     NotFound(String),
-    #[error("`{0}` points outside the build context")]
-    Outside(String),
+    #[error("no source files were specified: {} match nothing", .0.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))]
+    NoSources(Vec<String>),
     #[error("invalid pattern `{pattern}`: {message}")]
     Pattern { pattern: String, message: String },
-    #[error("--chown={0}: use numeric ids (uid[:gid])")]
+    #[error("--chown={0}: expected user[:group], names or numeric ids")]
     Chown(String),
+    #[error("--chown={spec}: {what} `{name}` is not in the destination's {file}")]
+    ChownUnknown {
+        spec: String,
+        what: &'static str,
+        name: String,
+        file: &'static str,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ContextError + '_ {
@@ -151,6 +158,11 @@ impl Tree {
         Self::scan(root, &Ignore::default(), true)
     }
 
+    /// Scans a directory taken as it is, owned by root in the image (a git checkout).
+    pub fn plain(root: &Path) -> Result<Tree, ContextError> {
+        Self::scan(root, &Ignore::default(), false)
+    }
+
     fn scan(root: &Path, ignore: &Ignore, keep_owners: bool) -> Result<Tree, ContextError> {
         let mut entries = BTreeMap::new();
         let mut stack = vec![PathBuf::new()];
@@ -195,11 +207,13 @@ impl Tree {
     }
 
     /// The entries a COPY source names: an exact path, or a glob.
+    ///
+    /// BuildKit's rules: a source is relative to the root of the tree whatever the `WORKDIR`,
+    /// and `..` cannot climb above it (`../x` is the tree's own `x`, see [`clamp_to_root`]). An
+    /// exact path must exist. A glob may match nothing (an empty result) as long as the
+    /// directory it searches exists; BuildKit stats that directory and fails without it.
     pub fn select(&self, source: &str) -> Result<Vec<&ContextEntry>, ContextError> {
-        let clean = clean_rel(source);
-        if clean.starts_with("..") {
-            return Err(ContextError::Outside(source.to_owned()));
-        }
+        let clean = clamp_to_root(source);
         if clean.is_empty() {
             return Ok(self
                 .entries
@@ -215,15 +229,20 @@ impl Tree {
                     message: e.to_string(),
                 })?
                 .compile_matcher();
-            let hits: Vec<&ContextEntry> = self
+            // The directory the glob searches: its components before the first wildcard.
+            let literal: Vec<&str> = clean
+                .split('/')
+                .take_while(|c| !c.contains(['*', '?', '[']))
+                .collect();
+            let dir = literal.join("/");
+            if !dir.is_empty() && !self.entries.get(&dir).is_some_and(|e| e.kind == Kind::Dir) {
+                return Err(ContextError::NotFound(source.to_owned()));
+            }
+            return Ok(self
                 .entries
                 .values()
                 .filter(|e| g.is_match(&e.rel))
-                .collect();
-            if hits.is_empty() {
-                return Err(ContextError::NotFound(source.to_owned()));
-            }
-            return Ok(hits);
+                .collect());
         }
         self.entries
             .get(&clean)
@@ -260,6 +279,20 @@ pub fn clean_rel(p: &str) -> String {
     out.join("/")
 }
 
+/// A source path as BuildKit reads it: relative to the tree's root (a leading `/` too), with
+/// `..` stopping at the root (BuildKit joins the path onto `/` and cleans it), so `../x` and
+/// `/x` both name the tree's `x` and nothing outside the tree is ever reached.
+pub fn clamp_to_root(p: &str) -> String {
+    let clean = clean_rel(p);
+    let parts: Vec<&str> = clean.split('/').skip_while(|c| *c == "..").collect();
+    parts.join("/")
+}
+
+/// Whether a source path climbs above the tree's root before [`clamp_to_root`] stops it.
+pub fn climbs_above_root(p: &str) -> bool {
+    clean_rel(p) == ".." || clean_rel(p).starts_with("../")
+}
+
 /// Absolute destination inside the image, from `dest` and the current working directory.
 pub fn resolve_dest(dest: &str, workdir: &str) -> String {
     let joined = if dest.starts_with('/') {
@@ -286,8 +319,114 @@ pub fn parse_chown(s: &str) -> Result<(u64, u64), ContextError> {
     }
 }
 
+/// Whether `--chown=<s>` names a user or group (and so needs the destination's files).
+pub fn chown_uses_names(s: &str) -> bool {
+    let (u, g) = s.split_once(':').unwrap_or((s, ""));
+    [u, g]
+        .iter()
+        .any(|p| !p.is_empty() && p.parse::<u64>().is_err())
+}
+
+/// Resolves `--chown=user[:group]` as BuildKit does (`readUser` in its file op): a numeric
+/// uid alone is also the gid; a user name takes its uid and primary gid from `/etc/passwd` of
+/// the destination `rootfs`; a group, by number or by name from its `/etc/group`, replaces
+/// the gid. A name the files do not hold is an error (the Dockerfile reference: the build
+/// fails on the COPY), never a silent root.
+pub fn resolve_chown(s: &str, rootfs: &Path) -> Result<(u64, u64), ContextError> {
+    let bad = || ContextError::Chown(s.to_owned());
+    let (user, group) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    if user.is_empty() || group.is_some_and(str::is_empty) {
+        return Err(bad());
+    }
+    let unknown = |what, name: &str, file| ContextError::ChownUnknown {
+        spec: s.to_owned(),
+        what,
+        name: name.to_owned(),
+        file,
+    };
+    let (uid, mut gid) = match user.parse::<u64>() {
+        Ok(uid) => (uid, uid),
+        Err(_) => {
+            let passwd = read_in_root(rootfs, "etc/passwd")?;
+            line_fields(&passwd, user)
+                .and_then(|f| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
+                .ok_or_else(|| unknown("user", user, "/etc/passwd"))?
+        }
+    };
+    if let Some(group) = group {
+        gid = match group.parse::<u64>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let groups = read_in_root(rootfs, "etc/group")?;
+                line_fields(&groups, group)
+                    .and_then(|f| f.get(2)?.parse().ok())
+                    .ok_or_else(|| unknown("group", group, "/etc/group"))?
+            }
+        };
+    }
+    Ok((uid, gid))
+}
+
+/// The fields of the first `name:…` line of a passwd or group file.
+fn line_fields<'t>(text: &'t str, name: &str) -> Option<Vec<&'t str>> {
+    text.lines()
+        .map(|l| l.trim_end().split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&name))
+}
+
+/// Reads `rel` inside `root`, following symlinks within the root (an absolute target is taken
+/// from the root, `..` stops there), as a container would see it. Missing: empty.
+fn read_in_root(root: &Path, rel: &str) -> Result<String, ContextError> {
+    let mut parts: Vec<String> = Vec::new();
+    let mut pending: Vec<String> = rel.split('/').rev().map(str::to_owned).collect();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "" | "." => continue,
+            ".." => {
+                parts.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(&parts);
+        candidate.push(&part);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(ContextError::Io {
+                        path: candidate,
+                        source: std::io::Error::other("too many symbolic links"),
+                    });
+                }
+                let target = std::fs::read_link(&candidate).map_err(io(&candidate))?;
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    parts.clear();
+                }
+                pending.extend(target.split('/').rev().map(str::to_owned));
+            }
+            Ok(_) => parts.push(part),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+            Err(e) => return Err(io(&candidate)(e)),
+        }
+    }
+    let mut path = root.to_path_buf();
+    path.extend(&parts);
+    match std::fs::read(&path) {
+        Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
 /// Adds parent directories of `path` (not the root) as root-owned 0755 entries.
-fn add_parents(entries: &mut BTreeMap<String, LayerEntry>, path: &str) {
+pub(crate) fn add_parents(entries: &mut BTreeMap<String, LayerEntry>, path: &str) {
     let mut acc = String::new();
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     for p in &parts[..parts.len().saturating_sub(1)] {
@@ -300,6 +439,7 @@ fn add_parents(entries: &mut BTreeMap<String, LayerEntry>, path: &str) {
             mode: 0o755,
             uid: 0,
             gid: 0,
+            mtime: None,
         });
     }
 }
@@ -312,6 +452,9 @@ pub struct CopyOptions {
     /// ADD: unpack local tar archives into the destination.
     pub unpack_archives: bool,
     pub exclude: Vec<String>,
+    /// Sources of the same instruction handled elsewhere (heredocs, URLs, git): with any, the
+    /// destination is a directory, as with several sources here.
+    pub other_sources: usize,
 }
 
 /// The layer entries one COPY produces, keyed by path inside the image (no leading `/`).
@@ -322,9 +465,16 @@ pub fn copy_entries(
     opts: &CopyOptions,
 ) -> Result<BTreeMap<String, LayerEntry>, ContextError> {
     let mut out = BTreeMap::new();
+    // (entry, selected as part of the root: `.` or `/`, whose directories keep their names)
     let mut selected = Vec::new();
     for s in sources {
-        selected.extend(tree.select(s)?);
+        let root = clamp_to_root(s).is_empty();
+        selected.extend(tree.select(s)?.into_iter().map(|e| (e, root)));
+    }
+    // Globs that match nothing are allowed beside other sources (BuildKit's empty wildcard);
+    // an instruction whose sources all match nothing copies nothing, which is an error.
+    if selected.is_empty() && !sources.is_empty() && opts.other_sources == 0 {
+        return Err(ContextError::NoSources(sources.to_vec()));
     }
     let excluded: Vec<GlobMatcher> = opts
         .exclude
@@ -341,7 +491,7 @@ pub fn copy_entries(
         })
         .collect::<Result<_, _>>()?;
     let multiple = selected.len() > 1
-        || sources.len() > 1
+        || sources.len() + opts.other_sources > 1
         || sources.iter().any(|s| s.contains(['*', '?', '[']));
     let dest_is_dir = dest.ends_with('/') || multiple;
     let dest_clean = clean_rel(dest);
@@ -350,8 +500,20 @@ pub fn copy_entries(
             return o;
         }
         if tree.keep_owners {
+            // Rootless with one id, unpacked files are the caller's, who is root in the
+            // sandbox: read them back as root's (as root, or with subordinate ids, the
+            // caller is 0 already and owners are as unpacked).
+            let (me_u, me_g) = (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            );
             fs::symlink_metadata(&e.abs)
-                .map(|m| (u64::from(m.uid()), u64::from(m.gid())))
+                .map(|m| {
+                    (
+                        u64::from(if m.uid() == me_u { 0 } else { m.uid() }),
+                        u64::from(if m.gid() == me_g { 0 } else { m.gid() }),
+                    )
+                })
                 .unwrap_or((0, 0))
         } else {
             (0, 0)
@@ -377,18 +539,31 @@ pub fn copy_entries(
                 mode,
                 uid,
                 gid,
+                mtime: None,
             },
         );
     };
-    for e in selected {
+    for (e, from_root) in selected {
         if excluded.iter().any(|m| m.is_match(&e.rel)) {
             continue;
         }
         let name = e.rel.rsplit('/').next().unwrap_or(&e.rel).to_owned();
         match e.kind {
             Kind::Dir => {
-                // A directory's contents go into the destination directory.
-                let base = dest_clean.clone();
+                // A directory's contents go into the destination directory; the root's
+                // directories (`COPY . /dest/`) keep their names below it.
+                let base = if from_root {
+                    if dest_clean.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{dest_clean}/{name}")
+                    }
+                } else {
+                    dest_clean.clone()
+                };
+                if from_root {
+                    put(&mut out, base.clone(), e);
+                }
                 if !base.is_empty() {
                     let (uid, gid) = opts.chown.unwrap_or((0, 0));
                     add_parents(&mut out, &base);
@@ -397,6 +572,7 @@ pub fn copy_entries(
                         mode: 0o755,
                         uid,
                         gid,
+                        mtime: None,
                     });
                 }
                 for child in tree.below(&e.rel) {
@@ -508,6 +684,7 @@ fn unpack_into(
                 mode,
                 uid,
                 gid,
+                mtime: None,
             },
         );
     }
@@ -531,6 +708,9 @@ pub fn entries_key_cached(
     for (path, e) in entries {
         d.update(path.as_bytes());
         d.update(format!("\0{:o}\0{}\0{}\0", e.mode, e.uid, e.gid).as_bytes());
+        if let Some(t) = e.mtime {
+            d.update(format!("mtime:{t}\0").as_bytes());
+        }
         match &e.data {
             EntryData::Dir => d.update(b"dir"),
             EntryData::Symlink(t) => d.update(format!("symlink:{}", t.display()).as_bytes()),
@@ -665,6 +845,69 @@ impl FileHashCache {
 }
 
 #[cfg(test)]
+mod chown_tests {
+    use super::*;
+
+    fn rootfs() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::create_dir_all(d.path().join("usr/share/base")).unwrap();
+        std::fs::write(
+            d.path().join("usr/share/base/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnode:x:1000:1001::/home/node:/bin/sh\n",
+        )
+        .unwrap();
+        // An absolute link resolves inside the root, as in the container.
+        std::os::unix::fs::symlink("/usr/share/base/passwd", d.path().join("etc/passwd")).unwrap();
+        std::fs::write(d.path().join("etc/group"), "root:x:0:\nstaff:x:50:node\n").unwrap();
+        d
+    }
+
+    #[test]
+    fn names_resolve_in_the_destination_as_buildkit_does() {
+        let r = rootfs();
+        let cases = [
+            ("node", (1000, 1001)),
+            ("node:staff", (1000, 50)),
+            ("node:7", (1000, 7)),
+            ("5:staff", (5, 50)),
+            ("5", (5, 5)),
+            ("root:root", (0, 0)),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(resolve_chown(spec, r.path()).unwrap(), want, "{spec}");
+            assert_eq!(
+                chown_uses_names(spec),
+                spec.chars().any(char::is_alphabetic)
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_names_and_missing_files_fail() {
+        let r = rootfs();
+        for (spec, msg) in [
+            (
+                "nobody",
+                "--chown=nobody: user `nobody` is not in the destination's /etc/passwd",
+            ),
+            (
+                "node:wheel",
+                "--chown=node:wheel: group `wheel` is not in the destination's /etc/group",
+            ),
+            (
+                "node:",
+                "--chown=node:: expected user[:group], names or numeric ids",
+            ),
+        ] {
+            assert_eq!(resolve_chown(spec, r.path()).unwrap_err().to_string(), msg);
+        }
+        let empty = tempfile::tempdir().unwrap();
+        assert!(resolve_chown("node", empty.path()).is_err());
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -690,9 +933,26 @@ mod tests {
         assert!(t.select("secret.key").is_err());
         assert_eq!(t.select("src/*.rs").unwrap().len(), 1);
         assert_eq!(t.select("./index.html").unwrap()[0].rel, "index.html");
+        // `..` stops at the root, as in BuildKit: `../index.html` is the context's own.
+        assert_eq!(t.select("../index.html").unwrap()[0].rel, "index.html");
+        assert_eq!(
+            t.select("/src/../../index.html").unwrap()[0].rel,
+            "index.html"
+        );
+        assert!(climbs_above_root("../etc/passwd") && !climbs_above_root("a/../b"));
         assert!(matches!(
             t.select("../etc/passwd"),
-            Err(ContextError::Outside(_))
+            Err(ContextError::NotFound(_))
+        ));
+        // A glob may match nothing when its directory exists, not when it does not.
+        assert!(t.select("src/*.nope").unwrap().is_empty());
+        assert!(matches!(
+            t.select("nodir/*.rs"),
+            Err(ContextError::NotFound(_))
+        ));
+        assert!(matches!(
+            t.select("index.html/*"),
+            Err(ContextError::NotFound(_))
         ));
         let ig = Ignore::parse("**/*.log\n!important.log\n").unwrap();
         assert!(ig.is_ignored("a/b/c.log") && !ig.is_ignored("important.log"));
@@ -736,6 +996,24 @@ mod tests {
         let e = copy_src(&t);
         let keys: Vec<&str> = e.keys().map(String::as_str).collect();
         assert_eq!(keys, ["app", "app/a.rs", "app/sub", "app/sub/b.rs"]);
+        // The whole context (`COPY . /app/`): its directories keep their names.
+        for root in [".", "/", "./"] {
+            let e = copy_entries(&t, &[root.into()], "app/", &CopyOptions::default()).unwrap();
+            let keys: Vec<&str> = e.keys().map(String::as_str).collect();
+            assert_eq!(
+                keys,
+                [
+                    "app",
+                    "app/.dockerignore",
+                    "app/index.html",
+                    "app/src",
+                    "app/src/a.rs",
+                    "app/src/sub",
+                    "app/src/sub/b.rs"
+                ],
+                "COPY {root} /app/"
+            );
+        }
         assert_eq!((e["app/a.rs"].mode, e["app/a.rs"].uid), (0o600, 1000));
         // Identical copies have identical keys; a change changes it.
         let k1 = entries_key(&e).unwrap();

@@ -66,6 +66,8 @@ pub struct CopySpec {
     pub exclude: Vec<String>,
     /// ADD only: expected checksum of a remote source.
     pub checksum: Option<String>,
+    /// ADD only: `--keep-git-dir` for a git source (`None` when not given).
+    pub keep_git_dir: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -473,6 +475,13 @@ impl Parser<'_> {
         dest: &str,
     ) -> CopySpec {
         self.check_flags(instruction, flags);
+        if let Some(f) = flags.iter().find(|f| f.name.value == "parents") {
+            self.error_hint(
+                f.span().start,
+                format!("{instruction} --parents is not supported yet"),
+                "copy each directory with its own COPY, or the common parent directory",
+            );
+        }
         let sources = src
             .iter()
             .map(|s| match s {
@@ -497,6 +506,10 @@ impl Parser<'_> {
                 .filter_map(|f| f.value.as_ref().map(|v| v.value.to_string()))
                 .collect(),
             checksum: self.flag(flags, "checksum"),
+            keep_git_dir: flags
+                .iter()
+                .any(|f| f.name.value == "keep-git-dir")
+                .then(|| self.flag_bool(flags, "keep-git-dir")),
         }
     }
 }
@@ -768,7 +781,9 @@ fn convert(p: &mut Parser<'_>, inst: &parse_dockerfile::Instruction<'_>) -> Opti
                 .collect(),
         },
         I::Label(l) => {
-            let pairs = p.pairs(&l.arguments.value, l.arguments.span.start, "LABEL", false);
+            // `LABEL key value with spaces`, the legacy one-pair form, as ENV (BuildKit parses
+            // both with `parseNameVal`).
+            let pairs = p.pairs(&l.arguments.value, l.arguments.span.start, "LABEL", true);
             let mut out = Vec::new();
             for (k, v) in pairs {
                 match v {

@@ -40,6 +40,12 @@ pub enum BuildError {
     Layer(#[from] archway_oci::layer::LayerError),
     #[error(transparent)]
     Context(#[from] ContextError),
+    /// An `ADD` source that could not be downloaded or cloned.
+    #[error("fetching {source_name}: {message}")]
+    Fetch {
+        source_name: String,
+        message: String,
+    },
     #[error("{context}")]
     Io {
         context: String,

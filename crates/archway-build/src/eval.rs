@@ -13,6 +13,7 @@ use crate::dockerfile::{
     AUTOMATIC_ARGS, CommandForm, CopySource, Dockerfile, Healthcheck, Heredoc, MountKind, StepKind,
 };
 use crate::expand::{self, ExpandError};
+use crate::source::{RemoteSource, classify};
 
 /// What a stage starts from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +38,10 @@ pub enum CopyFrom {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EvalCopy {
+    /// Paths (in the context or the `--from` tree) and heredocs.
     pub sources: Vec<CopySource>,
+    /// ADD only: URLs and git repositories.
+    pub remote: Vec<RemoteSource>,
     pub dest: String,
     pub from: CopyFrom,
     pub chown: Option<String>,
@@ -45,6 +49,10 @@ pub struct EvalCopy {
     pub link: bool,
     pub exclude: Vec<String>,
     pub add: bool,
+    /// ADD `--checksum` of its one remote source (a digest for a URL, a commit for git).
+    pub checksum: Option<String>,
+    /// ADD `--keep-git-dir`.
+    pub keep_git_dir: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -354,21 +362,13 @@ pub fn evaluate(df: &Dockerfile, opts: &EvalOptions<'_>) -> (Option<Evaluated>, 
                     let mut out_ports = Vec::new();
                     for p in ports {
                         match scope.expand(p) {
-                            Ok(p) => {
-                                let (num, proto) = p.split_once('/').unwrap_or((&p, "tcp"));
-                                let range_ok = num.split('-').all(|n| n.parse::<u16>().is_ok());
-                                if !range_ok || !matches!(proto, "tcp" | "udp" | "sctp") {
-                                    diags.push(Diagnostic::error(
-                                        &step.span,
-                                        format!("EXPOSE {p}: expected PORT[-PORT][/tcp|udp|sctp]"),
-                                    ));
-                                }
-                                out_ports.push(if p.contains('/') {
-                                    p
-                                } else {
-                                    format!("{p}/tcp")
-                                });
-                            }
+                            Ok(p) => match expose_ports(&p) {
+                                Some(ports) => out_ports.extend(ports),
+                                None => diags.push(Diagnostic::error(
+                                    &step.span,
+                                    format!("EXPOSE {p}: expected PORT[-PORT][/tcp|udp|sctp]"),
+                                )),
+                            },
                             Err(e) => fail(&mut diags, "EXPOSE", e),
                         }
                     }
@@ -442,12 +442,52 @@ pub fn evaluate(df: &Dockerfile, opts: &EvalOptions<'_>) -> (Option<Evaluated>, 
                 }
                 StepKind::Copy(c) | StepKind::Add(c) => {
                     let add = matches!(step.kind, StepKind::Add(_));
+                    let what = if add { "ADD" } else { "COPY" };
                     let mut sources = Vec::new();
+                    let mut remote = Vec::new();
+                    let mut keep_git_dir = c.keep_git_dir;
                     for s in &c.sources {
                         match s {
                             CopySource::Path(p) => match scope.expand(p) {
-                                Ok(p) => sources.push(CopySource::Path(p)),
-                                Err(e) => fail(&mut diags, "COPY source", e),
+                                // Remote sources only from the context: with --from they are
+                                // paths in that stage or image, as in BuildKit.
+                                Ok(p) if c.from.is_some() => sources.push(CopySource::Path(p)),
+                                Ok(p) => match classify(&p) {
+                                    Ok(None) => sources.push(CopySource::Path(p)),
+                                    Ok(Some(RemoteSource::Http(_))) if !add => diags.push(
+                                        Diagnostic::error(
+                                            &step.span,
+                                            format!("COPY {p}: source can't be a URL for COPY"),
+                                        )
+                                        .with_hint("use ADD to download a file, or RUN curl/wget"),
+                                    ),
+                                    Ok(Some(RemoteSource::Git(_))) if !add => diags.push(
+                                        Diagnostic::error(
+                                            &step.span,
+                                            format!("COPY {p}: source can't be a git ref for COPY"),
+                                        )
+                                        .with_hint("use ADD to add a git repository"),
+                                    ),
+                                    Ok(Some(RemoteSource::Git(g))) => {
+                                        if let (Some(flag), Some(url)) =
+                                            (keep_git_dir, g.keep_git_dir)
+                                            && flag != url
+                                        {
+                                            diags.push(Diagnostic::error(
+                                                &step.span,
+                                                "ADD: inconsistent keep-git-dir configuration (--keep-git-dir and the URL's keep-git-dir= disagree)",
+                                            ));
+                                        }
+                                        keep_git_dir = keep_git_dir.or(g.keep_git_dir);
+                                        remote.push(RemoteSource::Git(g));
+                                    }
+                                    Ok(Some(r)) => remote.push(r),
+                                    Err(e) => diags.push(Diagnostic::error(
+                                        &step.span,
+                                        format!("ADD {p}: {e}"),
+                                    )),
+                                },
+                                Err(e) => fail(&mut diags, &format!("{what} source"), e),
                             },
                             CopySource::Heredoc(h) => {
                                 let content = if h.expand {
@@ -466,6 +506,56 @@ pub fn evaluate(df: &Dockerfile, opts: &EvalOptions<'_>) -> (Option<Evaluated>, 
                                     expand: false,
                                 }));
                             }
+                        }
+                    }
+                    // `--checksum` (BuildKit's dispatchCopy rules): one source, remote.
+                    let checksum = match &c.checksum {
+                        None => None,
+                        Some(raw) => {
+                            match scope.expand(raw) {
+                                Ok(sum) => {
+                                    if c.sources.len() != 1 {
+                                        diags.push(Diagnostic::error(&step.span, "ADD --checksum can't be specified for multiple sources"));
+                                    } else if remote.is_empty() {
+                                        diags.push(Diagnostic::error(
+                                            &step.span,
+                                            "ADD --checksum requires HTTP(S) or Git sources",
+                                        ));
+                                    } else if let Some(RemoteSource::Http(_)) = remote.first()
+                                        && let Err(e) = sum.parse::<archway_oci::Digest>()
+                                    {
+                                        diags.push(
+                                        Diagnostic::error(&step.span, format!("ADD --checksum={sum}: {e}"))
+                                            .with_hint("give the file's digest, e.g. --checksum=sha256:<64 hex digits>"),
+                                    );
+                                    } else if let Some(RemoteSource::Git(_)) = remote.first()
+                                        && (sum.len() < 7
+                                            || !sum.bytes().all(|b| b.is_ascii_hexdigit()))
+                                    {
+                                        diags.push(Diagnostic::error(&step.span, format!("ADD --checksum={sum}: a git source's checksum is its commit id (at least 7 hex digits)")));
+                                    }
+                                    Some(sum)
+                                }
+                                Err(e) => {
+                                    fail(&mut diags, "ADD --checksum", e);
+                                    None
+                                }
+                            }
+                        }
+                    };
+                    if let (Some(sum), Some(RemoteSource::Git(g))) = (&checksum, remote.first_mut())
+                    {
+                        if let Some(in_url) = &g.checksum
+                            && in_url != sum
+                        {
+                            diags.push(Diagnostic::error(
+                                &step.span,
+                                format!("ADD: checksum mismatch {sum:?} != {in_url:?}"),
+                            ));
+                        }
+                        g.checksum = Some(sum.clone());
+                        if g.reference.is_none() {
+                            g.reference = Some(sum.clone());
                         }
                     }
                     let dest = match scope.expand(&c.dest) {
@@ -498,11 +588,9 @@ pub fn evaluate(df: &Dockerfile, opts: &EvalOptions<'_>) -> (Option<Evaluated>, 
                             }
                         },
                     };
-                    if add && c.sources.iter().any(|s| matches!(s, CopySource::Path(p) if p.starts_with("http://") || p.starts_with("https://") || p.starts_with("git@"))) {
-                        diags.push(Diagnostic::error(&step.span, "ADD from a URL is not supported yet").with_hint("download the file in a RUN step, or vendor it into the build context"));
-                    }
                     EvalStep::Copy(EvalCopy {
                         sources,
+                        remote,
                         dest,
                         from,
                         chown: c.chown.as_deref().and_then(|v| scope.expand(v).ok()),
@@ -510,6 +598,8 @@ pub fn evaluate(df: &Dockerfile, opts: &EvalOptions<'_>) -> (Option<Evaluated>, 
                         link: c.link,
                         exclude: c.exclude.clone(),
                         add,
+                        checksum,
+                        keep_git_dir: keep_git_dir.unwrap_or(false),
                     })
                 }
             };
@@ -584,10 +674,49 @@ fn resolve_from(df: &Dockerfile, current: usize, f: &str) -> CopyFrom {
     }
 }
 
+/// The `ExposedPorts` keys of one `EXPOSE` argument, as Docker's `nat.ParsePortSpecs` makes
+/// them: the protocol defaults to tcp and a range becomes one key per port
+/// (`8000-8002/udp` → `8000/udp`, `8001/udp`, `8002/udp`). `None` for a malformed one.
+fn expose_ports(spec: &str) -> Option<Vec<String>> {
+    let (num, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+    let proto = proto.to_ascii_lowercase();
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return None;
+    }
+    let (start, end) = match num.split_once('-') {
+        Some((a, b)) => (a.parse::<u16>().ok()?, b.parse::<u16>().ok()?),
+        None => {
+            let n = num.parse::<u16>().ok()?;
+            (n, n)
+        }
+    };
+    if start > end {
+        return None;
+    }
+    Some((start..=end).map(|n| format!("{n}/{proto}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dockerfile::parse;
+
+    #[test]
+    fn exposed_port_ranges_become_one_key_per_port_as_in_docker() {
+        let cases: [(&str, Option<&[&str]>); 7] = [
+            ("80", Some(&["80/tcp"])),
+            ("53/udp", Some(&["53/udp"])),
+            ("8000-8002/tcp", Some(&["8000/tcp", "8001/tcp", "8002/tcp"])),
+            ("9-9/SCTP", Some(&["9/sctp"])),
+            ("8002-8000", None),
+            ("80/icmp", None),
+            ("http", None),
+        ];
+        for (spec, want) in cases {
+            let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(expose_ports(spec), want, "{spec}");
+        }
+    }
 
     fn eval(text: &str, platform: &str, args: &[(&str, &str)]) -> Evaluated {
         let (df, d) = parse("Dockerfile", text);

@@ -18,7 +18,7 @@ use futures_util::FutureExt;
 use tokio::runtime::Handle;
 
 use crate::error::BuildError;
-use crate::store::{Layer, ScratchDir, Store, hash_parts};
+use crate::store::{Layer, ScratchDir, Store, Unpacking, hash_parts};
 
 /// A boxed future, so that [`ImageSource`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -51,11 +51,22 @@ pub trait ImageSource: Send + Sync + fmt::Debug {
 #[derive(Clone, Debug)]
 pub struct RegistrySource {
     client: Client,
+    mirrors: Vec<archway_client::mirror::Mirror>,
 }
 
 impl RegistrySource {
     pub fn new(client: Client) -> RegistrySource {
-        RegistrySource { client }
+        RegistrySource {
+            client,
+            mirrors: Vec::new(),
+        }
+    }
+
+    /// Pulls of the mirrored registries try their mirror first and fall back to the registry
+    /// itself when the mirror fails, as dockerd and containerd do. Pushes are not redirected.
+    pub fn with_mirrors(mut self, mirrors: Vec<archway_client::mirror::Mirror>) -> RegistrySource {
+        self.mirrors = mirrors;
+        self
     }
 }
 
@@ -76,6 +87,18 @@ impl ImageSource for RegistrySource {
                 selection: platform.map_or(Selection::All, |p| Selection::Platform(p.clone())),
                 ..CopyOptions::default()
             };
+            if let Location::Registry(r) = from
+                && let Some(m) = archway_client::mirror::rewrite(&self.mirrors, r)
+            {
+                let mirrored = Location::Registry(m.clone());
+                match archway_client::copy(&self.client, &mirrored, &dest, &opts).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => tracing::warn!(
+                        "mirror {m} failed ({}); pulling {r} from its registry",
+                        archway_oci::error_chain(&e)
+                    ),
+                }
+            }
             archway_client::copy(&self.client, from, &dest, &opts).await?;
             Ok(())
         }
@@ -114,6 +137,8 @@ pub struct PulledImage {
     pub layers: Vec<Layer>,
     /// Its configuration (ENTRYPOINT, CMD, env… in `config.config`).
     pub config: ImageConfig,
+    /// The config blob (none for an image without one).
+    pub config_digest: Option<archway_oci::Digest>,
 }
 
 /// Pulls images into a [`Store`] and unpacks them into root filesystems.
@@ -121,23 +146,33 @@ pub struct PulledImage {
 pub struct ImageStore {
     store: Arc<Store>,
     source: Arc<dyn ImageSource>,
-    privileged: bool,
+    unpacking: Unpacking,
 }
 
 impl ImageStore {
     /// Images from `source`, kept in `store`. Unpacking keeps owners, devices and setuid bits
-    /// only when [`ImageStore::with_privileged`] says so.
+    /// only when [`ImageStore::with_privileged`] (or [`ImageStore::with_unpacking`]) says so.
     pub fn new(store: Arc<Store>, source: Arc<dyn ImageSource>) -> ImageStore {
         ImageStore {
             store,
             source,
-            privileged: false,
+            unpacking: Unpacking::Caller,
         }
     }
 
     /// Whether unpacking may create devices, set owners and setuid bits (root only).
     pub fn with_privileged(mut self, privileged: bool) -> ImageStore {
-        self.privileged = privileged;
+        self.unpacking = if privileged {
+            Unpacking::Privileged
+        } else {
+            Unpacking::Caller
+        };
+        self
+    }
+
+    /// How much of a layer's ownership unpacking keeps (see [`Unpacking`]).
+    pub fn with_unpacking(mut self, unpacking: Unpacking) -> ImageStore {
+        self.unpacking = unpacking;
         self
     }
 
@@ -149,8 +184,8 @@ impl ImageStore {
         &self.source
     }
 
-    pub(crate) fn privileged(&self) -> bool {
-        self.privileged
+    pub(crate) fn unpacking(&self) -> Unpacking {
+        self.unpacking
     }
 
     /// Copies the image for `platform` from `image` (a registry or an OCI layout) into the
@@ -161,18 +196,34 @@ impl ImageStore {
         platform: &Platform,
     ) -> Result<PulledImage, BuildError> {
         let tag = pull_tag(image, platform);
-        self.source
-            .copy_into(image, Some(platform), self.store.layout().root(), &tag)
+        // Twice at most: a pruner may remove what the copy found in the store before it is
+        // marked as used; the second copy puts it back.
+        for attempt in 0..2 {
+            self.source
+                .copy_into(image, Some(platform), self.store.layout().root(), &tag)
+                .await?;
+            let (this, location, platform, tag) =
+                (self.clone(), image.clone(), platform.clone(), tag.clone());
+            let pulled = blocking(move || {
+                let p = read_pulled(this.store.layout(), &tag, &location, &platform)?;
+                Ok(touch_pulled(&this.store, &p).then_some(p))
+            })
             .await?;
-        let (this, image, platform) = (self.clone(), image.clone(), platform.clone());
-        blocking(move || read_pulled(this.store.layout(), &tag, &image, &platform)).await
+            if let Some(p) = pulled {
+                return Ok(p);
+            }
+            tracing::debug!(%image, attempt, "pulled image was pruned meanwhile; copying it again");
+        }
+        Err(BuildError::Image(format!(
+            "{image}: its blobs keep disappearing from the build store (is `archway build prune` running in a loop?)"
+        )))
     }
 
     /// The root filesystem of `image`, unpacked once into the store and shared (read-only: run
     /// on top of it through an overlay).
     pub async fn unpack(&self, image: &PulledImage) -> Result<PathBuf, BuildError> {
         let (this, layers) = (self.clone(), image.layers.clone());
-        blocking(move || this.store.snapshot(&layers, this.privileged)).await
+        blocking(move || this.store.snapshot(&layers, this.unpacking)).await
     }
 
     /// A scratch directory in the store for one run (removed when dropped).
@@ -188,14 +239,36 @@ impl ImageStore {
         platform: &Platform,
     ) -> Result<PulledImage, BuildError> {
         let tag = pull_tag(image, platform);
-        rt.block_on(self.source.copy_into(
-            image,
-            Some(platform),
-            self.store.layout().root(),
-            &tag,
-        ))?;
-        read_pulled(self.store.layout(), &tag, image, platform)
+        for _ in 0..2 {
+            rt.block_on(self.source.copy_into(
+                image,
+                Some(platform),
+                self.store.layout().root(),
+                &tag,
+            ))?;
+            let p = read_pulled(self.store.layout(), &tag, image, platform)?;
+            if touch_pulled(&self.store, &p) {
+                return Ok(p);
+            }
+        }
+        Err(BuildError::Image(format!(
+            "{image}: its blobs keep disappearing from the build store (is `archway build prune` running in a loop?)"
+        )))
     }
+
+    /// A lease on the store for one run: what the run pulls and unpacks stays until it ends.
+    pub fn lease(&self) -> Result<crate::store::Lease, BuildError> {
+        self.store.lease()
+    }
+}
+
+/// Marks a pulled image's manifest, config and layers as used; `false` if one is gone.
+fn touch_pulled(store: &Store, p: &PulledImage) -> bool {
+    store.touch_blob(&p.manifest.digest)
+        && p.config_digest.as_ref().is_none_or(|d| store.touch_blob(d))
+        && p.layers
+            .iter()
+            .all(|l| store.touch_blob(&l.descriptor.digest))
 }
 
 /// Runs blocking file-system work off the async threads.
@@ -270,5 +343,6 @@ fn read_pulled(
         manifest: desc,
         layers,
         config,
+        config_digest: parsed.config.as_ref().map(|c| c.digest.clone()),
     })
 }

@@ -5,7 +5,10 @@
 //! * [`expand`]: BuildKit's quoting and variable-expansion rules;
 //! * [`eval`]: one Dockerfile × one platform → the stages and steps to run (pure);
 //! * [`context`]: the build context (`.dockerignore`, COPY sources, content keys);
-//! * [`store`]: the local content store (blobs, step cache, snapshots, scratch);
+//! * [`store`]: the local content store (blobs, step cache, snapshots, scratch, leases);
+//! * [`gc`]: its housekeeping (`du`, `prune`, the size cap after each build);
+//! * [`source`]: what an ADD source names (a path, a URL, a git repository), and `remote`,
+//!   fetching URLs and repositories into the store;
 //! * [`images`]: where images come from ([`ImageSource`]), pulling and unpacking them
 //!   ([`ImageStore`], also what `archway run` and the runners use);
 //! * [`builder`]: [`Builder`] (async), its requests, results and events, the [`StepRunner`]
@@ -21,7 +24,10 @@ pub mod dockerfile;
 mod error;
 pub mod eval;
 pub mod expand;
+pub mod gc;
 pub mod images;
+mod remote;
+pub mod source;
 mod stage;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
@@ -30,10 +36,11 @@ pub mod testing;
 mod tests;
 
 pub use builder::{
-    BindMount, BuildEvent, BuildRequest, BuildResult, Builder, ProgressSink, RunOutput, RunRequest,
-    StepRunner,
+    BaseImage, BindMount, BuildEvent, BuildRequest, BuildResult, Builder, ProgressSink, RunOutput,
+    RunRequest, StepRunner,
 };
 pub use cache::{CACHE_ARTIFACT_TYPE, CACHE_CONFIG_TYPE};
 pub use error::BuildError;
+pub use gc::{GcPolicy, PruneOptions, PruneReport, Usage};
 pub use images::{BoxFuture, ImageSource, ImageStore, PulledImage, RegistrySource};
-pub use store::{Layer, ScratchDir, Store};
+pub use store::{Layer, Lease, ScratchDir, Store, Unpacking};

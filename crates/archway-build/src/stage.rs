@@ -15,7 +15,9 @@ use archway_oci::run_config::{DEFAULT_PATH, ensure_default_path};
 use archway_oci::{Descriptor, Digest, ImageManifest, Platform, media_type};
 use tokio::runtime::Handle;
 
-use crate::builder::{BindMount, BuildEvent, BuildRequest, Builder, PlatformResult, RunRequest};
+use crate::builder::{
+    BaseImage, BindMount, BuildEvent, BuildRequest, Builder, PlatformResult, RunRequest,
+};
 use crate::context::{self, ContextError, Tree};
 use crate::dockerfile::{CommandForm, CopySource};
 use crate::error::{BuildError, io};
@@ -23,6 +25,7 @@ use crate::eval::{
     Base, CopyFrom, EvalCopy, EvalInstruction, EvalMount, EvalOptions, EvalStep, Evaluated,
     evaluate,
 };
+use crate::source::RemoteSource;
 use crate::store::{CacheEntry, Layer, hash_parts};
 
 /// An image config being built, its layers and its cache key so far.
@@ -48,6 +51,8 @@ pub(crate) struct PlatformBuild<'a> {
     image_trees: Mutex<HashMap<String, (PathBuf, Vec<Layer>)>>,
     /// Cache keys of the layer steps of this build (exported with `--cache-repo`).
     used: BTreeSet<Digest>,
+    /// Images pulled for `FROM` and `COPY --from`, by digest (for provenance).
+    bases: Mutex<Vec<BaseImage>>,
 }
 
 impl<'a> PlatformBuild<'a> {
@@ -69,6 +74,7 @@ impl<'a> PlatformBuild<'a> {
             cached: 0,
             image_trees: Mutex::default(),
             used: BTreeSet::new(),
+            bases: Mutex::default(),
         }
     }
 
@@ -119,6 +125,7 @@ impl<'a> PlatformBuild<'a> {
             steps: pb.steps,
             cached: pb.cached,
             used: std::mem::take(&mut pb.used),
+            bases: std::mem::take(pb.bases.get_mut().unwrap_or_else(|e| e.into_inner())),
         })
     }
 }
@@ -228,6 +235,18 @@ impl PlatformBuild<'_> {
             reference: r.to_string(),
             platform: platform.to_string(),
         });
+        {
+            let mut bases = self.bases.lock().unwrap_or_else(|e| e.into_inner());
+            let base = BaseImage {
+                reference: r.clone(),
+                digest: image.manifest.digest.clone(),
+                platform: platform.clone(),
+                target: self.platform.clone(),
+            };
+            if !bases.contains(&base) {
+                bases.push(base);
+            }
+        }
         Ok(State {
             key: hash_parts(&[
                 "image",
@@ -459,7 +478,7 @@ impl PlatformBuild<'_> {
                 let dir = self
                     .b
                     .store()
-                    .snapshot(&state.layers, self.b.images().privileged())?;
+                    .snapshot(&state.layers, self.b.images().unpacking())?;
                 Ok(Some((dir.clone(), Tree::rootfs(&dir)?)))
             }
             CopyFrom::Image(r) => {
@@ -476,7 +495,7 @@ impl PlatformBuild<'_> {
                         let dir = self
                             .b
                             .store()
-                            .snapshot(&st.layers, self.b.images().privileged())?;
+                            .snapshot(&st.layers, self.b.images().unpacking())?;
                         self.image_trees
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -501,16 +520,24 @@ impl PlatformBuild<'_> {
             message: format!("{}: {e}", if c.add { "ADD" } else { "COPY" }),
         };
         let dest = context::resolve_dest(&c.dest, &Self::workdir(state));
+        let chown = match c.chown.as_deref() {
+            None => None,
+            // Names are looked up in the destination's /etc/passwd and /etc/group.
+            Some(spec) if context::chown_uses_names(spec) => {
+                let rootfs = self
+                    .b
+                    .store()
+                    .snapshot(&state.layers, self.b.images().unpacking())?;
+                Some(context::resolve_chown(spec, &rootfs).map_err(step_err)?)
+            }
+            Some(spec) => Some(context::parse_chown(spec).map_err(step_err)?),
+        };
         let opts = context::CopyOptions {
-            chown: c
-                .chown
-                .as_deref()
-                .map(context::parse_chown)
-                .transpose()
-                .map_err(step_err)?,
+            chown,
             chmod: c.chmod,
             unpack_archives: c.add && c.from == CopyFrom::Context,
             exclude: c.exclude.clone(),
+            other_sources: c.remote.len(),
         };
         let mut entries = BTreeMap::new();
         let paths: Vec<String> = c
@@ -528,6 +555,21 @@ impl PlatformBuild<'_> {
                 None => self.context,
             };
             entries = context::copy_entries(tree, &paths, &dest, &opts).map_err(step_err)?;
+        }
+        let total_sources = paths.len() + c.remote.len();
+        for r in &c.remote {
+            self.remote_entries(&mut entries, r, &dest, c, &opts, total_sources)
+                .map_err(|e| match e {
+                    BuildError::Context(e) => step_err(e),
+                    BuildError::Fetch {
+                        source_name,
+                        message,
+                    } => BuildError::Step {
+                        span: ins.span.clone(),
+                        message: format!("ADD {source_name}: {message}"),
+                    },
+                    e => e,
+                })?;
         }
         for s in &c.sources {
             if let CopySource::Heredoc(h) = s {
@@ -547,6 +589,7 @@ impl PlatformBuild<'_> {
                         mode: opts.chmod.unwrap_or(0o644),
                         uid,
                         gid,
+                        mtime: None,
                     },
                 );
             }
@@ -582,6 +625,80 @@ impl PlatformBuild<'_> {
             text: ins.text.clone(),
             cached,
         });
+        Ok(())
+    }
+
+    /// The entries an ADD of a URL or a git repository puts under `dest`, fetched into the
+    /// store (or found there). A URL is one file, never unpacked (BuildKit's rule for remote
+    /// archives), mode 0600 unless `--chmod`, its `Last-Modified` as its time; a repository's
+    /// files (or its `subdir`'s) go into `dest` as a directory's contents.
+    fn remote_entries(
+        &self,
+        entries: &mut BTreeMap<String, LayerEntry>,
+        remote: &RemoteSource,
+        dest: &str,
+        c: &EvalCopy,
+        opts: &context::CopyOptions,
+        total_sources: usize,
+    ) -> Result<(), BuildError> {
+        let store = self.b.store();
+        let fetcher = self.b.fetcher()?;
+        match remote {
+            RemoteSource::Http(url) => {
+                let checksum = c
+                    .checksum
+                    .as_deref()
+                    .map(|s| {
+                        s.parse::<archway_oci::Digest>()
+                            .map_err(|e| BuildError::Fetch {
+                                source_name: url.clone(),
+                                message: format!("--checksum={s}: {e}"),
+                            })
+                    })
+                    .transpose()?;
+                let got = fetcher.download(store, self.rt, url, checksum.as_ref())?;
+                let name = crate::source::url_file_name(url);
+                let dest_clean = context::clean_rel(dest);
+                let path = if dest.ends_with('/') || total_sources > 1 || dest_clean.is_empty() {
+                    if dest_clean.is_empty() {
+                        name
+                    } else {
+                        format!("{dest_clean}/{name}")
+                    }
+                } else {
+                    dest_clean
+                };
+                let (uid, gid) = opts.chown.unwrap_or((0, 0));
+                context::add_parents(entries, &path);
+                entries.insert(
+                    path,
+                    LayerEntry {
+                        data: EntryData::File(got.path),
+                        mode: opts.chmod.unwrap_or(0o600),
+                        uid,
+                        gid,
+                        mtime: got.modified,
+                    },
+                );
+            }
+            RemoteSource::Git(g) => {
+                let checkout = fetcher.checkout(store, g, c.keep_git_dir)?;
+                let tree = Tree::plain(&checkout)?;
+                let source = g.subdir.clone().unwrap_or_else(|| ".".to_owned());
+                let dir_dest = format!("{}/", dest.trim_end_matches('/'));
+                let git_opts = context::CopyOptions {
+                    unpack_archives: false,
+                    other_sources: 1,
+                    ..opts.clone()
+                };
+                entries.extend(context::copy_entries(
+                    &tree,
+                    &[source],
+                    &dir_dest,
+                    &git_opts,
+                )?);
+            }
+        }
         Ok(())
     }
 
@@ -685,7 +802,7 @@ impl PlatformBuild<'_> {
         let rootfs = self
             .b
             .store()
-            .snapshot(&state.layers, self.b.images().privileged())?;
+            .snapshot(&state.layers, self.b.images().unpacking())?;
         if let Some(program) = argv.first().filter(|p| p.starts_with('/'))
             && archway_oci::layer::resolve_in_root(
                 &rootfs,
@@ -873,7 +990,7 @@ impl PlatformBuild<'_> {
         state.config.os = self.platform.os.clone();
         state.config.variant = self.platform.variant.clone();
         let config_bytes = state.config.to_json();
-        let config_digest = self.b.store().layout().write_blob(&config_bytes)?;
+        let config_digest = self.b.store().write_blob(&config_bytes)?;
         let manifest = ImageManifest {
             schema_version: 2,
             media_type: media_type::OCI_MANIFEST.to_owned(),
@@ -888,7 +1005,7 @@ impl PlatformBuild<'_> {
             annotations: None,
         };
         let bytes = manifest.to_json();
-        let digest = self.b.store().layout().write_blob(&bytes)?;
+        let digest = self.b.store().write_blob(&bytes)?;
         Ok(Descriptor::new(
             media_type::OCI_MANIFEST,
             digest,

@@ -7,6 +7,9 @@
 //! layers/<diff>  exploded layers (unpacked once, whiteouts kept as files)
 //! snapshots/<k>  root filesystems of layer stacks (hard links into layers/, read-only)
 //! mounts/<id>    RUN --mount=type=cache directories
+//! downloads/<k>  ADD <url> downloads with their validators
+//! git/<k>        ADD <repository> checkouts, one per commit
+//! leases/<id>    one file per running build (or run), locked while it runs
 //! tmp/           scratch directories of running steps
 //! ```
 //!
@@ -14,6 +17,12 @@
 //! and the `.tmp-*` ones in `layers/` and `snapshots/`) hold an `flock` while they live; the
 //! next [`Store::open`] removes only those it can lock, so a live build in another process (or
 //! another PID namespace sharing the cache) keeps its scratch.
+//!
+//! Housekeeping (`crate::gc`) never removes what a running build uses: a build holds a
+//! [`Lease`] from its start, and every use of a kept item "touches" it (sets its time to now)
+//! under a shared lock that the pruner takes exclusively, so an item is either touched first
+//! (and then newer than every live lease's start, which the pruner never removes) or removed
+//! first (and the touch finds it gone, so the build makes it again).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -30,6 +39,48 @@ use rustix::fs::{FlockOperation, flock};
 
 use crate::context::FileHashCache;
 use crate::error::{BuildError, io};
+
+/// Whose files unpacked layers are: how much of a layer's ownership this process can keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Unpacking {
+    /// Rootless with one id: every file is the caller's (root in the sandbox); devices are
+    /// skipped and setuid bits dropped.
+    #[default]
+    Caller,
+    /// Rootless with subordinate ids (root of a user namespace mapping a range): owners and
+    /// setuid bits as in the layer, devices skipped.
+    MappedIds,
+    /// Root: owners, devices and setuid bits as in the layer.
+    Privileged,
+}
+
+impl Unpacking {
+    fn extract_options(self) -> ExtractOptions {
+        ExtractOptions {
+            privileged: self == Unpacking::Privileged,
+            keep_owners: self == Unpacking::MappedIds,
+            keep_whiteouts: true,
+        }
+    }
+
+    /// What tells trees of this mode apart in the store: the files' owners on disk depend
+    /// on the namespace's map, so mapped trees are kept per map (the other modes keep the
+    /// names they always had).
+    fn key_suffix(self) -> String {
+        match self {
+            Unpacking::MappedIds => format!(
+                "-ids-{}",
+                &Digest::sha256(this_uid_map().as_bytes()).hex()[..12]
+            ),
+            _ => String::new(),
+        }
+    }
+}
+
+/// This process's uid map (`/proc/self/uid_map`).
+fn this_uid_map() -> String {
+    std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default()
+}
 
 /// One layer of an image: its blob and the digest of its uncompressed tar.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -79,10 +130,38 @@ pub struct Store {
 /// Serialises scratch creation (shared) against the reaper (exclusive): a directory is never
 /// seen between its creation and its lock.
 const SCRATCH_LOCK: &str = ".scratch.lock";
+/// Serialises touches of kept items (shared) against the pruner's removals (exclusive).
+pub(crate) const GC_LOCK: &str = ".gc.lock";
+
+/// Held by a running build (or run) while it uses the store: nothing it touches after the
+/// lease started is pruned before the lease ends. Released when dropped (or when the process
+/// dies: the lease file's lock goes with it).
+#[derive(Debug)]
+pub struct Lease {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        self.file.take();
+    }
+}
 
 impl Store {
     pub fn open(root: &Path) -> Result<Store, BuildError> {
-        for d in ["keys", "content", "layers", "snapshots", "tmp", "mounts"] {
+        for d in [
+            "keys",
+            "content",
+            "layers",
+            "snapshots",
+            "tmp",
+            "mounts",
+            "downloads",
+            "git",
+            "leases",
+        ] {
             std::fs::create_dir_all(root.join(d))
                 .map_err(io(root.join(d).display().to_string()))?;
         }
@@ -120,7 +199,12 @@ impl Store {
     }
 
     fn scratch_lock(&self, op: FlockOperation) -> Result<File, BuildError> {
-        let path = self.root.join(SCRATCH_LOCK);
+        self.lock_file(SCRATCH_LOCK, op)
+    }
+
+    /// An `flock` on a lock file at the store's root, held until the file is dropped.
+    pub(crate) fn lock_file(&self, name: &str, op: FlockOperation) -> Result<File, BuildError> {
+        let path = self.root.join(name);
         let f = File::options()
             .create(true)
             .truncate(false)
@@ -184,6 +268,71 @@ impl Store {
         Ok(())
     }
 
+    /// A lease for one build or run: what it touches from now on stays until it ends.
+    pub fn lease(&self) -> Result<Lease, BuildError> {
+        // Created and locked while the pruner is not looking at leases.
+        let _shared = self.lock_file(GC_LOCK, FlockOperation::LockShared)?;
+        let dir = self.root.join("leases");
+        let (file, path) = tempfile::Builder::new()
+            .prefix(&format!("{}-", std::process::id()))
+            .tempfile_in(&dir)
+            .and_then(|f| f.keep().map_err(|e| e.error))
+            .map_err(io(format!("creating a lease in {}", dir.display())))?;
+        flock(&file, FlockOperation::LockExclusive)
+            .map_err(|e| io(path.display().to_string())(e.into()))?;
+        Ok(Lease {
+            path,
+            file: Some(file),
+        })
+    }
+
+    /// Marks a kept item (file or directory) as used now; `false` when it is gone (a pruner
+    /// removed it first: make it again).
+    pub(crate) fn touch(&self, path: &Path) -> bool {
+        let Ok(_shared) = self.lock_file(GC_LOCK, FlockOperation::LockShared) else {
+            return path.exists();
+        };
+        touch_now(path)
+    }
+
+    /// [`Store::touch`] for a blob of the layout.
+    pub(crate) fn touch_blob(&self, digest: &Digest) -> bool {
+        self.touch(&self.layout.blob_path(digest))
+    }
+
+    /// Writes bytes as a blob and marks it used (an existing blob is not rewritten).
+    pub(crate) fn write_blob(&self, bytes: &[u8]) -> Result<Digest, BuildError> {
+        let digest = self.layout.write_blob(bytes)?;
+        if !self.touch_blob(&digest) {
+            // Pruned between the write and the touch: write it again.
+            let path = self.layout.blob_path(&digest);
+            archway_oci::atomic_file::write(&path, bytes)
+                .map_err(io(path.display().to_string()))?;
+        }
+        Ok(digest)
+    }
+
+    /// Where a download is kept (see `crate::remote`).
+    pub(crate) fn download_dir(&self, key: &Digest) -> PathBuf {
+        self.root.join("downloads").join(key.hex())
+    }
+
+    /// Where a git checkout is kept.
+    pub(crate) fn git_dir(&self, key: &Digest) -> PathBuf {
+        self.root.join("git").join(key.hex())
+    }
+
+    /// Puts a finished scratch directory in place of `dest` (whatever was there goes).
+    pub(crate) fn replace_dir(&self, scratch: ScratchDir, dest: &Path) -> Result<(), BuildError> {
+        if dest.exists() {
+            let trash = self.scratch_dir()?;
+            let old = trash.path().join("old");
+            // Renamed aside first, so `dest` is never half removed; the trash goes on drop.
+            let _ = std::fs::rename(dest, &old);
+        }
+        scratch.persist(dest)
+    }
+
     /// The lock for doing the work of `key` once (a step, an unpacking, a layer).
     pub(crate) fn key_lock(&self, key: &Digest) -> Arc<Mutex<()>> {
         let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
@@ -205,7 +354,11 @@ impl Store {
     }
 
     pub(crate) fn cache_get(&self, key: &Digest) -> Option<CacheEntry> {
-        read_entry(&self.root.join("keys").join(key.hex()), &self.layout)
+        let path = self.root.join("keys").join(key.hex());
+        let e = read_entry(&path, &self.layout)?;
+        // Used now: the entry and its layer stay while this build runs.
+        let layer_kept = e.layer.as_ref().is_none_or(|l| self.touch_blob(&l.digest));
+        (layer_kept && self.touch(&path)).then_some(e)
     }
 
     pub(crate) fn cache_put(&self, key: &Digest, e: &CacheEntry) -> Result<(), BuildError> {
@@ -246,7 +399,11 @@ impl Store {
         make: impl FnOnce() -> Result<Layer, BuildError>,
     ) -> Result<Layer, BuildError> {
         let path = self.root.join("content").join(content.hex());
-        let known = || read_entry(&path, &self.layout).and_then(|e| e.layer());
+        let known = || {
+            read_entry(&path, &self.layout)
+                .and_then(|e| e.layer())
+                .filter(|l| self.touch_blob(&l.descriptor.digest) && self.touch(&path))
+        };
         if let Some(l) = known() {
             return Ok(l);
         }
@@ -261,14 +418,20 @@ impl Store {
     }
 
     /// A layer unpacked on its own, with whiteouts kept as files, and its implicit directories.
-    fn exploded(&self, l: &Layer, privileged: bool) -> Result<(PathBuf, Vec<PathBuf>), BuildError> {
+    fn exploded(
+        &self,
+        l: &Layer,
+        unpacking: Unpacking,
+    ) -> Result<(PathBuf, Vec<PathBuf>), BuildError> {
         let base = self.root.join("layers");
-        let dir = base.join(l.diff_id.hex());
-        let meta = base.join(format!("{}.json", l.diff_id.hex()));
+        let name = format!("{}{}", l.diff_id.hex(), unpacking.key_suffix());
+        let dir = base.join(&name);
+        let meta = base.join(format!("{name}.json"));
         let read_meta =
             || -> Option<Vec<PathBuf>> { serde_json::from_slice(&std::fs::read(&meta).ok()?).ok() };
         if dir.is_dir()
             && let Some(implicit) = read_meta()
+            && self.touch(&dir)
         {
             return Ok((dir, implicit));
         }
@@ -276,10 +439,17 @@ impl Store {
         let _unpacking = lock.lock().unwrap_or_else(|e| e.into_inner());
         if dir.is_dir()
             && let Some(implicit) = read_meta()
+            && self.touch(&dir)
         {
             return Ok((dir, implicit));
         }
-        let tmp = self.scratch_in(&base, &format!(".tmp-{}-", l.diff_id.hex()))?;
+        if !self.touch_blob(&l.descriptor.digest) {
+            return Err(BuildError::Image(format!(
+                "layer {} is no longer in the build store (pruned while this build started); run the build again",
+                l.descriptor.digest
+            )));
+        }
+        let tmp = self.scratch_in(&base, &format!(".tmp-{name}-"))?;
         let mut f = self
             .layout
             .open_blob(&l.descriptor.digest, Some(l.descriptor.size))?;
@@ -287,16 +457,23 @@ impl Store {
             &mut f,
             Path::new(&l.descriptor.digest.to_string()),
             tmp.path(),
-            &ExtractOptions {
-                privileged,
-                keep_whiteouts: true,
-            },
+            &unpacking.extract_options(),
         )?;
         let json = serde_json::to_vec(&report.implicit_dirs)
             .map_err(|e| BuildError::Image(e.to_string()))?;
         archway_oci::atomic_file::write(&meta, &json).map_err(io(meta.display().to_string()))?;
-        remove_tree(&dir);
-        tmp.persist(&dir)?;
+        // A directory only ever appears by renaming a finished one into place, so one that is
+        // there now is complete: another build process (the in-process lock does not reach
+        // it) exploded the same layer meanwhile and may be reading it. Keep theirs; never
+        // remove a tree someone may be merging from.
+        if dir.is_dir() {
+            return Ok((dir, report.implicit_dirs));
+        }
+        match tmp.persist(&dir) {
+            Ok(()) => {}
+            Err(_) if dir.is_dir() => {}
+            Err(e) => return Err(e),
+        }
         Ok((dir, report.implicit_dirs))
     }
 
@@ -304,21 +481,24 @@ impl Store {
     pub(crate) fn snapshot(
         &self,
         layers: &[Layer],
-        privileged: bool,
+        unpacking: Unpacking,
     ) -> Result<PathBuf, BuildError> {
         let mut d = Digester::new(archway_oci::Algorithm::Sha256);
         for l in layers {
             d.update(l.diff_id.to_string().as_bytes());
         }
         let key = d.finish();
-        let dir = self.root.join("snapshots").join(key.hex());
-        if dir.is_dir() {
+        let dir =
+            self.root
+                .join("snapshots")
+                .join(format!("{}{}", key.hex(), unpacking.key_suffix()));
+        if dir.is_dir() && self.touch(&dir) {
             return Ok(dir);
         }
         // One thread unpacks; the others wait for it and reuse the result.
         let lock = self.key_lock(&key);
         let _unpacking = lock.lock().unwrap_or_else(|e| e.into_inner());
-        if dir.is_dir() {
+        if dir.is_dir() && self.touch(&dir) {
             return Ok(dir);
         }
         let tmp = self.scratch_in(
@@ -330,7 +510,7 @@ impl Store {
         // cheap, and extraction replaces files instead of writing through the links).
         let rest = match layers.split_last() {
             Some((last, parent)) if !parent.is_empty() => {
-                let parent_dir = self.snapshot(parent, privileged)?;
+                let parent_dir = self.snapshot(parent, unpacking)?;
                 link_tree(&parent_dir, &tree).map_err(io(format!(
                     "linking snapshot {} into a new one",
                     parent_dir.display()
@@ -345,7 +525,7 @@ impl Store {
         // Each layer is unpacked once ("exploded", whiteouts kept as files) and hard-linked
         // into every snapshot that needs it: platforms sharing a layer share the unpacking.
         for l in rest {
-            let (exploded, implicit) = self.exploded(l, privileged)?;
+            let (exploded, implicit) = self.exploded(l, unpacking)?;
             merge_exploded(&exploded, &tree, &implicit)
                 .map_err(io(format!("merging layer {}", l.diff_id)))?;
         }
@@ -360,7 +540,9 @@ impl Store {
     /// A directory for `RUN --mount=type=cache` with this key, kept between builds.
     pub(crate) fn mount_dir(&self, key: &Digest) -> Result<PathBuf, BuildError> {
         let dir = self.root.join("mounts").join(key.hex());
+        let _shared = self.lock_file(GC_LOCK, FlockOperation::LockShared)?;
         std::fs::create_dir_all(&dir).map_err(io(dir.display().to_string()))?;
+        touch_now(&dir);
         Ok(dir)
     }
 }
@@ -377,6 +559,25 @@ fn read_entry(path: &Path, layout: &ImageLayout) -> Option<CacheEntry> {
 fn write_entry(path: &Path, e: &CacheEntry) -> Result<(), BuildError> {
     let bytes = serde_json::to_vec(e).map_err(|e| BuildError::Image(e.to_string()))?;
     archway_oci::atomic_file::write(path, &bytes).map_err(io(path.display().to_string()))
+}
+
+/// Sets a path's modification time to now (not following symlinks); `false` if it is gone.
+pub(crate) fn touch_now(path: &Path) -> bool {
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_NOW, utimensat};
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: UTIME_NOW,
+    };
+    utimensat(
+        CWD,
+        path,
+        &Timestamps {
+            last_access: now,
+            last_modification: now,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .is_ok()
 }
 
 pub(crate) fn hash_parts(parts: &[&str]) -> Digest {
@@ -403,7 +604,7 @@ impl ScratchDir {
     }
 
     /// Renames the directory to `dest` and keeps it.
-    fn persist(mut self, dest: &Path) -> Result<(), BuildError> {
+    pub(crate) fn persist(mut self, dest: &Path) -> Result<(), BuildError> {
         std::fs::rename(&self.path, dest).map_err(io(dest.display().to_string()))?;
         self.path = PathBuf::new();
         Ok(())
@@ -420,7 +621,7 @@ impl Drop for ScratchDir {
 }
 
 /// Remove a tree, first making directories writable if a step left them read-only.
-fn remove_tree(path: &Path) {
+pub(crate) fn remove_tree(path: &Path) {
     if std::fs::remove_dir_all(path).is_ok() || !path.exists() {
         return;
     }
@@ -514,6 +715,7 @@ mod tests {
                 mode: 0o644,
                 uid: 0,
                 gid: 0,
+                mtime: None,
             },
         )]);
         let failed = store.layer_once(&content, || {

@@ -63,6 +63,7 @@ impl Default for RecordingRunner {
                     mode: 0o644,
                     uid: 0,
                     gid: 0,
+                    mtime: None,
                 },
             )]),
         })
@@ -270,6 +271,7 @@ fn file(content: &str) -> LayerEntry {
         mode: 0o644,
         uid: 0,
         gid: 0,
+        mtime: None,
     }
 }
 

@@ -59,6 +59,10 @@ enum Command {
     Build(Box<commands::build::BuildArgs>),
     /// Run a command in an image (the build sandbox), on any platform qemu can emulate.
     Run(Box<commands::sandbox::RunArgs>),
+    /// Dev environments from a devfile.yaml or devcontainer.json: up, exec, shell, ls, stop,
+    /// down.
+    #[command(subcommand)]
+    Dev(commands::dev::DevCommand),
     /// Report what this host can run: OCI runtime, user namespaces, overlayfs, qemu binfmt.
     Doctor(commands::sandbox::DoctorArgs),
     /// The coordinator: API, built-in registry and metrics on one port; its tokens.
@@ -74,24 +78,84 @@ enum Command {
     Job(commands::remote::JobCommand),
     /// Log in to a registry (credentials go to Docker's config.json).
     Login(commands::login::LoginArgs),
+    /// Sign an image with a key pair, cosign-compatible (and make key pairs).
+    Sign(commands::sign::SignArgs),
+    /// Check an image's signature against a public key.
+    Verify(commands::sign::VerifyArgs),
     /// Log out of a registry.
     Logout(commands::login::LogoutArgs),
+    /// Print the version and the platform this binary was built for (`--json` for scripts).
+    Version(VersionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VersionArgs {
+    /// One JSON object: {"version", "platform", "linkage"}.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `archway version`: what a runner or an image's user checks first.
+fn version(a: VersionArgs) -> anyhow::Result<ExitCode> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let platform = format!("{}/{arch}", std::env::consts::OS);
+    let version = env!("CARGO_PKG_VERSION");
+    // musl builds are the static release binaries (scripts/release.sh).
+    let libc = if cfg!(target_env = "musl") {
+        "static, musl"
+    } else {
+        "dynamic"
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"version": version, "platform": platform, "linkage": libc})
+        );
+    } else {
+        println!("archway {version} ({platform}, {libc})");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
+    // Called as `docker`, `podman`, `buildah`, `manifest-tool` or `/kaniko/executor` (the
+    // runner's toolbox links those names to this binary): be that tool.
+    if let Some(tool) = std::env::args()
+        .next()
+        .and_then(|a| commands::toolbox::tool_name(&a))
+    {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        return commands::toolbox::main(tool, &args);
+    }
     let cli = Cli::parse();
+    let serving = matches!(
+        cli.command,
+        Command::Registry(commands::registry::RegistryCommand::Serve(_))
+            | Command::Server(_)
+            | Command::Runner(commands::runner::RunnerCommand::Run(_))
+    );
+    if !serving {
+        // `archway … | head`: end quietly when the reader goes away, as other Unix tools
+        // do, rather than panic on a broken pipe. Servers keep SIGPIPE ignored (a client
+        // that hangs up must not kill them).
+        // The one unsafe call in the workspace: std offers no safe way to restore SIGPIPE.
+        // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // Servers hold a descriptor per connection and open file, builds many files at once.
     if let Err(e) = archway_http::raise_nofile_limit() {
         eprintln!("warning: could not raise the open-file limit: {e}");
     }
     // The servers (`registry serve`, `server`, `runner run`) install their own (an access
     // log, text or JSON); every other command prints what the libraries warn about.
-    if !matches!(
-        cli.command,
-        Command::Registry(commands::registry::RegistryCommand::Serve(_))
-            | Command::Server(_)
-            | Command::Runner(commands::runner::RunnerCommand::Run(_))
-    ) {
+    if !serving {
         logging::init();
     }
     let result = match cli.command {
@@ -103,12 +167,16 @@ fn main() -> ExitCode {
         Command::Build(args) => commands::build::run(*args),
         Command::Run(args) => commands::sandbox::run(*args),
         Command::Doctor(args) => commands::sandbox::doctor(args),
+        Command::Dev(cmd) => commands::dev::run(cmd),
         Command::Server(args) => commands::server::run(args),
         Command::Runner(cmd) => commands::runner::run(cmd),
         Command::Pipeline(cmd) => commands::remote::pipeline(cmd),
         Command::Job(cmd) => commands::remote::job(cmd),
         Command::Login(args) => commands::login::login(args),
+        Command::Sign(args) => commands::sign::sign(args),
+        Command::Verify(args) => commands::sign::verify(args),
         Command::Logout(args) => commands::login::logout(args),
+        Command::Version(args) => version(args),
     };
     match result {
         Ok(code) => code,

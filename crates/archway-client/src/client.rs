@@ -1025,6 +1025,48 @@ impl Client {
     }
 
     /// All tags of a repository, following pagination.
+    /// The manifests whose `subject` is `digest` (OCI 1.1's referrers API), optionally only
+    /// of one `artifactType`; `None` when the registry has no referrers API.
+    pub async fn referrers(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Vec<archway_oci::Descriptor>>> {
+        let mut path = format!("/v2/{}/referrers/{digest}", r.repository);
+        if let Some(t) = artifact_type {
+            // `+` in a query is a space: encode what is not unreserved.
+            let enc: String = t
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            path.push_str(&format!("?artifactType={enc}"));
+        }
+        let scopes = [repo_scope(&r.repository, "pull")];
+        let p = path.clone();
+        let resp = self
+            .send(&r.registry, &r.repository, &scopes, true, |http, base| {
+                http.get(format!("{base}{p}"))
+            })
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(self.fail(r, "GET", &path, resp).await);
+        }
+        let index: archway_oci::Index = resp
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("referrers from {}: {e}", r.registry)))?;
+        Ok(Some(index.manifests))
+    }
+
     pub async fn list_tags(&self, r: &Reference) -> Result<Vec<String>> {
         let mut tags = Vec::new();
         let mut path = format!("/v2/{}/tags/list", r.repository);

@@ -72,6 +72,11 @@ pub enum Selection {
     All,
     /// Only the image for this platform (the result is a single-platform image).
     Platform(Platform),
+    /// Only the image for this platform, under the source's index, unchanged (so the index
+    /// digest is kept and the other platforms' entries point at manifests the destination
+    /// does not have): a sparse index, which the destination must accept (distribution-spec
+    /// allows it; `archway registry serve --allow-sparse`).
+    PlatformKeepingIndex(Platform),
 }
 
 /// Options of one copy.
@@ -518,7 +523,7 @@ async fn plan(
                 manifest: root,
             });
         }
-        (ManifestKind::Index, Selection::Platform(p)) => {
+        (ManifestKind::Index, Selection::Platform(p) | Selection::PlatformKeepingIndex(p)) => {
             let child = parsed
                 .manifests
                 .iter()
@@ -545,6 +550,9 @@ async fn plan(
                 blobs: cp.blobs().cloned().collect(),
                 manifest: m,
             });
+            if matches!(selection, Selection::PlatformKeepingIndex(_)) {
+                plan.indexes.push(root);
+            }
         }
         (ManifestKind::Index, Selection::All) => {
             // Depth-first over nested indexes; each index after its children.

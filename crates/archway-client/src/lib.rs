@@ -9,7 +9,8 @@
 //! * [`copy`]: digest-preserving copies with concurrency, mounts, verification and progress
 //!   events;
 //! * [`image`]: inspecting images, importing root filesystems, removing tags;
-//! * [`manifest_list`]: local manifest lists (`archway manifest …`).
+//! * [`manifest_list`]: local manifest lists (`archway manifest …`);
+//! * [`mirror`]: registry mirrors (`docker.io=HOST/PREFIX`) for pulls.
 //!
 //! The library never prints; progress is reported through [`copy::Event`]s.
 
@@ -20,6 +21,7 @@ pub mod error;
 pub mod image;
 pub mod location;
 pub mod manifest_list;
+pub mod mirror;
 
 pub use client::{Client, ClientOptions};
 pub use copy::{CopyOptions, CopyReport, Event, Selection, copy};

@@ -4,7 +4,8 @@
 //!
 //! * [`serve`]: the accept loop, with the limits of [`ServeConfig`] (header, body-read and
 //!   write progress timeouts, a bounded read buffer, a connection cap) and a request id on
-//!   every request;
+//!   every request; HTTPS with [`TlsConfig`] (rustls, HTTP/2 through ALPN, the certificate
+//!   reloaded on `SIGHUP`);
 //! * [`labels`]: metric label values from fixed sets, so that no client-controlled value
 //!   (an invented HTTP method, a path) ever becomes a label;
 //! * [`internal_error`]: a failure the client cannot act on is logged with the request id and
@@ -21,8 +22,10 @@ mod request_id;
 mod rlimit;
 mod serve;
 mod timeouts;
+mod tls;
 
 pub use pool::{BlockingPool, PoolError};
 pub use request_id::{InternalError, REQUEST_ID_HEADER, RequestId, internal_error};
 pub use rlimit::raise_nofile_limit;
 pub use serve::{ServeConfig, serve};
+pub use tls::{TlsConfig, TlsError};

@@ -301,10 +301,22 @@ pub struct LayerEntry {
     pub mode: u32,
     pub uid: u64,
     pub gid: u64,
+    /// Its own modification time (seconds since the epoch); `None` takes the layer's
+    /// [`LayerOptions::mtime`]. (A downloaded file keeps its `Last-Modified`, as in BuildKit.)
+    pub mtime: Option<u64>,
+}
+
+/// A header for an entry of a list: its own time if it has one, else the layer's.
+fn entry_header(kind: tar::EntryType, e: &LayerEntry, opts: &LayerOptions) -> tar::Header {
+    let mut h = base_header(kind, e.mode, e.uid, e.gid, opts);
+    if let Some(t) = e.mtime {
+        h.set_mtime(t);
+    }
+    h
 }
 
 /// Builds a layer from entries keyed by their path in the layer (no leading `/`). Entries are
-/// written in path order; times are `opts.mtime`, owners as given.
+/// written in path order; times are `opts.mtime` (or the entry's own), owners as given.
 pub fn layer_from_entries<W: Write>(
     entries: &std::collections::BTreeMap<String, LayerEntry>,
     opts: &LayerOptions,
@@ -319,24 +331,24 @@ pub fn layer_from_entries<W: Write>(
             let p = Path::new(path);
             match &e.data {
                 EntryData::Dir => {
-                    let mut h = base_header(tar::EntryType::Directory, e.mode, e.uid, e.gid, &keep);
+                    let mut h = entry_header(tar::EntryType::Directory, e, &keep);
                     builder
                         .append_data(&mut h, Path::new(&format!("{path}/")), io::empty())
                         .map_err(io_err(p))?;
                 }
                 EntryData::Symlink(target) => {
-                    let mut h = base_header(tar::EntryType::Symlink, e.mode, e.uid, e.gid, &keep);
+                    let mut h = entry_header(tar::EntryType::Symlink, e, &keep);
                     builder.append_link(&mut h, p, target).map_err(io_err(p))?;
                 }
                 EntryData::Bytes(b) => {
-                    let mut h = base_header(tar::EntryType::Regular, e.mode, e.uid, e.gid, &keep);
+                    let mut h = entry_header(tar::EntryType::Regular, e, &keep);
                     h.set_size(b.len() as u64);
                     builder.append_data(&mut h, p, &b[..]).map_err(io_err(p))?;
                 }
                 EntryData::File(src) => {
                     let f = fs::File::open(src).map_err(io_err(src))?;
                     let len = f.metadata().map_err(io_err(src))?.len();
-                    let mut h = base_header(tar::EntryType::Regular, e.mode, e.uid, e.gid, &keep);
+                    let mut h = entry_header(tar::EntryType::Regular, e, &keep);
                     h.set_size(len);
                     builder.append_data(&mut h, p, f).map_err(io_err(src))?;
                 }
@@ -351,6 +363,10 @@ pub fn layer_from_entries<W: Write>(
 pub struct ExtractOptions {
     /// Running as (namespaced) root: create device nodes, keep setuid/setgid bits, set owners.
     pub privileged: bool,
+    /// Set owners and keep setuid/setgid bits without creating devices: root of a user
+    /// namespace with subordinate ids. Owners the namespace does not map stay the caller's
+    /// (counted in [`ExtractReport::unmapped_owners`]).
+    pub keep_owners: bool,
     /// Keep whiteouts as empty `.wh.*` files instead of applying them (an exploded layer, to
     /// be merged onto a root filesystem later with [`merge_exploded`]).
     pub keep_whiteouts: bool,
@@ -367,6 +383,8 @@ pub struct ExtractReport {
     pub whiteouts: u64,
     pub skipped_devices: u64,
     pub stripped_setuid: u64,
+    /// With [`ExtractOptions::keep_owners`]: entries whose owner the user namespace does not map.
+    pub unmapped_owners: u64,
 }
 
 /// Resolves `rel` inside `root` the way the container will see it: symlinks are followed but
@@ -517,7 +535,8 @@ pub fn extract_layer<R: Read>(
         let header = entry.header().clone();
         let kind = header.entry_type();
         let mut mode = header.mode().map_err(io_err(what))? & 0o7777;
-        if !opts.privileged && mode & 0o6000 != 0 && kind != tar::EntryType::Symlink {
+        let set_owners = opts.privileged || opts.keep_owners;
+        if !set_owners && mode & 0o6000 != 0 && kind != tar::EntryType::Symlink {
             mode &= !0o6000;
             report.stripped_setuid += 1;
         }
@@ -593,10 +612,21 @@ pub fn extract_layer<R: Read>(
             }
             _ => continue,
         }
-        if opts.privileged {
+        if set_owners {
             let uid = header.uid().ok().and_then(|u| u32::try_from(u).ok());
             let gid = header.gid().ok().and_then(|g| u32::try_from(g).ok());
-            std::os::unix::fs::lchown(&target, uid, gid).map_err(io_err(&target))?;
+            match std::os::unix::fs::lchown(&target, uid, gid) {
+                Ok(()) => {}
+                // An id outside the namespace's map (EINVAL): the file stays the caller's.
+                Err(e)
+                    if !opts.privileged
+                        && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
+                {
+                    report.unmapped_owners += 1;
+                    continue;
+                }
+                Err(e) => return Err(io_err(&target)(e)),
+            }
             if kind != tar::EntryType::Symlink && mode & 0o6000 != 0 {
                 // chown clears setuid bits: put them back.
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode))
@@ -991,6 +1021,7 @@ mod tests {
                 mode: 0o755,
                 uid: 0,
                 gid: 0,
+                mtime: None,
             },
         );
         entries.insert(
@@ -1000,6 +1031,7 @@ mod tests {
                 mode: 0o644,
                 uid: 1000,
                 gid: 1000,
+                mtime: None,
             },
         );
         entries.insert(
@@ -1009,6 +1041,7 @@ mod tests {
                 mode: 0o644,
                 uid: 0,
                 gid: 0,
+                mtime: None,
             },
         );
         entries.insert(
@@ -1018,6 +1051,7 @@ mod tests {
                 mode: 0o777,
                 uid: 0,
                 gid: 0,
+                mtime: None,
             },
         );
         let (mut a, mut b) = (Vec::new(), Vec::new());

@@ -256,6 +256,8 @@ pub fn plan(file: &str, text: &str, context: &Context) -> (Option<Pipeline>, Vec
                     .map(|name| Image {
                         name,
                         entrypoint: None,
+                        platform: None,
+                        user: None,
                     });
             }
         }
@@ -370,6 +372,8 @@ pub fn plan(file: &str, text: &str, context: &Context) -> (Option<Pipeline>, Vec
             cache: Vec::new(),
             resource_group: None,
             environment,
+            trigger: None,
+            external_needs: Vec::new(),
             span: node.span.clone(),
         });
     }

@@ -1,5 +1,5 @@
 //! GitLab CI/CD expressions, as used by `rules:if` and `workflow:rules:if`:
-//! `$VAR`, `$VAR == "x"`, `!=`, `=~ /re/i`, `!~`, `null`, `&&` (binding tighter than `||`),
+//! `$VAR` (not `${VAR}`, which GitLab refuses), `$VAR == "x"`, `!=`, `=~ /re/i`, `!~`, `null`, `&&` (binding tighter than `||`),
 //! parentheses. Regular expressions use RE2 syntax (the `regex` crate), as GitLab does; a
 //! variable on the right of `=~` may hold a `/pattern/flags` regex.
 
@@ -111,9 +111,12 @@ fn lex(s: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
             }
             b'$' => {
                 i += 1;
-                let braced = b.get(i) == Some(&b'{');
-                if braced {
-                    i += 1;
+                // GitLab's variable lexeme is `$NAME`: `${NAME}` is a syntax error there.
+                if b.get(i) == Some(&b'{') {
+                    return Err(err(
+                        start,
+                        "`${NAME}` is not allowed in expressions; write `$NAME`",
+                    ));
                 }
                 let name_start = i;
                 while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
@@ -123,12 +126,6 @@ fn lex(s: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
                     return Err(err(start, "`$` must be followed by a variable name"));
                 }
                 let name = s[name_start..i].to_owned();
-                if braced {
-                    if b.get(i) != Some(&b'}') {
-                        return Err(err(start, "unclosed `${`"));
-                    }
-                    i += 1;
-                }
                 out.push((Tok::Var(name), start));
             }
             b'"' | b'\'' => {
@@ -457,7 +454,8 @@ mod tests {
         assert!(!eval("$EMPTY == null", &v));
         assert!(eval("$EMPTY == \"\"", &v));
         assert!(eval("$ARCH == $ARCH", &v));
-        assert!(eval("${ARCH} == \"arm64\"", &v));
+        // GitLab's lexer knows only `$NAME`.
+        assert!(Expr::parse("${ARCH} == \"arm64\"").is_err());
     }
 
     #[test]

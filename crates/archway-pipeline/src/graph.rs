@@ -3,11 +3,17 @@
 //! Every job is concrete (matrix and `parallel` expanded, `extends`/`default`/`!reference`
 //! resolved, rules evaluated), with the runner tags it needs and the platform they imply, and
 //! the edges the scheduler must respect (`depends_on`).
+//!
+//! A job with a [`trigger`](Job::trigger) runs no script: it starts a downstream pipeline.
+//! For a child pipeline ([`Trigger::Child`]) the graph carries where the child's
+//! configuration comes from, what is passed down, and — when the configuration is in the
+//! repository — the child planned now; [`ChildPipeline`] documents what the coordinator does
+//! with it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::diag::Span;
 
@@ -20,8 +26,15 @@ pub enum SourceFormat {
 }
 
 /// What a pipeline was evaluated with.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Context {
+    /// Pipeline inputs (`--input NAME=VALUE`, or what a server run passes) for the main file's
+    /// `spec:inputs` header, typed as JSON (`true` is a boolean, `"true"` a string).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, serde_json::Value>,
+    /// 0 for a pipeline, 1 for a child pipeline, 2 for a child's child (GitLab's deepest).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub child_depth: u32,
     /// Branch being built (`CI_COMMIT_BRANCH`); none for tag pipelines.
     pub branch: Option<String>,
     /// Tag being built (`CI_COMMIT_TAG`).
@@ -38,6 +51,10 @@ pub struct Context {
     pub repo_files: Vec<String>,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 impl Context {
     /// A push to `main`.
     pub fn push_to(branch: &str) -> Context {
@@ -52,7 +69,7 @@ impl Context {
 }
 
 /// Where a variable's value came from, lowest precedence first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Origin {
     Predefined,
@@ -64,7 +81,7 @@ pub enum Origin {
     Pipeline,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Variable {
     pub name: String,
     pub value: String,
@@ -113,6 +130,12 @@ pub struct Image {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
+    /// `image:docker:platform`, normalised (`linux/arm64`): the platform to pull and run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// `image:docker:user`: the user the job runs as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -124,6 +147,9 @@ pub struct Service {
     pub entrypoint: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// `services:variables` (for the service only).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub variables: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -137,6 +163,15 @@ pub struct Artifacts {
     pub expire_in: Option<String>,
     /// on_success (default), on_failure or always.
     pub when: String,
+    /// Also every file git does not track (`artifacts:untracked`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub untracked: bool,
+    /// `artifacts:reports:dotenv` files: their variables go to later jobs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dotenv: Vec<String>,
+    /// `artifacts:reports:junit` files: kept with the artifacts and summarised.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub junit: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -146,6 +181,9 @@ pub struct Cache {
     /// pull-push (default), pull or push.
     pub policy: String,
     pub when: String,
+    /// Keys tried in order when `key` has no cache yet (`cache:fallback_keys`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallback_keys: Vec<String>,
 }
 
 /// A dependency declared with `needs` (or CodeCatalyst's `DependsOn`).
@@ -207,8 +245,228 @@ pub struct Job {
     pub resource_group: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
+    /// What this job triggers instead of running a script (`trigger:`); such a job has no
+    /// script, image, tags or platform, and never goes to a runner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
+    /// Needs outside this pipeline (`needs:pipeline`, `needs:project`), which `depends_on`
+    /// does not hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub external_needs: Vec<ExternalNeed>,
     /// Where the job is defined.
     pub span: Span,
+}
+
+/// A need on a job of another pipeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExternalNeed {
+    /// `needs: [{pipeline: $PARENT_PIPELINE_ID, job: build}]`: the artifacts of `job` in
+    /// another pipeline of the same parent-child hierarchy. `pipeline` is as written (a
+    /// variable the coordinator expands in this job's context).
+    Pipeline {
+        pipeline: String,
+        job: String,
+        artifacts: bool,
+    },
+    /// `needs: [{project: group/app, job: build, ref: main}]`: the artifacts of `job` in the
+    /// latest successful pipeline of another project for `ref`.
+    Project {
+        project: String,
+        job: String,
+        #[serde(rename = "ref")]
+        git_ref: String,
+        artifacts: bool,
+    },
+    /// `needs: [{pipeline: group/app}]` (a job with no script): the job mirrors the status of
+    /// the upstream pipeline of `project` that triggered this one.
+    Upstream { project: String },
+}
+
+/// What a trigger job starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    /// A child pipeline of this project (`trigger: include:`).
+    Child(Box<ChildPipeline>),
+    /// A pipeline of another project (`trigger: project:`): only a server that hosts that
+    /// project can run it.
+    Project(ProjectTrigger),
+}
+
+/// How a trigger job's status follows its downstream pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerStrategy {
+    /// `strategy: depend`: the trigger job waits and takes the downstream pipeline's status.
+    Depend,
+    /// `strategy: mirror`: as `depend`, and the job also mirrors running/manual states.
+    Mirror,
+}
+
+/// `trigger:forward`: what is passed down besides the trigger job's own variables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    /// The trigger job's YAML variables (global and job-level) are passed down (default).
+    pub yaml_variables: bool,
+    /// The parent pipeline's own variables (`--var`, a schedule's, a manual run's) too.
+    pub pipeline_variables: bool,
+}
+
+impl Default for Forward {
+    fn default() -> Self {
+        Forward {
+            yaml_variables: true,
+            pipeline_variables: false,
+        }
+    }
+}
+
+/// Where a child pipeline's configuration comes from: one entry of `trigger: include:`.
+/// `inputs` are the values for that file's `spec:inputs`, typed as JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChildInclude {
+    /// A file of this repository.
+    Local {
+        path: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        inputs: BTreeMap<String, serde_json::Value>,
+    },
+    /// A GitLab CI template.
+    Template {
+        name: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        inputs: BTreeMap<String, serde_json::Value>,
+    },
+    /// A file fetched over HTTP(S).
+    Remote {
+        url: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        inputs: BTreeMap<String, serde_json::Value>,
+    },
+    /// A file of another project on the server.
+    Project {
+        project: String,
+        file: String,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        git_ref: Option<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        inputs: BTreeMap<String, serde_json::Value>,
+    },
+    /// A CI/CD component (from a project on the server).
+    Component {
+        component: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        inputs: BTreeMap<String, serde_json::Value>,
+    },
+    /// A file generated by an earlier job of the parent pipeline: a dynamic child pipeline.
+    Artifact {
+        job: String,
+        path: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        inputs: BTreeMap<String, serde_json::Value>,
+    },
+}
+
+impl ChildInclude {
+    /// A short description: `ci/child.yml`, `artifact generated.yml of job generate`, …
+    pub fn describe(&self) -> String {
+        match self {
+            ChildInclude::Local { path, .. } => path.clone(),
+            ChildInclude::Template { name, .. } => format!("template {name}"),
+            ChildInclude::Remote { url, .. } => url.clone(),
+            ChildInclude::Project { project, file, .. } => format!("{project}:{file}"),
+            ChildInclude::Component { component, .. } => format!("component {component}"),
+            ChildInclude::Artifact { job, path, .. } => {
+                format!("artifact {path} of job {job}")
+            }
+        }
+    }
+}
+
+/// A child pipeline (`trigger: include:`), as the coordinator needs it.
+///
+/// **Contract.** The trigger job is scheduled like any job (stage, `needs`, `rules`, `when`)
+/// but never goes to a runner. When it starts, the coordinator:
+///
+/// 1. expands [`variables`](Self::variables) with the trigger job's variables (predefined
+///    ones included: `PARENT_PIPELINE_ID: $CI_PIPELINE_ID` becomes the parent's id);
+/// 2. takes the child's plan: [`pipeline`](Self::pipeline), made ahead of time, for a child
+///    that is not dynamic; for a dynamic one, [`crate::plan_child`] (parent context, this
+///    value, the expanded variables, a [`crate::FileSource`] over the parent's commit that
+///    also answers `artifact()` from the generating job's artifacts);
+/// 3. creates the child pipeline from that plan (same project, commit and ref; the plan's
+///    context says `CI_PIPELINE_SOURCE=parent_pipeline`); if planning failed (an error
+///    diagnostic) or the child has no jobs, the trigger job fails with the diagnostics as its
+///    reason; a child's own trigger jobs are handled the same way, one level deeper;
+/// 4. with a [`strategy`](Self::strategy), keeps the trigger job running until the child
+///    finishes and gives it the child's status (success, failed, canceled); without one,
+///    the trigger job succeeds once the child is created.
+///
+/// Canceling the parent cancels its children; retrying the trigger job creates a new child.
+/// In the child, a job's [`ExternalNeed::Pipeline`] (`needs:pipeline:job`) names a job of
+/// the parent (or a sibling) by pipeline id: the coordinator expands `pipeline` with that
+/// job's variables and gives it the named job's artifacts.
+///
+/// Archway's coordinator (`archway-server`, fed by `archway_api::plan`) does all of this,
+/// expanding in step 1 the trigger job's ids (`CI_PIPELINE_ID`, `CI_PIPELINE_IID`,
+/// `CI_JOB_ID`, `CI_JOB_NAME`, `CI_JOB_STAGE`) only; a dynamic child is planned from the
+/// generating job's artifact archive and the parent's source snapshot (the plan carries this
+/// value and the parent's context for it). `needs:pipeline:job` artifacts are not passed yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildPipeline {
+    /// The child's configuration, merged in this order (at most 3 entries).
+    pub include: Vec<ChildInclude>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<TriggerStrategy>,
+    pub forward: Forward,
+    /// The child's pipeline variables (highest precedence there): the trigger job's YAML
+    /// variables (if forwarded) and the parent's pipeline variables (if forwarded), values
+    /// expanded as far as the plan knows them; references to variables only the trigger job
+    /// knows at run time (`$CI_PIPELINE_ID`) are kept for the coordinator to expand.
+    pub variables: Vec<Variable>,
+    /// The child planned now; `None` for a dynamic child (an `artifact` include), a child
+    /// nested deeper than GitLab allows, or when planning it failed (see `not_planned`).
+    #[serde(default, skip_serializing_if = "Option::is_none", skip_deserializing)]
+    pub pipeline: Option<Box<Pipeline>>,
+    /// Why `pipeline` is `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_planned: Option<String>,
+}
+
+impl ChildPipeline {
+    /// Whether the child's configuration is generated by a job (an `artifact` include).
+    pub fn is_dynamic(&self) -> bool {
+        self.include
+            .iter()
+            .any(|i| matches!(i, ChildInclude::Artifact { .. }))
+    }
+
+    /// Whether the plan made ahead of time is the child as it will run: not dynamic, and no
+    /// variable passed down waits for a run-time value.
+    pub fn is_static(&self) -> bool {
+        self.pipeline.is_some()
+            && !self.is_dynamic()
+            && self.variables.iter().all(|v| !v.value.contains('$'))
+    }
+}
+
+/// A pipeline of another project (`trigger: project:` or `trigger: group/app`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProjectTrigger {
+    pub project: String,
+    /// The branch to run (default: the project's default branch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<TriggerStrategy>,
+    pub forward: Forward,
+    /// Passed down as that pipeline's variables (as for [`ChildPipeline::variables`]).
+    pub variables: Vec<Variable>,
+    /// That pipeline's inputs.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, serde_json::Value>,
 }
 
 /// A planned pipeline.
@@ -309,25 +567,32 @@ impl Pipeline {
         self.jobs.iter().find(|j| j.name == name)
     }
 
-    /// A readable summary: stages, jobs with their platform and edges.
+    /// A readable summary: stages, jobs with their platform and edges, child pipelines
+    /// indented under their trigger jobs.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
+        self.text_into(&mut out, "", false);
+        out
+    }
+
+    fn text_into(&self, out: &mut String, indent: &str, child: bool) {
         let kind = match self.format {
             SourceFormat::GitlabCi => "GitLab CI",
             SourceFormat::Codecatalyst => "CodeCatalyst workflow",
         };
-        let _ = writeln!(
-            out,
-            "{} ({kind}){}",
-            self.file,
-            self.name
-                .as_ref()
-                .map(|n| format!(": {n}"))
-                .unwrap_or_default()
-        );
+        let name = self
+            .name
+            .as_ref()
+            .map(|n| format!(": {n}"))
+            .unwrap_or_default();
+        if child {
+            let _ = writeln!(out, "{indent}child pipeline {}{name}", self.file);
+        } else {
+            let _ = writeln!(out, "{indent}{} ({kind}){name}", self.file);
+        }
         if !self.runs {
-            let _ = writeln!(out, "workflow:rules: no pipeline for this context");
-            return out;
+            let _ = writeln!(out, "{indent}workflow:rules: no pipeline for this context");
+            return;
         }
         let plural = |n: usize, w: &str| {
             if n == 1 {
@@ -338,7 +603,7 @@ impl Pipeline {
         };
         let _ = writeln!(
             out,
-            "{} in {}",
+            "{indent}{} in {}",
             plural(self.jobs.len(), "job"),
             plural(self.stages.len(), "stage")
         );
@@ -347,14 +612,17 @@ impl Pipeline {
             if jobs.is_empty() {
                 continue;
             }
-            let _ = writeln!(out, "stage {stage}");
+            let _ = writeln!(out, "{indent}stage {stage}");
             for j in jobs {
-                let mut line = format!("  {}", j.name);
+                let mut line = format!("{indent}  {}", j.name);
                 if let Some(p) = &j.platform {
                     line.push_str(&format!("  [{p}]"));
                 }
                 if !j.tags.is_empty() {
                     line.push_str(&format!("  tags: {}", j.tags.join(", ")));
+                }
+                if let Some(t) = &j.trigger {
+                    line.push_str(&format!("  trigger: {}", t.describe()));
                 }
                 if j.when != When::OnSuccess {
                     line.push_str(&format!("  when: {}", j.when.as_str()));
@@ -365,23 +633,41 @@ impl Pipeline {
                 let _ = writeln!(out, "{line}");
                 if !j.depends_on.is_empty() {
                     let via = if j.needs.is_some() { "needs" } else { "after" };
-                    let _ = writeln!(out, "    {via}: {}", j.depends_on.join(", "));
+                    let _ = writeln!(out, "{indent}    {via}: {}", j.depends_on.join(", "));
+                }
+                for n in &j.external_needs {
+                    let _ = writeln!(out, "{indent}    needs {}", n.describe());
+                }
+                if let Some(Trigger::Child(c)) = &j.trigger {
+                    let inner = format!("{indent}    ");
+                    match (&c.pipeline, &c.not_planned) {
+                        (Some(p), _) => p.text_into(out, &inner, true),
+                        (None, Some(why)) => {
+                            let _ = writeln!(out, "{inner}child pipeline not planned: {why}");
+                        }
+                        (None, None) => {}
+                    }
                 }
             }
         }
+    }
+
+    /// A Mermaid flowchart of the graph; a child pipeline is a subgraph its trigger job
+    /// points to (dotted), a dynamic child or another project's pipeline a single node.
+    pub fn to_mermaid(&self) -> String {
+        let mut out = String::from("flowchart LR\n");
+        self.mermaid_into(&mut out, "");
         out
     }
 
-    /// A Mermaid flowchart of the graph.
-    pub fn to_mermaid(&self) -> String {
-        let mut out = String::from("flowchart LR\n");
-        let id = |name: &str| {
-            let mut s = String::from("j_");
-            for c in name.chars() {
-                s.push(if c.is_ascii_alphanumeric() { c } else { '_' });
-            }
-            s
+    fn mermaid_into(&self, out: &mut String, prefix: &str) {
+        let sanitize = |name: &str| -> String {
+            name.chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect()
         };
+        let id = |name: &str| format!("{prefix}j_{}", sanitize(name));
+        let label = |s: &str| s.replace('"', "'");
         for stage in &self.stages {
             let jobs: Vec<&Job> = self.jobs.iter().filter(|j| &j.stage == stage).collect();
             if jobs.is_empty() {
@@ -391,14 +677,14 @@ impl Pipeline {
                 out,
                 "  subgraph {}[\"{}\"]",
                 id(&format!("stage {stage}")),
-                stage.replace('"', "'")
+                label(stage)
             );
             for j in jobs {
-                let label = match &j.platform {
+                let text = match &j.platform {
                     Some(p) => format!("{}<br/>{p}", j.name),
                     None => j.name.clone(),
                 };
-                let _ = writeln!(out, "    {}[\"{}\"]", id(&j.name), label.replace('"', "'"));
+                let _ = writeln!(out, "    {}[\"{}\"]", id(&j.name), label(&text));
             }
             let _ = writeln!(out, "  end");
         }
@@ -407,7 +693,78 @@ impl Pipeline {
                 let _ = writeln!(out, "  {} --> {}", id(d), id(&j.name));
             }
         }
-        out
+        for j in &self.jobs {
+            let Some(t) = &j.trigger else {
+                continue;
+            };
+            let target = format!("{prefix}t_{}", sanitize(&j.name));
+            match t {
+                Trigger::Child(c) if c.pipeline.is_some() => {
+                    if let Some(p) = &c.pipeline {
+                        let _ = writeln!(
+                            out,
+                            "  subgraph {target}[\"child pipeline {}\"]",
+                            label(&p.file)
+                        );
+                        p.mermaid_into(out, &format!("{target}_"));
+                        let _ = writeln!(out, "  end");
+                    }
+                }
+                _ => {
+                    let _ = writeln!(out, "  {target}[[\"{}\"]]", label(&t.describe()));
+                }
+            }
+            let _ = writeln!(out, "  {} -.-> {target}", id(&j.name));
+        }
+    }
+}
+
+impl Trigger {
+    /// A short description: `child pipeline ci/child.yml (strategy: depend)`, …
+    pub fn describe(&self) -> String {
+        let strategy = |s: &Option<TriggerStrategy>| match s {
+            Some(TriggerStrategy::Depend) => " (strategy: depend)",
+            Some(TriggerStrategy::Mirror) => " (strategy: mirror)",
+            None => "",
+        };
+        match self {
+            Trigger::Child(c) => {
+                let from: Vec<String> = c.include.iter().map(ChildInclude::describe).collect();
+                let kind = if c.is_dynamic() {
+                    "dynamic child pipeline"
+                } else {
+                    "child pipeline"
+                };
+                format!("{kind} {}{}", from.join(" + "), strategy(&c.strategy))
+            }
+            Trigger::Project(p) => format!(
+                "project {}{}{}",
+                p.project,
+                p.branch
+                    .as_ref()
+                    .map(|b| format!(" branch {b}"))
+                    .unwrap_or_default(),
+                strategy(&p.strategy)
+            ),
+        }
+    }
+}
+
+impl ExternalNeed {
+    /// A short description: `job build of pipeline $PARENT_PIPELINE_ID`, …
+    pub fn describe(&self) -> String {
+        match self {
+            ExternalNeed::Pipeline { pipeline, job, .. } => {
+                format!("job {job} of pipeline {pipeline}")
+            }
+            ExternalNeed::Project {
+                project,
+                job,
+                git_ref,
+                ..
+            } => format!("job {job} of project {project} (ref {git_ref})"),
+            ExternalNeed::Upstream { project } => format!("the upstream pipeline of {project}"),
+        }
     }
 }
 

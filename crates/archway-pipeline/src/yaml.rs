@@ -333,9 +333,26 @@ impl<'a> Loader<'a> {
     }
 }
 
+/// A pipeline file: the optional header document (`spec:` … `---`) and the configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Documents {
+    /// The first document when it holds `spec:` and another document follows it.
+    pub header: Option<Node>,
+    /// The configuration (null when the file is empty or holds only a header).
+    pub content: Node,
+    /// Warnings (duplicate keys).
+    pub warnings: Vec<Diagnostic>,
+}
+
 /// Parses a YAML document (or, for a `spec:` header plus `---`, the second document).
 /// Returns the root with any warnings.
 pub fn load(text: &str, file: &str) -> Result<(Node, Vec<Diagnostic>), Diagnostic> {
+    let docs = load_documents(text, file)?;
+    Ok((docs.content, docs.warnings))
+}
+
+/// Parses a pipeline file into its header (if any) and configuration documents.
+pub fn load_documents(text: &str, file: &str) -> Result<Documents, Diagnostic> {
     let mut loader = Loader {
         file,
         events: Parser::new_from_str(text),
@@ -368,10 +385,13 @@ pub fn load(text: &str, file: &str) -> Result<(Node, Vec<Diagnostic>), Diagnosti
             }
         }
     }
-    let root = match docs.len() {
-        0 => Node::new(Value::Null, Span::new(file, 1, 1)),
-        1 => docs.remove(0),
-        2 if docs[0].get("spec").is_some() => docs.remove(1),
+    let (header, content) = match docs.len() {
+        0 => (None, Node::new(Value::Null, Span::new(file, 1, 1))),
+        1 => (None, docs.remove(0)),
+        2 if docs[0].get("spec").is_some() => {
+            let content = docs.remove(1);
+            (Some(docs.remove(0)), content)
+        }
         _ => {
             return Err(Diagnostic::error(
                 &docs[1].span,
@@ -380,7 +400,77 @@ pub fn load(text: &str, file: &str) -> Result<(Node, Vec<Diagnostic>), Diagnosti
             .with_hint("only a `spec:` header may precede the `---` separator"));
         }
     };
-    Ok((root, loader.warnings))
+    Ok(Documents {
+        header,
+        content,
+        warnings: loader.warnings,
+    })
+}
+
+impl Node {
+    /// The value as JSON (mapping keys as text; tags dropped; non-finite numbers as null).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &self.value {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::Str(s) => J::String(s.clone()),
+            Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.scalar_text().unwrap_or_default(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// A JSON value as a node tree, every node at `span`.
+    pub fn from_json(v: &serde_json::Value, span: &Span) -> Node {
+        use serde_json::Value as J;
+        let value = match v {
+            J::Null => Value::Null,
+            J::Bool(b) => Value::Bool(*b),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Float(n.as_f64().unwrap_or(0.0)),
+            },
+            J::String(s) => Value::Str(s.clone()),
+            J::Array(items) => Value::Seq(items.iter().map(|i| Node::from_json(i, span)).collect()),
+            J::Object(m) => Value::Map(
+                m.iter()
+                    .map(|(k, v)| {
+                        (
+                            Node::new(Value::Str(k.clone()), span.clone()),
+                            Node::from_json(v, span),
+                        )
+                    })
+                    .collect(),
+            ),
+        };
+        Node::new(value, span.clone())
+    }
+
+    /// This node and everything under it moved to `span` (a value that lands somewhere else).
+    pub fn respanned(&self, span: &Span) -> Node {
+        let value = match &self.value {
+            Value::Seq(items) => Value::Seq(items.iter().map(|i| i.respanned(span)).collect()),
+            Value::Map(entries) => Value::Map(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.respanned(span), v.respanned(span)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        };
+        Node {
+            value,
+            span: span.clone(),
+            tag: self.tag.clone(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -466,5 +556,17 @@ mod tests {
         assert_eq!(w.len(), 1);
         let n = l("spec:\n  inputs: {}\n---\njob:\n  script: x\n");
         assert!(n.get("job").is_some());
+        let d = load_documents("spec:\n  inputs: {}\n---\njob:\n  script: x\n", "h.yml").unwrap();
+        assert!(d.header.unwrap().get("spec").is_some());
+        assert!(d.content.get("job").is_some());
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let n = l("a: [1, 2.5, \"x\", true, ~, {b: c}]\n");
+        let j = n.to_json();
+        assert_eq!(j.to_string(), r#"{"a":[1,2.5,"x",true,null,{"b":"c"}]}"#);
+        let back = Node::from_json(&j, &Span::new("t", 1, 1));
+        assert_eq!(back.to_json(), j);
     }
 }

@@ -1,10 +1,12 @@
 //! The data-driven corpus: every directory under `tests/corpus/` is one case.
 //!
 //! A case holds the pipeline file (`.gitlab-ci.yml`, or `.codecatalyst/workflows/*.yaml`), any
-//! files it includes, an optional `context.json` (branch, tag, source, variables,
+//! files it includes, an optional `context.json` (branch, tag, source, variables, inputs,
 //! changed_files; every file of the case counts as a repository file) and `expected.txt`: the
-//! diagnostics, the plan summary and every job as JSON. Run with `UPDATE_EXPECT=1` to
-//! rewrite the expectations, then review the diff.
+//! diagnostics, the plan summary and every job as JSON (a child pipeline's context left out).
+//! Files under `_remote/HOST/PATH` answer `include: remote: https://HOST/PATH`, files under
+//! `_templates/NAME` answer `include: template: NAME`; neither is a repository file. Run
+//! with `UPDATE_EXPECT=1` to rewrite the expectations, then review the diff.
 
 #![allow(clippy::unwrap_used)]
 
@@ -39,7 +41,35 @@ struct CaseContext {
     source: Option<String>,
     #[serde(default)]
     variables: BTreeMap<String, String>,
+    #[serde(default)]
+    inputs: BTreeMap<String, serde_json::Value>,
     changed_files: Option<Vec<String>>,
+}
+
+/// A case's file → its `MemoryFiles` key (`_remote/` and `_templates/` files are not
+/// repository files).
+fn memory_key(rel: &str) -> String {
+    if let Some(rest) = rel.strip_prefix("_remote/") {
+        format!("https://{rest}")
+    } else if let Some(rest) = rel.strip_prefix("_templates/") {
+        format!("template:{rest}")
+    } else {
+        rel.to_owned()
+    }
+}
+
+/// Spans, and child pipelines' contexts (they repeat the case's files), are left out of the
+/// expectation.
+fn drop_noise(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.remove("context");
+            m.remove("span");
+            m.values_mut().for_each(drop_noise);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_noise),
+        _ => {}
+    }
 }
 
 fn render(case: &Path) -> String {
@@ -66,7 +96,12 @@ fn render(case: &Path) -> String {
     let repo_files: Vec<String> = files
         .iter()
         .map(|(r, _)| r.clone())
-        .filter(|r| r != "expected.txt" && r != "context.json")
+        .filter(|r| {
+            r != "expected.txt"
+                && r != "context.json"
+                && !r.starts_with("_remote/")
+                && !r.starts_with("_templates/")
+        })
         .collect();
     let mut context = Context::push_to(ctx_file.branch.as_deref().unwrap_or("main"));
     if ctx_file.tag.is_some() {
@@ -77,11 +112,17 @@ fn render(case: &Path) -> String {
         context.source = s;
     }
     context.variables = ctx_file.variables;
+    context.inputs = ctx_file.inputs;
     context.changed_files = ctx_file.changed_files;
     context.repo_files = repo_files;
     let mem: HashMap<String, String> = files
         .iter()
-        .map(|(r, p)| (r.clone(), std::fs::read_to_string(p).unwrap_or_default()))
+        .map(|(r, p)| {
+            (
+                memory_key(r),
+                std::fs::read_to_string(p).unwrap_or_default(),
+            )
+        })
         .collect();
     let text = &mem[&main.0];
     let (pipeline, diags) =
@@ -98,7 +139,7 @@ fn render(case: &Path) -> String {
             out.push_str("== jobs\n");
             for j in &p.jobs {
                 let mut v = serde_json::to_value(j).unwrap();
-                v.as_object_mut().unwrap().remove("span");
+                drop_noise(&mut v);
                 out.push_str(&serde_json::to_string_pretty(&v).unwrap());
                 out.push('\n');
             }

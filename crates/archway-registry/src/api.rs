@@ -23,6 +23,8 @@ use crate::storage::{BlobContent, ByteStream};
 pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 pub const DOCKER_UPLOAD_UUID: &str = "docker-upload-uuid";
 pub const OCI_SUBJECT: &str = "oci-subject";
+/// A tag a push by digest applied (`?tag=`), one header per tag.
+pub const OCI_TAG: &str = "oci-tag";
 pub const OCI_FILTERS_APPLIED: &str = "oci-filters-applied";
 
 type ApiResult = Result<Response, ApiError>;
@@ -58,10 +60,25 @@ async fn handle(reg: Arc<Registry>, req: Request) -> ApiResult {
             get_manifest(&reg, &name, &reference, method == Method::HEAD).await
         }
         (&Method::PUT, Route::Manifest(name, reference)) => {
-            put_manifest(&reg, &name, &reference, req).await
+            put_manifest(&reg, &name, &reference, &query, req).await
         }
         (&Method::DELETE, Route::Manifest(name, reference)) => {
             delete_manifest(&reg, &name, &reference).await
+        }
+        // Neither a tag nor a digest: nothing can be stored under it, so there is nothing to
+        // read (distribution answers MANIFEST_UNKNOWN), and a push names an invalid tag.
+        (
+            &Method::GET | &Method::HEAD | &Method::DELETE,
+            Route::BadManifestReference(_, reference),
+        ) => Err(ApiError::manifest_unknown(reference)),
+        (&Method::PUT, Route::BadManifestReference(_, reference)) => {
+            if reference.contains(':') {
+                Err(ApiError::digest_invalid(format!(
+                    "`{reference}` is not a valid digest"
+                )))
+            } else {
+                Err(ApiError::tag_invalid(&reference))
+            }
         }
         (&Method::GET | &Method::HEAD, Route::Blob(name, digest)) => {
             get_blob(&reg, &name, &digest, req.headers(), method == Method::HEAD).await
@@ -307,6 +324,7 @@ async fn put_manifest(
     reg: &Registry,
     name: &RepoName,
     reference: &Reference,
+    query: &Query,
     req: Request,
 ) -> ApiResult {
     let limit = reg.config.max_manifest_size;
@@ -315,7 +333,23 @@ async fn put_manifest(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // `PUT /v2/<name>/manifests/<digest>?tag=<tag>&tag=…` (distribution-spec 1.1.1): push by
+    // digest and tag in one request. Every tag is checked before anything is stored.
+    let mut tags: Vec<&str> = Vec::new();
+    if let Reference::Tag(tag) = reference {
+        tags.push(tag);
+    }
+    for t in query.all("tag") {
+        if !archway_oci::reference::valid_tag(t) {
+            return Err(ApiError::tag_invalid(t));
+        }
+        if !tags.contains(&t) {
+            tags.push(t);
+        }
+    }
     let bytes = read_limited(req.into_body(), limit, "manifest").await?;
+    // The digest is in the client's algorithm: the one its URL names (sha512 stays sha512,
+    // with or without `?tag=`), sha256 for a push by tag.
     let algorithm = match reference {
         Reference::Digest(d) => d.algorithm(),
         Reference::Tag(_) => archway_oci::Algorithm::Sha256,
@@ -346,7 +380,7 @@ async fn put_manifest(
         d.annotations = parsed.annotations.clone();
         reg.storage.add_referrer(name, &subject.digest, &d).await?;
     }
-    if let Reference::Tag(tag) = reference {
+    for tag in &tags {
         reg.storage.set_tag(name, tag, &digest).await?;
         // Another replica may have deleted this manifest between our link and our tag (the
         // repository lock is per process): its delete removes tags before and after its
@@ -374,10 +408,19 @@ async fn put_manifest(
     if let Some(subject) = &parsed.subject {
         set(&mut r, OCI_SUBJECT, &subject.digest.to_string());
     }
+    if matches!(reference, Reference::Digest(_)) {
+        for tag in &tags {
+            if let Ok(v) = http::HeaderValue::from_str(tag) {
+                r.headers_mut().append(OCI_TAG, v);
+            }
+        }
+    }
     Ok(r)
 }
 
-/// Every blob and child manifest a manifest names must already be in the repository.
+/// Every blob and child manifest a manifest names must already be in the repository, unless
+/// the registry accepts sparse manifests (then the absent ones are skipped; present ones are
+/// still linked, re-stamped and size-checked).
 async fn verify_references(
     reg: &Registry,
     name: &RepoName,
@@ -395,6 +438,8 @@ async fn verify_references(
                 {
                     // A config pushed as a manifest (rare, but valid) is accepted too.
                     reg.storage.link_manifest(name, &blob.digest, &mt).await?;
+                } else if reg.config.allow_sparse {
+                    continue; // opted in: a manifest may name blobs this registry lacks
                 } else {
                     return Err(ApiError::manifest_blob_unknown(&blob.digest));
                 }
@@ -407,6 +452,9 @@ async fn verify_references(
         ManifestKind::Index => {
             for child in &parsed.manifests {
                 let Some(mt) = reg.storage.manifest_media_type(name, &child.digest).await? else {
+                    if reg.config.allow_sparse {
+                        continue; // opted in: an index may name children this registry lacks
+                    }
                     return Err(ApiError::manifest_blob_unknown(&child.digest));
                 };
                 reg.storage.link_manifest(name, &child.digest, &mt).await?;

@@ -432,6 +432,8 @@ pub struct Auth {
     service: String,
     realm: Option<String>,
     trusted_proxies: Vec<IpAddr>,
+    /// The registry itself serves HTTPS: the default realm is `https://`.
+    tls: bool,
     key: Hs256Key,
     /// Salt of the success cache's keys.
     cache_salt: [u8; 32],
@@ -589,6 +591,7 @@ impl Auth {
             service: service.into(),
             realm,
             trusted_proxies: Vec::new(),
+            tls: false,
             key: Hs256Key::new(&secret),
             cache_salt: rand::random(),
             verified: Mutex::new(HashMap::new()),
@@ -617,6 +620,13 @@ impl Auth {
     /// Proxies whose `X-Forwarded-Proto` and `X-Forwarded-For` are believed.
     pub fn with_trusted_proxies(mut self, proxies: Vec<IpAddr>) -> Self {
         self.trusted_proxies = proxies;
+        self
+    }
+
+    /// The registry serves HTTPS itself (`--tls-cert`): the default token realm is
+    /// `https://<Host>/token`.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -749,7 +759,7 @@ impl Auth {
                 .filter(|_| self.trusted(peer))
                 .map(str::trim)
                 .filter(|p| p.eq_ignore_ascii_case("https"))
-                .map_or("http", |_| "https");
+                .map_or(if self.tls { "https" } else { "http" }, |_| "https");
             format!("{proto}://{host}/token")
         });
         let mut c = format!(

@@ -93,6 +93,15 @@ impl ApiError {
         .with_detail(json!({ "reference": reference.to_string() }))
     }
 
+    pub fn tag_invalid(tag: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "TAG_INVALID",
+            "invalid tag: [A-Za-z0-9_][A-Za-z0-9._-]{0,127}",
+        )
+        .with_detail(json!({ "tag": tag }))
+    }
+
     pub fn name_invalid(name: &str) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,

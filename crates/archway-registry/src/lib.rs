@@ -72,6 +72,10 @@ pub struct RegistryConfig {
     /// `validation.manifests.urls.allow`); empty: no foreign layers.
     pub foreign_layer_urls: Vec<regex::Regex>,
     pub metrics_access: MetricsAccess,
+    /// Accept an index whose children, or a manifest whose blobs, this registry does not have
+    /// (`--allow-sparse`; the spec allows it, off by default): what mirroring one platform of
+    /// a multi-platform image under its original index digest needs.
+    pub allow_sparse: bool,
 }
 
 impl Default for RegistryConfig {
@@ -81,6 +85,7 @@ impl Default for RegistryConfig {
             upload_expiry: DEFAULT_UPLOAD_EXPIRY,
             foreign_layer_urls: Vec::new(),
             metrics_access: MetricsAccess::Open,
+            allow_sparse: false,
         }
     }
 }

@@ -19,6 +19,10 @@ pub enum Route {
     Tags(RepoName),
     /// `/v2/<name>/manifests/<reference>`
     Manifest(RepoName, Reference),
+    /// `/v2/<name>/manifests/<reference>` whose reference is neither a valid tag nor a digest:
+    /// a read finds no such manifest (404 `MANIFEST_UNKNOWN`, as distribution answers), a push
+    /// names an invalid tag (400 `TAG_INVALID`) or digest (400 `DIGEST_INVALID`).
+    BadManifestReference(RepoName, String),
     /// `/v2/<name>/blobs/<digest>`
     Blob(RepoName, Digest),
     /// `/v2/<name>/blobs/uploads/`
@@ -36,7 +40,7 @@ impl Route {
             Route::Base => "base",
             Route::Catalog => "catalog",
             Route::Tags(_) => "tags",
-            Route::Manifest(..) => "manifest",
+            Route::Manifest(..) | Route::BadManifestReference(..) => "manifest",
             Route::Blob(..) => "blob",
             Route::UploadStart(_) | Route::Upload(..) => "upload",
             Route::Referrers(..) => "referrers",
@@ -49,6 +53,7 @@ impl Route {
             Route::Base | Route::Catalog => None,
             Route::Tags(n)
             | Route::Manifest(n, _)
+            | Route::BadManifestReference(n, _)
             | Route::Blob(n, _)
             | Route::UploadStart(n)
             | Route::Upload(n, _)
@@ -98,16 +103,10 @@ impl Route {
         match kind {
             "manifests" => {
                 let n = name(n)?;
-                let reference = Reference::parse(last).ok_or_else(|| {
-                    if last.contains(':') {
-                        ApiError::digest_invalid(format!("`{last}` is not a valid digest"))
-                    } else {
-                        ApiError::manifest_invalid(format!(
-                            "`{last}` is neither a tag ([A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}) nor a digest"
-                        ))
-                    }
-                })?;
-                Ok(Some(Route::Manifest(n, reference)))
+                Ok(Some(match Reference::parse(last) {
+                    Some(reference) => Route::Manifest(n, reference),
+                    None => Route::BadManifestReference(n, last.to_owned()),
+                }))
             }
             "blobs" => Ok(Some(Route::Blob(name(n)?, digest(last)?))),
             "referrers" => Ok(Some(Route::Referrers(name(n)?, digest(last)?))),
@@ -171,8 +170,15 @@ mod tests {
         let code = |p: &str| Route::parse(p).unwrap_err().code;
         assert_eq!(code("/v2/A/tags/list"), "NAME_INVALID");
         assert_eq!(code("/v2/a/blobs/sha256:zz"), "DIGEST_INVALID");
-        assert_eq!(code("/v2/a/manifests/sha256:zz"), "DIGEST_INVALID");
-        assert_eq!(code("/v2/a/manifests/-bad"), "MANIFEST_INVALID");
+        // A manifest reference that is neither a tag nor a digest is decided by the method.
+        assert_eq!(
+            ok("/v2/a/manifests/sha256:zz"),
+            Route::BadManifestReference(repo("a"), "sha256:zz".into())
+        );
+        assert_eq!(
+            ok("/v2/a/manifests/-bad"),
+            Route::BadManifestReference(repo("a"), "-bad".into())
+        );
         assert_eq!(Route::parse("/v3/").unwrap(), None);
         assert_eq!(Route::parse("/v2/a/unknown/x").unwrap(), None);
         assert_eq!(Route::parse("/v2x").unwrap(), None);

@@ -370,6 +370,8 @@ impl JobContext {
             }
         ));
         let _ = std::fs::remove_dir_all(&self.work_dir);
+        let dotenv = Arc::new(Mutex::new(Vec::new()));
+        let tests = Arc::new(Mutex::new(None));
         let result = match std::fs::create_dir_all(&self.work_dir) {
             Err(e) => {
                 sink.note(&format!("cannot create the job directory: {e}"));
@@ -384,6 +386,8 @@ impl JobContext {
                     cancel: cancel.clone(),
                     work_dir: self.work_dir.clone(),
                     api: self.api.clone(),
+                    dotenv: dotenv.clone(),
+                    tests: tests.clone(),
                 };
                 // A fenced attempt (lease lost while we could not reach the server, or the
                 // job canceled meanwhile) stops at once.
@@ -430,6 +434,8 @@ impl JobContext {
                 reason: None,
                 log_bytes,
                 log_tail: None,
+                dotenv: Vec::new(),
+                tests: None,
             },
             (ExecResult::Success, _) => FinishAttempt {
                 outcome: AttemptOutcome::Success,
@@ -437,6 +443,8 @@ impl JobContext {
                 reason: None,
                 log_bytes,
                 log_tail: None,
+                dotenv: Vec::new(),
+                tests: None,
             },
             (ExecResult::Canceled, _) => FinishAttempt {
                 outcome: AttemptOutcome::Canceled,
@@ -444,6 +452,8 @@ impl JobContext {
                 reason: None,
                 log_bytes,
                 log_tail: None,
+                dotenv: Vec::new(),
+                tests: None,
             },
             (ExecResult::Failed { exit_code, reason }, _) => FinishAttempt {
                 outcome: AttemptOutcome::Failed,
@@ -451,9 +461,18 @@ impl JobContext {
                 reason: Some(reason),
                 log_bytes,
                 log_tail: None,
+                dotenv: Vec::new(),
+                tests: None,
             },
         };
         report.log_tail = log_tail;
+        if report.outcome != AttemptOutcome::HandedBack {
+            report.dotenv = dotenv
+                .lock()
+                .map(|mut d| std::mem::take(&mut *d))
+                .unwrap_or_default();
+            report.tests = tests.lock().ok().and_then(|mut t| t.take());
+        }
         let outcome = report.outcome;
         if !fenced.is_cancelled() {
             let mut failures = 0;

@@ -67,6 +67,18 @@ pub struct RunnerConfig {
     pub drain_deadline_secs: u64,
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// Registry mirrors for job and service images, `REGISTRY=HOST[/PREFIX]`
+    /// (e.g. `docker.io=mirror.internal:5000/hub`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_mirrors: Vec<String>,
+    /// Serve Kaniko, docker, podman, buildah and manifest-tool job images with Archway's own
+    /// commands (the toolbox); `false` pulls and runs the real images.
+    #[serde(default = "yes")]
+    pub toolbox: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> u32 {
@@ -217,6 +229,8 @@ mod tests {
             executor: "sandbox".into(),
             drain_deadline_secs: 90,
             insecure_registries: vec![],
+            registry_mirrors: vec![],
+            toolbox: true,
         };
         c.save(&path).unwrap();
         use std::os::unix::fs::PermissionsExt;

@@ -99,6 +99,10 @@ pub struct JobIo {
     pub work_dir: PathBuf,
     /// The runner's API client with this attempt's job token (to fetch the source).
     pub api: archway_api::ApiClient,
+    /// Variables of the job's `artifacts:reports:dotenv` files, sent with its end report.
+    pub dotenv: Arc<Mutex<Vec<archway_api::VarDef>>>,
+    /// The job's JUnit reports, summarised, sent with its end report.
+    pub tests: Arc<Mutex<Option<archway_api::TestSummary>>>,
 }
 
 /// Runs jobs.

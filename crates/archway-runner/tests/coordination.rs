@@ -25,6 +25,8 @@ struct Harness {
     admin_token: String,
     registration: String,
     _dir: tempfile::TempDir,
+    server: std::sync::Arc<Server>,
+    data_dir: std::path::PathBuf,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -61,6 +63,7 @@ async fn start_in(
     dir: tempfile::TempDir,
 ) -> Harness {
     config.poll_wait = Duration::from_secs(2);
+    let data_dir = config.data_dir.clone();
     let (server, boot) = Server::open(config).await.unwrap();
     let (admin_token, registration_token) = match (boot, tokens) {
         (Some(b), _) => (b.admin_token, b.registration_token),
@@ -81,6 +84,8 @@ async fn start_in(
         url,
         registration: registration_token,
         _dir: dir,
+        server,
+        data_dir,
         shutdown: Some(tx),
     }
 }
@@ -226,23 +231,8 @@ fn job(name: &str, stage: &str) -> JobDefinition {
     JobDefinition {
         name: name.into(),
         stage: stage.into(),
-        image: None,
-        before_script: vec![],
         script: vec!["true".into()],
-        after_script: vec![],
-        variables: vec![],
-        tags: vec![],
-        platform: None,
-        needs: None,
-        when: When::OnSuccess,
-        start_in_secs: None,
-        allow_failure: false,
-        allow_failure_exit_codes: vec![],
-        retry_max: 0,
-        retry_when: vec![],
-        timeout_secs: None,
-        interruptible: false,
-        resource_group: None,
+        ..JobDefinition::default()
     }
 }
 
@@ -260,6 +250,7 @@ fn pipeline(stages: &[&str], jobs: Vec<JobDefinition>) -> SubmitPipeline {
         variables: vec![],
         masked: vec![],
         secrets: Default::default(),
+        file_variables: vec![],
     }
 }
 
@@ -419,6 +410,8 @@ async fn a_dead_runners_job_is_requeued_elsewhere_and_its_late_reports_are_refus
                 reason: None,
                 log_bytes: 0,
                 log_tail: None,
+                dotenv: Vec::new(),
+                tests: None,
             },
         )
         .await
@@ -1064,6 +1057,8 @@ async fn a_finished_attempts_log_moves_to_the_archive_and_reads_the_same(b: Back
                 reason: None,
                 log_bytes: 0,
                 log_tail: None,
+                dotenv: vec![],
+                tests: None,
             },
         )
         .await
@@ -1079,6 +1074,244 @@ async fn a_finished_attempts_log_moves_to_the_archive_and_reads_the_same(b: Back
     }
     let log = h.log(job_id(&p, "silent")).await;
     assert!(log.contains("[archway] attempt 1 success"), "{log}");
+}
+
+/// A trigger job of a child pipeline with `jobs` (`depend`: it takes the child's status).
+fn trigger_job(name: &str, stage: &str, depend: bool, jobs: Vec<JobDefinition>) -> JobDefinition {
+    let mut j = job(name, stage);
+    j.script = vec![];
+    j.trigger = Some(Box::new(archway_api::TriggerDefinition {
+        depend,
+        file: format!("ci/{name}.yml"),
+        stages: vec!["build".into(), "test".into()],
+        jobs,
+        variables: vec![],
+        dynamic: None,
+    }));
+    j
+}
+
+async fn child_pipelines_run_and_a_depend_trigger_job_waits_for_its_child(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
+    let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
+    r.exec.act(
+        "nowait-child-job",
+        Act {
+            result: ExecResult::Failed {
+                exit_code: Some(1),
+                reason: archway_api::FailureReason::ScriptFailure,
+            },
+            ..Act::default()
+        },
+    );
+    // The child's jobs hold the variable passed down as planned (`$CI_PIPELINE_ID`, the
+    // parent's id once the trigger job starts); a child job's own use of it is its own.
+    let passed = archway_api::VarDef {
+        name: "PARENT_PIPELINE_ID".into(),
+        value: "$CI_PIPELINE_ID".into(),
+    };
+    let mut child_build = job("child-build", "build");
+    child_build.variables = vec![
+        passed.clone(),
+        archway_api::VarDef {
+            name: "OWN_ID".into(),
+            value: "$CI_PIPELINE_ID".into(),
+        },
+    ];
+    let mut child_test = job("child-test", "test");
+    child_test.variables = vec![passed.clone()];
+    let mut depend = trigger_job("depend", "test", true, vec![child_build, child_test]);
+    depend.trigger.as_mut().unwrap().variables = vec![passed];
+    let nowait = trigger_job(
+        "nowait",
+        "test",
+        false,
+        vec![job("nowait-child-job", "build")],
+    );
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(
+            &["build", "test", "deploy"],
+            vec![
+                job("build", "build"),
+                depend,
+                nowait,
+                job("deploy", "deploy"),
+            ],
+        ))
+        .await
+        .unwrap();
+    let done = h.wait_pipeline(p.id, T).await;
+    assert_eq!(done.status, PipelineStatus::Success, "{done:#?}");
+    let view = |n: &str| done.jobs.iter().find(|j| j.name == n).unwrap().clone();
+    // Trigger jobs never reach a runner; each created one child pipeline.
+    let ran = r.exec.names();
+    assert!(
+        !ran.iter().any(|n| n == "depend" || n == "nowait"),
+        "{ran:?}"
+    );
+    assert_eq!(ran.first().map(String::as_str), Some("build"));
+    assert_eq!(ran.last().map(String::as_str), Some("deploy"));
+    let depend = view("depend");
+    assert_eq!(depend.status, JobStatus::Success);
+    assert!(depend.attempts.is_empty());
+    let child = h
+        .admin
+        .pipeline(depend.downstream_pipeline_id.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(child.parent_job_id, Some(depend.id));
+    assert_eq!(child.status, PipelineStatus::Success);
+    assert_eq!(
+        (child.project.as_str(), child.sha.as_str()),
+        ("team/app", "0123456789abcdef")
+    );
+    assert_eq!(child.file, "ci/depend.yml");
+    // `depend` finished only after its child did, and `deploy` started after that.
+    let child_end = child
+        .jobs
+        .iter()
+        .filter_map(|j| j.finished_at_ms)
+        .max()
+        .unwrap();
+    assert!(depend.finished_at_ms.unwrap() >= child_end);
+    assert!(view("deploy").started_at_ms.unwrap() >= depend.finished_at_ms.unwrap());
+    let runs = r.exec.runs.lock().unwrap().clone();
+    let payload = |n: &str| runs.iter().find(|j| j.name == n).unwrap().clone();
+    let parent_id = p.id.to_string();
+    let child_id = child.id.to_string();
+    assert_eq!(
+        payload("child-build").var("PARENT_PIPELINE_ID"),
+        Some(parent_id.as_str())
+    );
+    assert_eq!(
+        payload("child-test").var("PARENT_PIPELINE_ID"),
+        Some(parent_id.as_str())
+    );
+    assert_eq!(
+        payload("child-build").var("CI_PIPELINE_ID"),
+        Some(child_id.as_str())
+    );
+    assert_eq!(
+        payload("child-build").var("OWN_ID"),
+        Some(child_id.as_str())
+    );
+    // Without `strategy: depend`, the trigger job succeeded once its child was created,
+    // and the child's failure stays the child's.
+    let nowait = view("nowait");
+    assert_eq!(nowait.status, JobStatus::Success);
+    let nowait_child = h
+        .admin
+        .pipeline(nowait.downstream_pipeline_id.unwrap())
+        .await
+        .unwrap();
+    let nowait_child = h.wait_pipeline(nowait_child.id, T).await;
+    assert_eq!(nowait_child.status, PipelineStatus::Failed);
+    r.task.abort();
+}
+
+async fn a_failed_child_fails_its_depend_trigger_job_until_retried(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
+    let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
+    r.exec.act(
+        "child-fails",
+        Act {
+            result: ExecResult::Failed {
+                exit_code: Some(2),
+                reason: archway_api::FailureReason::ScriptFailure,
+            },
+            ..Act::default()
+        },
+    );
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(
+            &["test", "deploy"],
+            vec![
+                trigger_job("depend", "test", true, vec![job("child-fails", "test")]),
+                trigger_job("empty", "test", false, vec![]),
+                job("deploy", "deploy"),
+            ],
+        ))
+        .await
+        .unwrap();
+    let done = h.wait_pipeline(p.id, T).await;
+    assert_eq!(done.status, PipelineStatus::Failed, "{done:#?}");
+    let view = |p: &PipelineView, n: &str| p.jobs.iter().find(|j| j.name == n).unwrap().clone();
+    let depend = view(&done, "depend");
+    assert_eq!(depend.status, JobStatus::Failed);
+    assert_eq!(view(&done, "deploy").status, JobStatus::Skipped);
+    // A child with no job to run fails its trigger job, as in GitLab.
+    let empty = view(&done, "empty");
+    assert_eq!(empty.status, JobStatus::Failed);
+    assert_eq!(
+        empty.failure_reason,
+        Some(archway_api::FailureReason::DownstreamPipelineCreationFailed)
+    );
+    assert_eq!(empty.downstream_pipeline_id, None);
+    // Retrying the trigger job creates a new child; it fails again, and so does the job.
+    let first_child = depend.downstream_pipeline_id.unwrap();
+    h.admin.job_action(depend.id, "retry").await.unwrap();
+    let again = h.wait_pipeline(p.id, T).await;
+    let depend = view(&again, "depend");
+    assert_eq!(depend.status, JobStatus::Failed);
+    assert!(depend.downstream_pipeline_id.unwrap() > first_child);
+    assert_eq!(
+        r.exec
+            .names()
+            .iter()
+            .filter(|n| *n == "child-fails")
+            .count(),
+        2
+    );
+    r.task.abort();
+}
+
+async fn canceling_the_parent_cancels_its_child_pipeline(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(5)).await else {
+        return;
+    };
+    let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
+    r.exec.act(
+        "child-slow",
+        Act {
+            duration: Duration::from_secs(3600),
+            ..Act::default()
+        },
+    );
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(
+            &["test", "deploy"],
+            vec![
+                trigger_job("depend", "test", true, vec![job("child-slow", "build")]),
+                job("deploy", "deploy"),
+            ],
+        ))
+        .await
+        .unwrap();
+    let depend = h
+        .wait_job(job_id(&p, "depend"), JobStatus::Running, T)
+        .await;
+    let child = h
+        .admin
+        .pipeline(depend.downstream_pipeline_id.unwrap())
+        .await
+        .unwrap();
+    h.wait_job(job_id(&child, "child-slow"), JobStatus::Running, T)
+        .await;
+    h.admin.cancel_pipeline(p.id).await.unwrap();
+    let child = h.wait_pipeline(child.id, T).await;
+    assert_eq!(child.status, PipelineStatus::Canceled, "{child:#?}");
+    assert_eq!(child.jobs[0].status, JobStatus::Canceled);
+    let done = h.wait_pipeline(p.id, T).await;
+    assert_eq!(done.status, PipelineStatus::Canceled, "{done:#?}");
+    assert!(done.jobs.iter().all(|j| j.status == JobStatus::Canceled));
+    r.task.abort();
 }
 
 /// Each scenario as a test on both databases.
@@ -1103,8 +1336,180 @@ macro_rules! on_both_databases {
     };
 }
 
+async fn artifacts_are_read_only_within_their_pipeline_and_only_a_running_attempt_sets_them(
+    b: Backend,
+) {
+    let Some(h) = start(b, Duration::from_secs(30)).await else {
+        return;
+    };
+    let a = h.runner("a", &[], &[("linux/amd64", false)], true).await;
+    let hold = Act {
+        output: vec![],
+        duration: Duration::from_secs(3600),
+        result: ExecResult::Success,
+    };
+    a.exec.act("one", hold.clone());
+    a.exec.act("two", hold);
+    let p1 = h
+        .admin
+        .submit_pipeline(&pipeline(&["build"], vec![job("one", "build")]))
+        .await
+        .unwrap();
+    // On another branch (a newer pipeline on the same branch would cancel the first).
+    let mut other = pipeline(&["build"], vec![job("two", "build")]);
+    other.git_ref = "feature".into();
+    let p2 = h.admin.submit_pipeline(&other).await.unwrap();
+    let (one, two) = (job_id(&p1, "one"), job_id(&p2, "two"));
+    h.wait_job(one, JobStatus::Running, T).await;
+    h.wait_job(two, JobStatus::Running, T).await;
+    // The server says running once it handed the job out; the executor records it a moment
+    // later.
+    let deadline = Instant::now() + T;
+    while a.exec.runs.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the runner never started both jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let runs = a.exec.runs.lock().unwrap().clone();
+    let pay = |name: &str| runs.iter().find(|r| r.name == name).unwrap().clone();
+    let (p_one, p_two) = (pay("one"), pay("two"));
+    let t_one = ApiClient::new(&h.url, Some(p_one.token.clone())).unwrap();
+    let t_two = ApiClient::new(&h.url, Some(p_two.token.clone())).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.tar.gz");
+    let data = b"artifact bytes".to_vec();
+    std::fs::write(&file, &data).unwrap();
+    let digest = archway_oci::Digest::sha256(&data).to_string();
+    let open = || async { tokio::fs::File::open(&file).await.unwrap() };
+    // Bytes that do not hash to the digest are refused, and nothing is recorded.
+    let wrong = archway_oci::Digest::sha256(b"other").to_string();
+    let e = t_one
+        .upload_artifacts(p_one.attempt_id, &wrong, open().await, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+    assert!(h.admin.job(one).await.unwrap().artifacts.is_none());
+    // One attempt's token cannot store artifacts for another attempt.
+    let e = t_two
+        .upload_artifacts(p_one.attempt_id, &digest, open().await, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::Forbidden(_)), "{e:?}");
+    t_one
+        .upload_artifacts(p_one.attempt_id, &digest, open().await, Some(3600))
+        .await
+        .unwrap();
+    let view = h.admin.job(one).await.unwrap().artifacts.unwrap();
+    assert_eq!(view.digest, digest);
+    assert_eq!(view.size, data.len() as u64);
+    // A job of another pipeline cannot read them; the job's own pipeline and admins can.
+    let e = match t_two.fetch_artifacts(one).await {
+        Err(e) => e,
+        Ok(_) => panic!("another pipeline's job token read the artifacts"),
+    };
+    assert!(matches!(e, ApiError::Forbidden(_)), "{e:?}");
+    use futures_util::StreamExt as _;
+    let mut got = Vec::new();
+    let mut s = t_one.fetch_artifacts(one).await.unwrap();
+    while let Some(c) = s.next().await {
+        got.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(got, data);
+    assert!(h.admin.job_artifacts(one).await.is_ok());
+    // Once the attempt is over, its token sets nothing.
+    h.admin.cancel_pipeline(p1.id).await.unwrap();
+    h.wait_job(one, JobStatus::Canceled, T).await;
+    let e = t_one
+        .upload_artifacts(p_one.attempt_id, &digest, open().await, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApiError::Unauthorized(_) | ApiError::Fenced(_) | ApiError::Forbidden(_)
+        ),
+        "{e:?}"
+    );
+    h.admin.cancel_pipeline(p2.id).await.unwrap();
+}
+
+async fn expired_artifacts_are_swept_and_readers_are_told_they_expired(b: Backend) {
+    let Some(h) = start(b, Duration::from_secs(30)).await else {
+        return;
+    };
+    let a = h.runner("a", &[], &[("linux/amd64", false)], true).await;
+    a.exec.act(
+        "one",
+        Act {
+            output: vec![],
+            duration: Duration::from_secs(3600),
+            result: ExecResult::Success,
+        },
+    );
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(&["build"], vec![job("one", "build")]))
+        .await
+        .unwrap();
+    let one = job_id(&p, "one");
+    h.wait_job(one, JobStatus::Running, T).await;
+    let deadline = Instant::now() + T;
+    while a.exec.runs.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the runner never started the job"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pay = a.exec.runs.lock().unwrap()[0].clone();
+    let t = ApiClient::new(&h.url, Some(pay.token.clone())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.tar.gz");
+    let data = b"short-lived artifact".to_vec();
+    std::fs::write(&file, &data).unwrap();
+    let digest = archway_oci::Digest::sha256(&data).to_string();
+    t.upload_artifacts(
+        pay.attempt_id,
+        &digest,
+        tokio::fs::File::open(&file).await.unwrap(),
+        Some(1),
+    )
+    .await
+    .unwrap();
+    let stored = || {
+        std::fs::read_dir(h.data_dir.join("artifacts/sha256"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(stored(), 1);
+    // Within its grace an unreferenced archive stays; nothing has expired yet.
+    assert_eq!(
+        h.server
+            .sweep_artifacts(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        (0, 0)
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        h.server.sweep_artifacts(Duration::ZERO).await.unwrap(),
+        (1, 1)
+    );
+    assert_eq!(stored(), 0);
+    let e = match h.admin.job_artifacts(one).await {
+        Err(e) => e,
+        Ok(_) => panic!("expired artifacts were served"),
+    };
+    assert!(e.to_string().contains("have expired"), "{e}");
+    h.admin.cancel_pipeline(p.id).await.unwrap();
+}
+
 on_both_databases!(
     a_finished_attempts_log_moves_to_the_archive_and_reads_the_same,
+    expired_artifacts_are_swept_and_readers_are_told_they_expired,
     jobs_land_on_the_runner_of_their_architecture_in_stage_order,
     a_job_without_a_fitting_runner_waits_and_says_why,
     a_dead_runners_job_is_requeued_elsewhere_and_its_late_reports_are_refused,
@@ -1116,5 +1521,9 @@ on_both_databases!(
     a_resource_group_runs_one_job_at_a_time,
     a_newer_pipeline_cancels_an_older_interruptible_one,
     delayed_jobs_start_after_their_delay_or_when_played,
-    log_appends_are_idempotent_and_the_stored_log_is_capped
+    log_appends_are_idempotent_and_the_stored_log_is_capped,
+    artifacts_are_read_only_within_their_pipeline_and_only_a_running_attempt_sets_them,
+    child_pipelines_run_and_a_depend_trigger_job_waits_for_its_child,
+    a_failed_child_fails_its_depend_trigger_job_until_retried,
+    canceling_the_parent_cancels_its_child_pipeline
 );

@@ -138,6 +138,7 @@ fn walk(
                     mode: 0o644,
                     uid: 0,
                     gid: 0,
+                    mtime: None,
                 },
             );
         } else if ft.is_dir() {
@@ -148,6 +149,7 @@ fn walk(
                     mode,
                     uid,
                     gid,
+                    mtime: None,
                 },
             );
             if is_opaque(&path) {
@@ -158,6 +160,7 @@ fn walk(
                         mode: 0o644,
                         uid: 0,
                         gid: 0,
+                        mtime: None,
                     },
                 );
             }
@@ -170,6 +173,7 @@ fn walk(
                     mode: 0o777,
                     uid,
                     gid,
+                    mtime: None,
                 },
             );
         } else if ft.is_file() {
@@ -180,6 +184,7 @@ fn walk(
                     mode,
                     uid,
                     gid,
+                    mtime: None,
                 },
             );
         } else {

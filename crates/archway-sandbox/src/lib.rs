@@ -3,12 +3,16 @@
 //! back as a layer), an OCI runtime (crun or runc) in private namespaces, the image's own users,
 //! bind/tmpfs mounts, no network or the host's, a time limit, output as it arrives, and qemu-user
 //! for foreign architectures. As root or rootless (a user namespace that maps the caller to root).
+//! A run can also be long-lived and entered by other processes while it goes on (see
+//! [`running`]: `exec`, status, signals), as a dev environment's containers are.
 
 pub mod binfmt;
 pub mod changes;
 pub mod doctor;
+pub mod running;
 pub mod runtime;
 pub mod spec;
+pub mod userns;
 pub mod users;
 
 use std::collections::BTreeMap;
@@ -20,6 +24,7 @@ use archway_oci::Platform;
 use archway_oci::layer::LayerEntry;
 
 pub use binfmt::Emulation;
+pub use running::{ContainerStatus, Exec, ExecStdio, ProcessId, RunningHandle};
 pub use runtime::{
     Exit, Launch, OciRuntime, RecordedLaunch, RecordingRuntime, Runtime, RuntimeKind,
 };
@@ -45,6 +50,13 @@ pub enum SandboxError {
     Start { what: String, message: String },
     #[error("{runtime} failed: {message}")]
     Runtime { runtime: String, message: String },
+    /// The run a [`RunningHandle`] names has ended.
+    #[error("container {id} is not running")]
+    NotRunning { id: String },
+    /// The runtime could not start a process in a running container (no such program, bad
+    /// working directory or user).
+    #[error("{runtime} could not run the command: {message}")]
+    Exec { runtime: String, message: String },
     #[error("{context}")]
     Io {
         context: String,
@@ -98,6 +110,9 @@ pub struct Outcome {
 }
 
 const TAIL: usize = 64 * 1024;
+
+/// Told the container id and the canonical root filesystem just before the runtime starts.
+type OnPrepared<'a> = dyn Fn(&str, &Path) + Sync + 'a;
 const HOSTNAME: &str = "archway";
 
 /// Runs processes through one runtime.
@@ -105,16 +120,22 @@ const HOSTNAME: &str = "archway";
 pub struct Sandbox {
     runtime: Arc<dyn Runtime>,
     rootless: bool,
+    /// Rootless by a namespace of our own (`unshare --map-root-user`); off when this process
+    /// is already root of a user namespace (subordinate ids, or a container).
+    map_root: bool,
     binfmt_dir: PathBuf,
     host: Platform,
 }
 
 impl Sandbox {
-    /// A sandbox over `runtime`; rootless when we are not root.
+    /// A sandbox over `runtime`; rootless when we are not root, or root only of a user
+    /// namespace (then runs stay in that namespace: with subordinate ids it maps many users).
     pub fn new(runtime: Arc<dyn Runtime>) -> Sandbox {
+        let root = rustix::process::geteuid().is_root();
         Sandbox {
             runtime,
-            rootless: !rustix::process::geteuid().is_root(),
+            rootless: !root || userns::in_user_namespace(),
+            map_root: !root,
             binfmt_dir: PathBuf::from(binfmt::BINFMT_DIR),
             host: Platform::host(),
         }
@@ -128,6 +149,7 @@ impl Sandbox {
 
     pub fn with_rootless(mut self, rootless: bool) -> Sandbox {
         self.rootless = rootless;
+        self.map_root = rootless;
         self
     }
 
@@ -173,6 +195,19 @@ impl Sandbox {
         on_output: &(dyn Fn(&str) + Sync),
         cancel: Option<&std::sync::atomic::AtomicBool>,
     ) -> Result<Outcome, SandboxError> {
+        self.run_inner(spec, on_output, cancel, None, None)
+    }
+
+    /// The run itself; `on_spawn` gets the runtime's outermost pid, `on_prepared` the
+    /// container id and the canonical root filesystem before the runtime starts.
+    fn run_inner(
+        &self,
+        spec: &RunSpec<'_>,
+        on_output: &(dyn Fn(&str) + Sync),
+        cancel: Option<&std::sync::atomic::AtomicBool>,
+        on_spawn: Option<&(dyn Fn(u32) + Sync)>,
+        on_prepared: Option<&OnPrepared<'_>>,
+    ) -> Result<Outcome, SandboxError> {
         self.check_platform(spec.platform)?;
         let identity = users::resolve(spec.rootfs, &spec.user).map_err(SandboxError::User)?;
         let mut env = spec.env.clone();
@@ -209,11 +244,14 @@ impl Sandbox {
                 m => m.clone(),
             });
         }
-        mounts.push(ExtraMount::Bind {
-            host: hosts,
-            target: "/etc/hosts".into(),
-            readonly: true,
-        });
+        // A caller's own `/etc/hosts` (a CI job's service aliases) replaces the generated one.
+        if !spec.mounts.iter().any(|m| m.target() == "/etc/hosts") {
+            mounts.push(ExtraMount::Bind {
+                host: hosts,
+                target: "/etc/hosts".into(),
+                readonly: true,
+            });
+        }
         if spec.network == Network::Host && Path::new("/etc/resolv.conf").exists() {
             mounts.push(ExtraMount::Bind {
                 host: "/etc/resolv.conf".into(),
@@ -239,6 +277,9 @@ impl Sandbox {
             .map_err(|e| SandboxError::Spec(e.to_string()))?;
 
         let id = format!("archway-{}", uuid::Uuid::new_v4().simple());
+        if let Some(f) = on_prepared {
+            f(&id, &rootfs);
+        }
         let state = Mutex::new(LineState::default());
         let emit = |bytes: &[u8]| {
             let Ok(mut s) = state.lock() else { return };
@@ -251,8 +292,10 @@ impl Sandbox {
                     id: &id,
                     dir,
                     rootless: self.rootless,
+                    map_root: self.map_root,
                     timeout: spec.timeout,
                     cancel,
+                    on_spawn,
                 },
                 &emit,
             )

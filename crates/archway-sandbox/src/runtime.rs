@@ -38,17 +38,37 @@ impl RuntimeKind {
 }
 
 /// One run, as the runtime sees it.
-#[derive(Debug)]
 pub struct Launch<'a> {
     /// The container id (unique per run).
     pub id: &'a str,
     /// The run directory (layout above).
     pub dir: &'a Path,
-    /// Run inside a new user namespace mapping the caller to root.
+    /// Run in a user namespace (overlay with `userxattr`): a new one mapping the caller to
+    /// root when [`Launch::map_root`], else the one this process is in already.
     pub rootless: bool,
+    /// With `rootless`: create the user namespace (`unshare --user --map-root-user`). Off
+    /// when this process is root of a namespace with subordinate ids already.
+    pub map_root: bool,
     pub timeout: Option<Duration>,
     /// Set by someone else to stop the run now (a canceled CI job).
     pub cancel: Option<&'a AtomicBool>,
+    /// Told the process id of the runtime's outermost process (`unshare`) once it is spawned,
+    /// so the caller can find the run's namespaces (see [`crate::running`]).
+    pub on_spawn: Option<&'a (dyn Fn(u32) + Sync)>,
+}
+
+impl std::fmt::Debug for Launch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launch")
+            .field("id", &self.id)
+            .field("dir", &self.dir)
+            .field("rootless", &self.rootless)
+            .field("map_root", &self.map_root)
+            .field("timeout", &self.timeout)
+            .field("cancel", &self.cancel)
+            .field("on_spawn", &self.on_spawn.is_some())
+            .finish()
+    }
 }
 
 /// How a run ended.
@@ -69,6 +89,22 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
         launch: &Launch<'_>,
         output: &(dyn Fn(&[u8]) + Sync),
     ) -> Result<Exit, SandboxError>;
+
+    /// A command that runs this runtime inside a running container's namespaces, against its
+    /// state directory: the caller appends a subcommand (`exec …`, `state ID`, `kill ID SIG`).
+    /// `enter_user_namespace`: join the run's user namespace first (a rootless run, entered
+    /// from outside it). Runtimes that cannot be entered say so.
+    fn control(
+        &self,
+        running: &crate::running::RunningHandle,
+        enter_user_namespace: bool,
+    ) -> Result<Command, SandboxError> {
+        let _ = (running, enter_user_namespace);
+        Err(SandboxError::Runtime {
+            runtime: self.name(),
+            message: "this runtime cannot enter a running container".into(),
+        })
+    }
 }
 
 /// crun or runc, started through `unshare`.
@@ -94,7 +130,7 @@ impl OciRuntime {
     pub fn command(&self, launch: &Launch<'_>) -> Command {
         let mut cmd = Command::new("setpriv");
         cmd.args(["--pdeathsig", "KILL", "--", "unshare"]);
-        if launch.rootless {
+        if launch.rootless && launch.map_root {
             cmd.args(["--user", "--map-root-user"]);
         }
         cmd.args([
@@ -131,10 +167,35 @@ impl OciRuntime {
         cmd.current_dir(launch.dir);
         cmd
     }
+
+    /// The command line that enters a running container (see [`Runtime::control`]): `nsenter`
+    /// into the namespaces of the run's first process — its user namespace when rootless, its
+    /// mount namespace (where the overlay and the runtime's `/proc` are) and its PID namespace
+    /// (where the runtime's recorded pids mean something) — then the runtime with the run's
+    /// state directory.
+    pub fn control_command(
+        &self,
+        running: &crate::running::RunningHandle,
+        enter_user_namespace: bool,
+    ) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--target={}", running.holder.pid));
+        if enter_user_namespace {
+            // Keep our own ids: the rootless map has no room for setgroups/setuid(0).
+            cmd.args(["--user", "--preserve-credentials"]);
+        }
+        cmd.args(["--mount", "--pid", "--"]);
+        cmd.arg(&self.binary);
+        if self.kind == RuntimeKind::Crun {
+            cmd.arg("--cgroup-manager=disabled");
+        }
+        cmd.arg(format!("--root={}", running.dir.join("state").display()));
+        cmd
+    }
 }
 
 /// Errors the runtime itself logged (not the container's output).
-fn runtime_errors(log: &Path) -> Vec<String> {
+pub(crate) fn runtime_errors(log: &Path) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(log) else {
         return Vec::new();
     };
@@ -165,6 +226,9 @@ impl Runtime for OciRuntime {
             message: e.to_string(),
         })?;
         let pid = child.id();
+        if let Some(f) = launch.on_spawn {
+            f(pid);
+        }
         let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
         let status = std::thread::scope(|s| {
             let pump = |r: &mut dyn Read| {
@@ -251,6 +315,14 @@ impl Runtime for OciRuntime {
             }
         }
         Ok(Exit::Code(code))
+    }
+
+    fn control(
+        &self,
+        running: &crate::running::RunningHandle,
+        enter_user_namespace: bool,
+    ) -> Result<Command, SandboxError> {
+        Ok(self.control_command(running, enter_user_namespace))
     }
 }
 
@@ -346,8 +418,10 @@ mod tests {
             id: "archway-1",
             dir: Path::new("/w/run1"),
             rootless: true,
+            map_root: true,
             timeout: None,
             cancel: None,
+            on_spawn: None,
         });
         let args: Vec<String> = cmd
             .get_args()
@@ -384,8 +458,10 @@ mod tests {
             id: "x",
             dir: Path::new("/w"),
             rootless: false,
+            map_root: false,
             timeout: None,
             cancel: None,
+            on_spawn: None,
         });
         let args: Vec<String> = cmd
             .get_args()
@@ -397,6 +473,62 @@ mod tests {
                 .any(|a| a == "--user" || a == "--cgroup-manager=disabled")
         );
         assert!(args.iter().any(|a| a.starts_with("lowerdir=lower")));
+    }
+
+    #[test]
+    fn control_enters_the_runs_namespaces_then_runs_the_runtime_on_its_state() {
+        let handle = crate::running::RunningHandle {
+            id: "archway-1".into(),
+            dir: "/w/run1".into(),
+            runtime: "crun".into(),
+            holder: crate::running::ProcessId {
+                pid: 4242,
+                start: 1,
+                boot_id: "b".into(),
+            },
+            rootfs: "/snap".into(),
+            platform: "linux/amd64".into(),
+        };
+        let rt = OciRuntime {
+            kind: RuntimeKind::Crun,
+            binary: "/usr/bin/crun".into(),
+        };
+        let args = |cmd: &Command| -> Vec<String> {
+            cmd.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let cmd = rt.control_command(&handle, true);
+        assert_eq!(cmd.get_program(), "nsenter");
+        assert_eq!(
+            args(&cmd),
+            [
+                "--target=4242",
+                "--user",
+                "--preserve-credentials",
+                "--mount",
+                "--pid",
+                "--",
+                "/usr/bin/crun",
+                "--cgroup-manager=disabled",
+                "--root=/w/run1/state"
+            ]
+        );
+        let rt = OciRuntime {
+            kind: RuntimeKind::Runc,
+            binary: "/usr/sbin/runc".into(),
+        };
+        assert_eq!(
+            args(&rt.control_command(&handle, false)),
+            [
+                "--target=4242",
+                "--mount",
+                "--pid",
+                "--",
+                "/usr/sbin/runc",
+                "--root=/w/run1/state"
+            ]
+        );
     }
 
     #[test]

@@ -227,7 +227,18 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SandboxError> {
 
 /// `/etc/hosts` for the sandbox.
 pub fn hosts_file(hostname: &str) -> String {
-    format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    hosts_file_with(hostname, &[])
+}
+
+/// `/etc/hosts` where `aliases` also name the loopback address (services sharing the host's
+/// network, reached by their CI aliases).
+pub fn hosts_file_with(hostname: &str, aliases: &[String]) -> String {
+    let mut names = format!("localhost {hostname}");
+    for a in aliases {
+        names.push(' ');
+        names.push_str(a);
+    }
+    format!("127.0.0.1\t{names}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 }
 
 #[cfg(test)]

@@ -310,3 +310,110 @@ fn the_other_architecture_runs_through_qemu() {
     assert_eq!(lines, [machine]);
     assert_eq!(out.changes.keys().collect::<Vec<_>>(), ["arch"]);
 }
+
+/// A long-lived run entered from outside, as `archway dev exec` does: commands with their
+/// own environment, directory and exit code; the runtime's own complaints as errors; status,
+/// the main process's host pid, a signal that ends the run, and a handle that knows it ended.
+fn long_lived_run_is_entered_from_outside(sb: Sandbox) {
+    use archway_sandbox::{Exec, ExecStdio, RunningHandle, SandboxError};
+    let host = Platform::host();
+    let root = rootfs(&host);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(
+        &host,
+        root.path(),
+        dir.path(),
+        "trap 'exit 0' TERM; while sleep 1 & wait $!; do :; done",
+    );
+    s.timeout = None;
+    s.collect_changes = false;
+    s.env.push("FROM_RUN=yes".into());
+    let (tx, rx) = std::sync::mpsc::channel::<RunningHandle>();
+    let tx = Mutex::new(tx);
+    std::thread::scope(|scope| {
+        let run = scope.spawn(|| {
+            sb.run_observed(&s, &|_| {}, None, &|h: &RunningHandle| {
+                tx.lock().unwrap().send(h.clone()).unwrap();
+            })
+        });
+        let handle = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the run reports itself running");
+        assert!(handle.is_alive());
+        assert_eq!(sb.status(&handle).unwrap().status, "running");
+        let main = handle.main_pid().expect("the container's main process");
+        let cmdline = std::fs::read(format!("/proc/{main}/cmdline")).unwrap();
+        assert!(String::from_utf8_lossy(&cmdline).contains("trap"));
+
+        let out_file = dir.path().join("exec.out");
+        let exec = |argv: &[&str], env: &[&str], cwd: Option<&str>| {
+            let f = std::fs::File::create(&out_file).unwrap();
+            let code = sb.exec(
+                &handle,
+                &Exec {
+                    argv: argv.iter().map(|a| a.to_string()).collect(),
+                    env: env.iter().map(|a| a.to_string()).collect(),
+                    cwd: cwd.map(str::to_owned),
+                    user: None,
+                    tty: false,
+                },
+                ExecStdio {
+                    stdin: std::process::Stdio::null(),
+                    stdout: f.into(),
+                    stderr: std::process::Stdio::inherit(),
+                },
+            );
+            (code, std::fs::read_to_string(&out_file).unwrap())
+        };
+        let (code, out) = exec(
+            &["sh", "-c", "echo $FROM_RUN $ADDED; pwd; echo $$; exit 7"],
+            &["ADDED=1"],
+            Some("/tmp"),
+        );
+        assert_eq!(code.unwrap(), 7);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[..2], ["yes 1", "/tmp"], "{out}");
+        assert_ne!(
+            lines[2], "1",
+            "the command is not the container's first process"
+        );
+        let (code, _) = exec(&["no-such-program"], &[], None);
+        match code {
+            Err(SandboxError::Exec { message, .. }) => {
+                assert!(message.contains("no-such-program"), "{message}")
+            }
+            other => panic!("expected the runtime's complaint, got {other:?}"),
+        }
+
+        sb.signal(&handle, "TERM").unwrap();
+        let out = run.join().unwrap().unwrap();
+        assert_eq!(out.exit, Exit::Code(0), "{}", out.output_tail);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handle.is_alive() {
+            assert!(
+                Instant::now() < deadline,
+                "the run's first process outlived it"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(handle.main_pid(), None);
+        assert!(matches!(
+            exec(&["true"], &[], None).0,
+            Err(SandboxError::NotRunning { .. })
+        ));
+    });
+}
+
+#[test]
+fn root_long_lived_run_is_entered_from_outside() {
+    if !is_root() {
+        skip("needs root (the rootless variant covers the unprivileged path)");
+        return;
+    }
+    long_lived_run_is_entered_from_outside(sandbox());
+}
+
+#[test]
+fn rootless_long_lived_run_is_entered_from_outside() {
+    long_lived_run_is_entered_from_outside(sandbox().with_rootless(true));
+}

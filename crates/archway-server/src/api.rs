@@ -2,10 +2,13 @@
 //!
 //! * runners: `POST /runners/register` (registration token in the body), `POST /runner/poll`
 //!   (runner token), `PATCH /runner/attempts/{id}/log`, `POST /runner/attempts/{id}/finish`,
-//!   `GET /runner/sources/{digest}` (the attempt's job token);
+//!   `GET /runner/sources/{digest}`, `PUT /runner/attempts/{id}/artifacts/{digest}` and
+//!   `GET /runner/jobs/{id}/artifacts` (a job of the same pipeline) with the attempt's job
+//!   token;
 //! * people and scripts (admin token): `HEAD|PUT /sources/{digest}`, `POST|GET /pipelines`,
 //!   `GET /pipelines/{id}`, `POST /pipelines/{id}/cancel|retry`, `GET /jobs/{id}`,
-//!   `GET /jobs/{id}/log[?follow=true]`, `POST /jobs/{id}/retry|cancel|play`, `GET /runners`.
+//!   `GET /jobs/{id}/log[?follow=true]`, `GET /jobs/{id}/artifacts`,
+//!   `POST /jobs/{id}/retry|cancel|play`, `GET /runners`.
 //!
 //! Request bodies are read with a size limit and parsed by hand, so a malformed body gets a
 //! JSON error that says what is wrong, like every other error of the API.
@@ -47,6 +50,12 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/api/v1/runner/attempts/{id}/finish", post(finish))
         .route("/api/v1/runner/sources/{digest}", get(runner_source))
         .route(
+            "/api/v1/runner/attempts/{id}/artifacts/{digest}",
+            axum::routing::put(put_artifacts),
+        )
+        .route("/api/v1/runner/jobs/{id}/artifacts", get(runner_artifacts))
+        .route("/api/v1/jobs/{id}/artifacts", get(job_artifacts))
+        .route(
             "/api/v1/sources/{digest}",
             axum::routing::head(has_source).put(put_source),
         )
@@ -67,12 +76,15 @@ pub fn router(server: Arc<Server>) -> Router {
 }
 
 /// Route templates the API has: the only values the `route` label takes.
-const ROUTES: [&str; 15] = [
+const ROUTES: [&str; 18] = [
     "/api/v1/runners/register",
     "/api/v1/runner/poll",
     "/api/v1/runner/attempts/{id}/log",
     "/api/v1/runner/attempts/{id}/finish",
     "/api/v1/runner/sources/{digest}",
+    "/api/v1/runner/attempts/{id}/artifacts/{digest}",
+    "/api/v1/runner/jobs/{id}/artifacts",
+    "/api/v1/jobs/{id}/artifacts",
     "/api/v1/sources/{digest}",
     "/api/v1/pipelines",
     "/api/v1/pipelines/{id}",
@@ -299,32 +311,75 @@ async fn runner_source(
     source_body(&s, &digest).await
 }
 
+/// Stores the attempt's artifact archive and records it as its job's artifacts.
+async fn put_artifacts(
+    State(s): State<Arc<Server>>,
+    Path((id, digest)): Path<(i64, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    req: Request,
+) -> Result<Response, CoordError> {
+    job_token(&s, req.headers(), id).await?;
+    let expire_in = match q.get("expire_in_secs") {
+        Some(v) => Some(v.parse::<u64>().map_err(|_| {
+            CoordError::BadRequest("expire_in_secs must be a number of seconds".into())
+        })?),
+        None => None,
+    };
+    let stream = req.into_body().into_data_stream();
+    let size = s.artifacts.put(&digest, stream).await?;
+    s.coord.set_artifacts(id, &digest, size, expire_in).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({"digest": digest, "size": size})),
+    )
+        .into_response())
+}
+
+/// An earlier job's artifacts, for a job of the same pipeline.
+async fn runner_artifacts(
+    State(s): State<Arc<Server>>,
+    Path(job_id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Response, CoordError> {
+    let Principal::Job(me) = s.coord.authenticate(bearer(&headers)?).await? else {
+        return Err(CoordError::Forbidden(
+            "this endpoint needs a job token".into(),
+        ));
+    };
+    let (digest, _, pipeline) = s.coord.job_artifacts(job_id).await?;
+    if pipeline != me.pipeline_id {
+        return Err(CoordError::Forbidden(
+            "a job token reads only the artifacts of its own pipeline's jobs".into(),
+        ));
+    }
+    blob_body(&s.artifacts, &digest).await
+}
+
+async fn job_artifacts(
+    State(s): State<Arc<Server>>,
+    Path(job_id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Response, CoordError> {
+    admin(&s, &headers).await?;
+    let (digest, _, _) = s.coord.job_artifacts(job_id).await?;
+    blob_body(&s.artifacts, &digest).await
+}
+
 async fn source_body(s: &Server, digest: &str) -> Result<Response, CoordError> {
-    let (file, len) = s.sources.open_read(digest).await?;
-    let stream = tokio_util_stream(file);
+    blob_body(&s.sources, digest).await
+}
+
+async fn blob_body(
+    store: &crate::sources::SourceStore,
+    digest: &str,
+) -> Result<Response, CoordError> {
+    // Streamed from the store (64 KiB reads of the file, or the object store's response).
+    let (stream, len) = store.read(digest).await?;
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "application/gzip")
         .header(header::CONTENT_LENGTH, len)
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
-}
-
-/// A file as a stream of 64 KiB chunks (async reads; no blocking thread per download).
-fn tokio_util_stream(
-    file: tokio::fs::File,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    futures_util::stream::unfold(file, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 64 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    })
 }
 
 // --- sources and pipelines -----------------------------------------------------------------

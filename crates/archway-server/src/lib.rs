@@ -45,11 +45,16 @@ pub use coordinator::{Coordinator, CoordinatorConfig, Principal};
 pub use db::{Db, DbError};
 pub use error::CoordError;
 
+/// How often expired artifacts are swept.
+const ARTIFACT_SWEEP_EVERY: Duration = Duration::from_secs(300);
+/// How long an unreferenced archive is kept (an upload may be about to record it).
+const ARTIFACT_GRACE: Duration = Duration::from_secs(3600);
+
 /// How to run a server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Holds `coordinator.db` (SQLite), and `registry/`, `sources/` and `logs/` unless they
-    /// are on an object store.
+    /// Holds `coordinator.db` (SQLite), and `registry/`, `sources/`, `artifacts/` and `logs/`
+    /// unless they are on an object store.
     pub data_dir: PathBuf,
     /// `postgres://…`; SQLite under `data_dir` when `None`.
     pub database_url: Option<String>,
@@ -59,8 +64,8 @@ pub struct ServerConfig {
     pub max_source_bytes: u64,
     /// Serve `/metrics` without a token (when it is on a separate, private listener).
     pub open_metrics: bool,
-    /// The registry's content, the source snapshots and the archived job logs on an object
-    /// store (shared by every replica) instead of under `data_dir`.
+    /// The registry's content, the source snapshots, the job artifacts and the archived job
+    /// logs on an object store (shared by every replica) instead of under `data_dir`.
     pub object_store: Option<S3Config>,
     /// Registry repositories anyone may pull (globs, `*` matches `/` too), e.g. `library/*`.
     pub public_repos: Vec<String>,
@@ -87,6 +92,8 @@ pub struct Server {
     pub coord: Arc<Coordinator>,
     pub dispatcher: Arc<dispatch::Dispatcher>,
     pub sources: sources::SourceStore,
+    /// Job artifact archives, by digest.
+    pub artifacts: sources::SourceStore,
     /// Job logs: in the database while their attempt runs, archived afterwards.
     pub logs: logs::JobLogs,
     pub registry: Arc<Registry>,
@@ -151,36 +158,48 @@ impl Server {
                 "gave running attempts a lease period to reconnect after a restart"
             );
         }
-        let (storage, sources, log_archive): (Arc<dyn Storage>, _, _) = match &config.object_store {
-            Some(s3) => {
-                let failed = |message: String| OpenError::ObjectStore {
-                    location: s3.location.to_string(),
-                    message,
-                };
-                let storage = S3Storage::open(s3).map_err(|e| failed(e.to_string()))?;
-                let (client, prefix) = storage.client();
-                let sources = sources::SourceStore::on_object_store(
-                    client.clone(),
-                    &prefix,
-                    config.max_source_bytes,
-                );
-                let logs: Arc<dyn logs::LogArchive> =
-                    Arc::new(logs::ObjectLogArchive::new(client, &prefix));
-                (Arc::new(storage), sources, logs)
-            }
-            None => {
-                let reg_root = config.data_dir.join("registry");
-                let storage = FsStorage::open(&reg_root).map_err(|e| OpenError::Registry {
-                    path: reg_root.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                let sources =
-                    sources::SourceStore::open(&config.data_dir, config.max_source_bytes)?;
-                let logs: Arc<dyn logs::LogArchive> =
-                    Arc::new(logs::FsLogArchive::open(&config.data_dir)?);
-                (Arc::new(storage), sources, logs)
-            }
-        };
+        let (storage, sources, artifacts, log_archive): (Arc<dyn Storage>, _, _, _) =
+            match &config.object_store {
+                Some(s3) => {
+                    let failed = |message: String| OpenError::ObjectStore {
+                        location: s3.location.to_string(),
+                        message,
+                    };
+                    let storage = S3Storage::open(s3).map_err(|e| failed(e.to_string()))?;
+                    let (client, prefix) = storage.client();
+                    let sources = sources::SourceStore::on_object_store(
+                        client.clone(),
+                        &prefix,
+                        sources::SOURCES,
+                        config.max_source_bytes,
+                    );
+                    let artifacts = sources::SourceStore::on_object_store(
+                        client.clone(),
+                        &prefix,
+                        sources::ARTIFACTS,
+                        config.coordinator.max_artifact_bytes,
+                    );
+                    let logs: Arc<dyn logs::LogArchive> =
+                        Arc::new(logs::ObjectLogArchive::new(client, &prefix));
+                    (Arc::new(storage), sources, artifacts, logs)
+                }
+                None => {
+                    let reg_root = config.data_dir.join("registry");
+                    let storage = FsStorage::open(&reg_root).map_err(|e| OpenError::Registry {
+                        path: reg_root.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+                    let sources =
+                        sources::SourceStore::open(&config.data_dir, config.max_source_bytes)?;
+                    let artifacts = sources::SourceStore::open_artifacts(
+                        &config.data_dir,
+                        config.coordinator.max_artifact_bytes,
+                    )?;
+                    let logs: Arc<dyn logs::LogArchive> =
+                        Arc::new(logs::FsLogArchive::open(&config.data_dir)?);
+                    (Arc::new(storage), sources, artifacts, logs)
+                }
+            };
         let auth = registry_auth::registry_auth(coord.clone(), &config.public_repos).map_err(
             |message| OpenError::Registry {
                 path: "--public-repos".into(),
@@ -192,12 +211,14 @@ impl Server {
             Some(auth),
             RegistryConfig::default(),
         ));
+        coord.set_archives(sources.clone(), artifacts.clone());
         let logs = logs::JobLogs::new(coord.clone(), log_archive);
         let server = Arc::new(Server {
             coord,
             logs,
             dispatcher: dispatch::Dispatcher::new(),
             sources,
+            artifacts,
             registry,
             poll_wait: config.poll_wait,
             open_metrics: config.open_metrics,
@@ -226,9 +247,44 @@ impl Server {
             }
         });
         tokio::spawn(self.logs.clone().run_archiver(Duration::from_secs(5)));
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ARTIFACT_SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match this.sweep_artifacts(ARTIFACT_GRACE).await {
+                    Ok((0, 0)) => {}
+                    Ok((jobs, files)) => tracing::info!(
+                        jobs,
+                        files,
+                        "removed expired artifacts (artifacts:expire_in)"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "sweeping expired artifacts"),
+                }
+            }
+        });
         if self.coord.db.url.is_some() {
             tokio::spawn(self.coord.events.clone().listen(self.coord.db.clone()));
         }
+    }
+
+    /// Deletes what expired artifacts leave behind: jobs past their `artifacts:expire_in`
+    /// lose the reference to their archive, then archives no job refers to any more are
+    /// removed once older than `grace` — an upload of the same bytes refreshes the file's
+    /// time, so an archive is never removed under a job about to record it. Safe with
+    /// several servers on one database (each checks the database before removing).
+    /// Returns (jobs expired, archives removed).
+    pub async fn sweep_artifacts(&self, grace: Duration) -> Result<(u64, usize), CoordError> {
+        let jobs = self.coord.expire_artifacts(db::now_ms()).await?;
+        let mut removed = 0;
+        for digest in self.artifacts.older_than(grace).await? {
+            if !self.coord.artifact_in_use(&digest).await? {
+                self.artifacts.remove(&digest).await?;
+                removed += 1;
+            }
+        }
+        Ok((jobs, removed))
     }
 
     /// The HTTP application: `/api/v1/…`, `/metrics`, and the registry for everything else.
@@ -296,8 +352,20 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_tls(listener, router, None, shutdown).await
+}
+
+/// [`serve`], over HTTPS when `tls` is given (HTTP/2 offered through ALPN; the certificate
+/// and key are reloaded on `SIGHUP` without dropping connections).
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Option<archway_http::TlsConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let config = archway_http::ServeConfig {
         shutdown_grace: Duration::from_secs(10),
+        tls,
         ..archway_http::ServeConfig::default()
     };
     archway_http::serve(listener, router, config, shutdown).await

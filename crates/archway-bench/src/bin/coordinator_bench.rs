@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use archway_api::{
     ApiClient, JobDefinition, JobPayload, JobStatus, PipelineStatus, PlatformOffer, RegisterRunner,
-    SubmitPipeline, When,
+    SubmitPipeline,
 };
 use archway_bench::proc::{self, Server};
 use archway_bench::stats::Samples;
@@ -245,23 +245,8 @@ fn job(name: &str) -> JobDefinition {
     JobDefinition {
         name: name.into(),
         stage: "run".into(),
-        image: None,
-        before_script: vec![],
         script: vec!["true".into()],
-        after_script: vec![],
-        variables: vec![],
-        tags: vec![],
-        platform: None,
-        needs: None,
-        when: When::OnSuccess,
-        start_in_secs: None,
-        allow_failure: false,
-        allow_failure_exit_codes: vec![],
-        retry_max: 0,
-        retry_when: vec![],
-        timeout_secs: None,
-        interruptible: false,
-        resource_group: None,
+        ..JobDefinition::default()
     }
 }
 
@@ -285,6 +270,7 @@ fn pipeline(jobs: Vec<JobDefinition>, tags: &[&str]) -> SubmitPipeline {
         variables: vec![],
         masked: vec![],
         secrets: Default::default(),
+        file_variables: vec![],
     }
 }
 
@@ -534,6 +520,7 @@ async fn requeue_trials(
         j.image = Some(archway_api::ImageDef {
             name: image.clone(),
             entrypoint: None,
+            user: None,
         });
         j.script = vec!["sleep 3600".into()];
         let p = c.admin.submit_pipeline(&pipeline(vec![j], &[&tag])).await?;

@@ -19,6 +19,11 @@
 //! * pull: `GET` of pre-pushed blobs, body read to the end;
 //! * manifest GET: `GET /v2/<name>/manifests/<tag>` of one pre-pushed image.
 //!
+//! With `--baseline OTHER_ARCHWAY`, a second archway binary (say, a build of the previous
+//! commit) runs in the filesystem rows too (`archway baseline`, compared with
+//! `distribution fs`), so a change is measured before and after in one run, on the same
+//! machine, beside the same distribution.
+//!
 //! Run: `cargo build --release && target/release/registry-bench` (see `--help`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -47,6 +52,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 const MIB: usize = 1024 * 1024;
+/// The row name of the `--baseline` binary.
+const BASELINE: &str = "archway baseline";
 
 /// Archway's registry vs distribution 2.8: push/pull throughput, manifest GETs, latency, RSS.
 #[derive(Debug, Parser)]
@@ -55,6 +62,10 @@ struct Args {
     /// The archway binary (default: next to this program).
     #[arg(long)]
     archway: Option<PathBuf>,
+    /// Another archway binary to run in the same scenarios (reported as `archway baseline`),
+    /// e.g. a build of the commit before a change.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// The distribution binary.
     #[arg(long, default_value = "/usr/bin/docker-registry")]
     distribution: PathBuf,
@@ -80,6 +91,8 @@ struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Contender {
     ArchwayFs,
+    /// The `--baseline` binary, on disk.
+    BaselineFs,
     DistributionFs,
     ArchwayS3,
     DistributionS3,
@@ -88,8 +101,9 @@ enum Contender {
 }
 
 impl Contender {
-    const ALL: [Contender; 6] = [
+    const ALL: [Contender; 7] = [
         Contender::ArchwayFs,
+        Contender::BaselineFs,
         Contender::DistributionFs,
         Contender::ArchwayS3,
         Contender::DistributionS3,
@@ -100,6 +114,7 @@ impl Contender {
     fn name(self) -> &'static str {
         match self {
             Contender::ArchwayFs => "archway fs",
+            Contender::BaselineFs => BASELINE,
             Contender::DistributionFs => "distribution fs",
             Contender::ArchwayS3 => "archway s3",
             Contender::DistributionS3 => "distribution s3",
@@ -111,7 +126,7 @@ impl Contender {
     /// Whom the ratio column compares it with.
     fn peer(self) -> Option<Contender> {
         match self {
-            Contender::ArchwayFs => Some(Contender::DistributionFs),
+            Contender::ArchwayFs | Contender::BaselineFs => Some(Contender::DistributionFs),
             Contender::ArchwayS3 => Some(Contender::DistributionS3),
             Contender::ArchwayS3Redirect => Some(Contender::StoreDirect),
             _ => None,
@@ -119,7 +134,10 @@ impl Contender {
     }
 
     fn s3(self) -> bool {
-        !matches!(self, Contender::ArchwayFs | Contender::DistributionFs)
+        !matches!(
+            self,
+            Contender::ArchwayFs | Contender::BaselineFs | Contender::DistributionFs
+        )
     }
 
     fn runs(self, kind: Kind) -> bool {
@@ -553,6 +571,10 @@ fn fmt_ms(d: Duration) -> String {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let archway = archway_binary(args.archway)?;
+    let baseline = match args.baseline {
+        Some(b) if !b.exists() => bail!("baseline {} not found", b.display()),
+        b => b,
+    };
     if !args.distribution.exists() {
         bail!(
             "{} not found; install it with `apt-get install docker-registry`",
@@ -597,8 +619,9 @@ fn main() -> anyhow::Result<()> {
         let mut order: Vec<Contender> = Contender::ALL
             .into_iter()
             .filter(|c| c.runs(sc.kind) && (s3 || !c.s3()))
+            .filter(|c| *c != Contender::BaselineFs || baseline.is_some())
             .collect();
-        // Alternate which server goes first so neither always runs on a warmer machine.
+        // Alternate which server goes first so none always runs on a warmer machine.
         if i % 2 == 1 {
             order.reverse();
         }
@@ -616,6 +639,10 @@ fn main() -> anyhow::Result<()> {
             let endpoint = moto.as_ref().map(|m| format!("http://{}", m.addr));
             let server = match who {
                 Contender::ArchwayFs => start_archway_registry(&archway, &root)?,
+                Contender::BaselineFs => match &baseline {
+                    Some(b) => start_archway_registry(b, &root)?,
+                    None => continue,
+                },
                 Contender::DistributionFs => start_distribution(&args.distribution, &root, None)?,
                 Contender::ArchwayS3 => {
                     start_archway_registry_s3(&archway, endpoint.as_deref().unwrap_or(""), false)?
@@ -675,7 +702,7 @@ fn main() -> anyhow::Result<()> {
     }
     println!("{}", table::render(&rows));
     println!(
-        "throughput ratio = against the peer: archway fs / distribution fs, archway s3 / distribution s3, archway s3 redirect / store direct (MiB/s for blobs, requests/s for manifests); p99 ratio likewise (lower is better). Peak RSS is the registry's (for store direct, the idle registry's)."
+        "throughput ratio = against the peer: archway fs (and archway baseline) / distribution fs, archway s3 / distribution s3, archway s3 redirect / store direct (MiB/s for blobs, requests/s for manifests); p99 ratio likewise (lower is better). Peak RSS is the registry's (for store direct, the idle registry's)."
     );
     let line = serde_json::Value::Array(json);
     println!("JSON {line}");

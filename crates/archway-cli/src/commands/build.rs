@@ -13,12 +13,15 @@ use archway_build::{BuildError, BuildEvent, BuildRequest, Builder, ProgressSink,
 use archway_client::copy::{CopyOptions, Selection};
 use archway_client::{Location, copy};
 use archway_oci::Platform;
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use super::common::{Format, RegistryArgs, human_bytes, print_json};
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BuildArgs {
+    #[command(subcommand)]
+    command: Option<BuildCommand>,
     /// Build context directory.
     #[arg(value_name = "CONTEXT")]
     context_pos: Option<PathBuf>,
@@ -85,10 +88,15 @@ pub struct BuildArgs {
     /// Local store for layers, cache and snapshots (default: ~/.cache/archway/build).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// Only check the Dockerfile (all stages, every platform's ARG expansion, context
-    /// files) and print diagnostics, like `docker build --check`.
+    /// Only check the Dockerfile (all stages, every platform's ARG expansion) and print
+    /// diagnostics, like `docker build --check`: no network, and sources missing from the
+    /// context (or a context that is not there) are warnings, not errors.
     #[arg(long)]
     check: bool,
+    /// After the build, prune the build store down to this size, least recently used first
+    /// (BuildKit's GC policy; e.g. 20GB, or 10% of the disk, the default). `0` turns it off.
+    #[arg(long, value_name = "SIZE|N%", env = "ARCHWAY_BUILD_KEEP_STORAGE")]
+    keep_storage: Option<String>,
     /// Kaniko: builds are always reproducible; accepted for compatibility.
     #[arg(long, hide = true)]
     reproducible: bool,
@@ -98,6 +106,32 @@ pub struct BuildArgs {
     /// Kill a RUN step that runs longer than this (e.g. 20m).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     step_timeout: Option<std::time::Duration>,
+    /// Attach an SPDX SBOM (the packages of each platform's image: dpkg, apk, busybox) to
+    /// each pushed image, as an OCI 1.1 referrer (`archway image referrers` lists them). On by
+    /// default with `--push`; `--sbom=false` turns it off.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    sbom: Option<bool>,
+    /// Attach SLSA v1 provenance (in-toto): base images by digest, the Dockerfile's digest,
+    /// build arguments, the source commit, the builder; timestamps from SOURCE_DATE_EPOCH
+    /// when set, so reproducible builds keep reproducible attestations. On by default with
+    /// `--push`; `--provenance=false` turns it off. The builder id comes from
+    /// ARCHWAY_BUILDER_ID (default: CI_JOB_URL in a CI job, else urn:archway:build).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    provenance: Option<bool>,
+    /// Sign each pushed image with this key (ECDSA P-256 PEM, see `archway sign
+    /// --generate-key`): cosign-compatible signature attachments, the index and each platform.
+    #[arg(long, value_name = "FILE")]
+    sign_key: Option<PathBuf>,
+    /// Pull `FROM` images of a registry from a mirror first (repeatable), e.g.
+    /// `docker.io=mirror.internal:5000/hub`, as dockerd's `registry-mirrors`; the registry
+    /// itself is tried when the mirror fails.
+    #[arg(
+        long = "registry-mirror",
+        value_name = "REGISTRY=HOST[/PREFIX]",
+        env = "ARCHWAY_REGISTRY_MIRRORS",
+        value_delimiter = ','
+    )]
+    registry_mirrors: Vec<archway_client::mirror::Mirror>,
     /// No progress output.
     #[arg(short, long)]
     quiet: bool,
@@ -106,6 +140,48 @@ pub struct BuildArgs {
     format: Format,
     #[command(flatten)]
     registry: RegistryArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum BuildCommand {
+    /// Remove build-store content no running build uses: snapshots, exploded layers, step
+    /// cache, pulled images, cache mounts, downloads (like `docker builder prune -a`).
+    ///
+    /// Examples:
+    ///   archway build prune                              # everything not in use
+    ///   archway build prune --keep-storage 10GB          # least recently used first
+    ///   archway build prune --filter until=24h --dry-run
+    #[command(verbatim_doc_comment)]
+    Prune(PruneArgs),
+    /// Show what the build store holds, by kind, and what a prune could free.
+    Du(DuArgs),
+}
+
+#[derive(Debug, Args)]
+struct PruneArgs {
+    /// Keep the most recently used content up to this size (e.g. 512MB, 10GB).
+    #[arg(long, value_name = "SIZE", value_parser = archway_build::gc::parse_size)]
+    keep_storage: Option<u64>,
+    /// Only remove content unused for this long: `until=DURATION` (e.g. until=24h, until=7d).
+    #[arg(long, value_name = "until=DURATION")]
+    filter: Vec<String>,
+    /// Only report what would be removed.
+    #[arg(long)]
+    dry_run: bool,
+    /// The build store (default: ~/.cache/archway/build).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct DuArgs {
+    /// The build store (default: ~/.cache/archway/build).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
 }
 
 enum Output {
@@ -156,6 +232,112 @@ fn parse_secret(s: &str) -> anyhow::Result<(String, PathBuf)> {
     }
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Reports an attestation push: an error when asked for explicitly, a warning when it was
+/// only the default (a registry without OCI 1.1 referrers should not fail the push).
+fn attested(
+    n: anyhow::Result<usize>,
+    explicit: bool,
+    what: &str,
+    off: &str,
+    r: &archway_oci::Reference,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    match n {
+        Ok(n) => {
+            if !quiet {
+                eprintln!(
+                    "attached {n} {what}{} to {r}",
+                    if n == 1 { "" } else { "s" }
+                );
+            }
+            Ok(())
+        }
+        Err(e) if explicit => Err(e.context(format!("attaching the {what} to {r}"))),
+        Err(e) => {
+            eprintln!(
+                "warning: the image is pushed but its {what} could not be attached to {r}: {e:#} ({off} skips it)"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// What the provenance says about this build: its Dockerfile, arguments, base images and
+/// source. Times are SOURCE_DATE_EPOCH when set (reproducible), else the build's own.
+fn provenance_inputs(
+    context: &std::path::Path,
+    dockerfile: &std::path::Path,
+    dockerfile_text: &str,
+    req: &BuildRequest,
+    result: &archway_build::BuildResult,
+    started: u64,
+) -> anyhow::Result<super::attest::ProvenanceInputs> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let epoch_set = env("SOURCE_DATE_EPOCH").is_some();
+    let (started_on, finished_on) = if epoch_set {
+        (req.source_date_epoch, req.source_date_epoch)
+    } else {
+        (started, now_secs())
+    };
+    let builder_id = env("ARCHWAY_BUILDER_ID")
+        .or_else(|| env("CI_JOB_URL"))
+        .unwrap_or_else(|| "urn:archway:build".to_owned());
+    let invocation_id = env("CI_JOB_URL")
+        .or_else(|| env("CI_JOB_ID"))
+        .unwrap_or_else(|| result.tag.clone());
+    // The source: the CI job's project and commit, else the context's git checkout.
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(context)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let commit = env("CI_COMMIT_SHA").or_else(|| git(&["rev-parse", "HEAD"]));
+    let origin = env("CI_PROJECT_URL").or_else(|| git(&["remote", "get-url", "origin"]));
+    let source = commit.as_ref().map(|c| {
+        let repo = origin.clone().unwrap_or_else(|| "local".to_owned());
+        let repo = repo.strip_prefix("git+").unwrap_or(&repo).to_owned();
+        format!("git+{repo}@{c}")
+    });
+    let source_digest = commit
+        .filter(|c| c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|c| BTreeMap::from([("gitCommit".to_owned(), c)]))
+        .unwrap_or_default();
+    Ok(super::attest::ProvenanceInputs {
+        builder_id,
+        invocation_id,
+        started_on,
+        finished_on,
+        source,
+        source_digest,
+        dockerfile: Some(archway_attest::provenance::DockerfileInput {
+            // Relative to the context, so where the checkout lives does not matter.
+            path: dockerfile
+                .strip_prefix(context)
+                .unwrap_or(dockerfile)
+                .to_string_lossy()
+                .into_owned(),
+            digest: archway_oci::Digest::sha256(dockerfile_text.as_bytes()),
+        }),
+        build_args: req.build_args.clone(),
+        target: req.target.clone(),
+        bases: result.bases.clone(),
+    })
+}
+
 fn source_date_epoch() -> anyhow::Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.trim().is_empty() => v
@@ -167,6 +349,19 @@ fn source_date_epoch() -> anyhow::Result<u64> {
 }
 
 pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
+    // Rootless with subordinate ids, the store's trees belong to ids only that namespace
+    // can manage: builds, prune and du all run in it.
+    let note = (a.command.is_none()).then_some("this build");
+    if !a.check
+        && let Some(code) = super::sandbox::rerun_with_subordinate_ids(note)?
+    {
+        return Ok(code);
+    }
+    match a.command {
+        Some(BuildCommand::Prune(p)) => return prune(p),
+        Some(BuildCommand::Du(d)) => return du(d),
+        None => {}
+    }
     let context = a
         .context_pos
         .clone()
@@ -176,7 +371,8 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
                 .map(|c| PathBuf::from(c.trim_start_matches("dir://")))
         })
         .unwrap_or_else(|| PathBuf::from("."));
-    if !context.is_dir() {
+    // `--check` judges the Dockerfile alone: it may run where the context is not.
+    if !context.is_dir() && !a.check {
         bail!("build context {} is not a directory", context.display());
     }
     let dockerfile_path = a.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
@@ -214,6 +410,8 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         let (id, src) = parse_secret(s)?;
         secrets.insert(id, src);
     }
+    let req_epoch = source_date_epoch()?;
+    let started = now_secs();
     let req = BuildRequest {
         context: context.clone(),
         dockerfile: df,
@@ -223,12 +421,20 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         labels: parse_kv(&a.labels, "--label")?,
         no_cache: a.no_cache,
         secrets,
-        source_date_epoch: source_date_epoch()?,
+        source_date_epoch: req_epoch,
     };
 
     if a.check {
-        let tree = archway_build::context::Tree::context(&context)?;
-        let (_, more) = Builder::check(&req, Some(&tree));
+        let tree = if context.is_dir() {
+            Some(archway_build::context::Tree::context(&context)?)
+        } else {
+            eprintln!(
+                "note: build context {} is not here; its files are not checked",
+                context.display()
+            );
+            None
+        };
+        let (_, more) = Builder::lint(&req, tree.as_ref());
         let all: Vec<_> = diags.into_iter().chain(more).collect();
         for d in &all {
             eprintln!("{d}");
@@ -333,8 +539,27 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
                 repository,
                 entries,
             } => eprintln!("cache: {entries} step results in {repository}"),
+            BuildEvent::Pruned { items, bytes } => eprintln!(
+                "build store: removed {items} least recently used items ({}) to stay under its size cap",
+                human_bytes(bytes)
+            ),
         });
         sink
+    };
+    // The signing key is read before the build, so a bad key fails fast.
+    let sign_key = match &a.sign_key {
+        Some(p) => {
+            if push_tags.is_empty() {
+                bail!("--sign-key signs what is pushed: add --push (or Kaniko's --destination)");
+            }
+            let pem = std::fs::read_to_string(p)
+                .with_context(|| format!("reading --sign-key {}", p.display()))?;
+            Some(
+                archway_attest::sign::SigningKey::from_pem(&pem)
+                    .with_context(|| format!("--sign-key {}", p.display()))?,
+            )
+        }
+        None => None,
     };
     let sandbox = super::sandbox::runner(a.runtime.as_deref(), a.step_timeout);
     let cache_repo = match (&a.cache_repo, a.cache) {
@@ -350,9 +575,17 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
-    let mut builder = Builder::new(store, Arc::new(RegistrySource::new(client.clone())))
-        .with_progress(progress)
-        .with_privileged(super::sandbox::privileged());
+    let gc = keep_storage_policy(a.keep_storage.as_deref(), store.root())?;
+    let sbom_store = store.clone();
+    let mut builder = Builder::new(
+        store,
+        Arc::new(RegistrySource::new(client.clone()).with_mirrors(a.registry_mirrors.clone())),
+    )
+    .with_progress(progress)
+    .with_unpacking(super::sandbox::unpacking());
+    if let Some(policy) = gc {
+        builder = builder.with_gc(policy);
+    }
     if let Ok(runner) = &sandbox {
         builder = builder.with_runner(runner.clone());
     }
@@ -382,6 +615,8 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    let provenance = provenance_inputs(&context, &dockerfile_path, &text, &req, &result, started)?;
+
     // Deliver.
     let source = Location::Layout {
         path: result.layout.clone(),
@@ -400,9 +635,58 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         .and_then(|r| r.tag);
     let mut delivered = Vec::new();
     for t in &push_tags {
-        let dest = Location::parse(t)?;
+        // `-t REGISTRY/NAME` means its `latest` tag, as with docker.
+        let dest = match Location::parse(t)? {
+            Location::Registry(mut r) if r.tag.is_none() && r.digest.is_none() => {
+                r.tag = Some("latest".into());
+                Location::Registry(r)
+            }
+            other => other,
+        };
         rt.block_on(copy(&client, &source, &dest, &opts))
             .with_context(|| format!("pushing to {t}"))?;
+        if let Location::Registry(r) = &dest {
+            let single = result
+                .images
+                .first()
+                .map(|(p, _)| p.clone())
+                .unwrap_or_else(Platform::host);
+            if a.sbom.unwrap_or(true) {
+                let n = rt.block_on(super::attest::attach_sboms(
+                    &client,
+                    sbom_store.clone(),
+                    &source,
+                    r,
+                    &single,
+                    req_epoch,
+                ));
+                attested(n, a.sbom.is_some(), "SBOM", "--sbom=false", r, quiet)?;
+            }
+            if a.provenance.unwrap_or(true) {
+                let n = rt.block_on(super::attest::attach_provenance(
+                    &client,
+                    r,
+                    &single,
+                    &provenance,
+                ));
+                attested(
+                    n,
+                    a.provenance.is_some(),
+                    "provenance attestation",
+                    "--provenance=false",
+                    r,
+                    quiet,
+                )?;
+            }
+        }
+        if let (Some(key), Location::Registry(r)) = (&sign_key, &dest) {
+            let signed = rt
+                .block_on(super::sign::sign_image(&client, key, r))
+                .with_context(|| format!("signing {r}"))?;
+            if !quiet {
+                eprintln!("signed {r} ({} manifests)", signed.len());
+            }
+        }
         delivered.push(dest.to_string());
     }
     for o in &outputs {
@@ -462,6 +746,133 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
                     } else {
                         format!(" → {}", delivered.join(", "))
                     }
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The size cap after a build: `--keep-storage` as a size or a percentage of the disk, `0`
+/// for none, BuildKit's default (10% of the disk) without it.
+fn keep_storage_policy(
+    value: Option<&str>,
+    root: &Path,
+) -> anyhow::Result<Option<archway_build::GcPolicy>> {
+    let Some(v) = value.map(str::trim) else {
+        return Ok(Some(archway_build::GcPolicy::default_for(root)));
+    };
+    if let Some(p) = v.strip_suffix('%') {
+        let percent: u64 = p
+            .trim()
+            .parse()
+            .with_context(|| format!("--keep-storage {v}: expected a size or N%"))?;
+        return Ok(Some(archway_build::GcPolicy::percent_of_disk(
+            root, percent,
+        )));
+    }
+    let bytes =
+        archway_build::gc::parse_size(v).map_err(|e| anyhow::anyhow!("--keep-storage: {e}"))?;
+    Ok((bytes > 0).then_some(archway_build::GcPolicy { keep_bytes: bytes }))
+}
+
+fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
+    let mut unused_for = None;
+    for f in &a.filter {
+        match f.split_once('=') {
+            Some(("until", d)) => {
+                unused_for = Some(
+                    archway_oci::duration::parse_duration(d)
+                        .or_else(|| humantime::parse_duration(d).ok())
+                        .with_context(|| {
+                            format!("--filter {f}: `{d}` is not a duration (e.g. 24h, 90m, 7d)")
+                        })?,
+                );
+            }
+            _ => bail!("--filter {f}: the only filter is until=DURATION (e.g. until=24h)"),
+        }
+    }
+    let store = super::sandbox::open_store(a.cache_dir.as_deref())?;
+    let report = store.prune(&archway_build::PruneOptions {
+        keep_storage: a.keep_storage,
+        unused_for,
+        dry_run: a.dry_run,
+    })?;
+    match a.format {
+        Format::Json => print_json(&report)?,
+        Format::Text => {
+            let verb = if report.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            };
+            for r in &report.removed {
+                println!(
+                    "{verb} {} {} ({})",
+                    r.kind_label(),
+                    r.name,
+                    human_bytes(r.bytes)
+                );
+            }
+            println!(
+                "{verb} {} items, {}; the store went from {} to {}{}",
+                report.removed.len(),
+                human_bytes(report.bytes_freed),
+                human_bytes(report.total_before),
+                human_bytes(report.total_after),
+                if report.kept_in_use > 0 {
+                    format!(
+                        " ({} items kept: a running build uses them)",
+                        report.kept_in_use
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn du(a: DuArgs) -> anyhow::Result<ExitCode> {
+    let store = super::sandbox::open_store(a.cache_dir.as_deref())?;
+    let usage = store.disk_usage()?;
+    match a.format {
+        Format::Json => print_json(&usage)?,
+        Format::Text => {
+            println!(
+                "{:<20} {:>7} {:>12} {:>12}",
+                "KIND", "ITEMS", "SIZE", "RECLAIMABLE"
+            );
+            for k in usage.kinds.iter().chain([&usage.blobs]) {
+                println!(
+                    "{:<20} {:>7} {:>12} {:>12}",
+                    k.label,
+                    k.items,
+                    human_bytes(k.bytes),
+                    human_bytes(k.reclaimable)
+                );
+            }
+            if usage.scratch > 0 {
+                println!(
+                    "{:<20} {:>7} {:>12} {:>12}",
+                    "scratch",
+                    "",
+                    human_bytes(usage.scratch),
+                    ""
+                );
+            }
+            println!(
+                "{:<20} {:>7} {:>12} {:>12}",
+                "total",
+                "",
+                human_bytes(usage.total),
+                human_bytes(usage.reclaimable)
+            );
+            if usage.running_builds > 0 {
+                println!(
+                    "{} running builds hold what they use; it is not reclaimable until they end",
+                    usage.running_builds
                 );
             }
         }

@@ -25,6 +25,7 @@ pub enum ImageCommand {
     /// Examples:
     ///   archway image copy --all oci:./busybox:1.35 127.0.0.1:5000/library/busybox:1.35
     ///   archway image copy --platform linux/arm64 reg.io/app:1.0 oci:./app-arm64:1.0
+    ///   archway image copy --platform linux/arm64 --keep-index reg.io/app:1.0 mirror.io/app:1.0
     #[command(verbatim_doc_comment)]
     Copy(CopyArgs),
     /// Show an image's manifest, platforms, config and layers.
@@ -37,6 +38,13 @@ pub enum ImageCommand {
     Inspect(InspectArgs),
     /// List the tags of a repository.
     Tags(TagsArgs),
+    /// List what refers to an image (OCI 1.1 referrers: SBOMs, provenance, signatures), for
+    /// the image and, for an index, each platform's image.
+    ///
+    /// Example:
+    ///   archway image referrers --artifact-type application/spdx+json reg.io/app:1.0
+    #[command(verbatim_doc_comment)]
+    Referrers(ReferrersArgs),
     /// Make a one-layer image from a root filesystem (a directory or a .tar/.tar.gz).
     ///
     /// Reproducible: the same input gives the same digest (timestamps are set to
@@ -63,6 +71,11 @@ pub struct CopyArgs {
     /// Copy only this platform's image of an index (e.g. linux/arm64).
     #[arg(long)]
     platform: Option<Platform>,
+    /// With --platform: push the source's index too, unchanged (its digest is kept; its
+    /// other platforms stay absent). The destination must accept sparse indexes
+    /// (`archway registry serve --allow-sparse`).
+    #[arg(long, requires = "platform")]
+    keep_index: bool,
     /// No progress output.
     #[arg(short, long)]
     quiet: bool,
@@ -83,6 +96,10 @@ pub struct InspectArgs {
     /// The image of this platform in an index.
     #[arg(long)]
     platform: Option<Platform>,
+    /// List what refers to the image instead (SBOMs, provenance, signatures), as `archway
+    /// image referrers` does.
+    #[arg(long, conflicts_with_all = ["raw", "platform"])]
+    referrers: bool,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
     #[command(flatten)]
@@ -97,6 +114,134 @@ pub struct TagsArgs {
     format: Format,
     #[command(flatten)]
     registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReferrersArgs {
+    /// The image (REGISTRY/NAME:TAG or @DIGEST).
+    image: String,
+    /// Only referrers of this artifact type (e.g. application/spdx+json).
+    #[arg(long)]
+    artifact_type: Option<String>,
+    /// Also print each referrer's document (the SPDX SBOM, the in-toto statement; at most
+    /// 32 MiB each, digest checked); with `--format json` as a `content` field.
+    #[arg(long)]
+    content: bool,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// The largest referrer document `--content` reads.
+const MAX_REFERRER_DOCUMENT: u64 = 32 << 20;
+
+/// The first layer of the referrer manifest `digest` in `r`'s repository: the SBOM or
+/// statement itself, checked against its digest.
+async fn referrer_document(
+    client: &archway_client::Client,
+    r: &archway_oci::Reference,
+    digest: &archway_oci::Digest,
+) -> anyhow::Result<Vec<u8>> {
+    use futures_util::StreamExt;
+    let at = archway_oci::Reference {
+        tag: None,
+        digest: Some(digest.clone()),
+        ..r.clone()
+    };
+    let m = client.get_manifest(&at).await?;
+    let parsed = archway_oci::ParsedManifest::parse(&m.bytes, None)?;
+    let Some(layer) = parsed.layers.first() else {
+        anyhow::bail!("referrer {digest} has no layer to show");
+    };
+    if layer.size > MAX_REFERRER_DOCUMENT {
+        anyhow::bail!(
+            "referrer {digest}: its document is {} bytes, more than --content reads (32 MiB)",
+            layer.size
+        );
+    }
+    let mut s = client.get_blob(&at, &layer.digest, 0).await?;
+    let mut data = Vec::new();
+    while let Some(c) = s.next().await {
+        data.extend_from_slice(&c?);
+        if data.len() as u64 > layer.size {
+            anyhow::bail!("referrer {digest}: its document is larger than its descriptor says");
+        }
+    }
+    if archway_oci::Digest::sha256(&data) != layer.digest {
+        anyhow::bail!("referrer {digest}: its document does not match its digest");
+    }
+    Ok(data)
+}
+
+fn referrers_cmd(a: ReferrersArgs) -> anyhow::Result<ExitCode> {
+    let archway_client::Location::Registry(r) = archway_client::Location::parse(&a.image)? else {
+        anyhow::bail!("{}: referrers live in registries", a.image);
+    };
+    let client = a.registry.client(&[r.registry.as_str()])?;
+    let rows = block_on(async {
+        let m = client.get_manifest(&r).await?;
+        let mut subjects = vec![(None, m.digest.clone())];
+        if archway_oci::media_type::is_index(&m.media_type) {
+            let index: archway_oci::Index = serde_json::from_slice(&m.bytes)?;
+            subjects.extend(index.manifests.iter().map(|d| {
+                (
+                    d.platform.as_ref().map(ToString::to_string),
+                    d.digest.clone(),
+                )
+            }));
+        }
+        let mut rows = Vec::new();
+        for (platform, digest) in subjects {
+            let Some(list) = client
+                .referrers(&r, &digest, a.artifact_type.as_deref())
+                .await?
+            else {
+                anyhow::bail!(
+                    "{}: the registry has no referrers API (OCI 1.1)",
+                    r.registry
+                );
+            };
+            for d in list {
+                let mut row = serde_json::json!({
+                    "subject": digest.to_string(),
+                    "platform": platform,
+                    "artifactType": d.artifact_type,
+                    "digest": d.digest.to_string(),
+                    "size": d.size,
+                });
+                if a.content {
+                    let doc = referrer_document(&client, &r, &d.digest).await?;
+                    row["content"] = serde_json::from_slice(&doc).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(&doc).into_owned())
+                    });
+                }
+                rows.push(row);
+            }
+        }
+        Ok(rows)
+    })??;
+    match a.format {
+        Format::Json => print_json(&rows)?,
+        Format::Text => {
+            for row in &rows {
+                println!(
+                    "{}  {}  {}  {}",
+                    row["platform"].as_str().unwrap_or("(image)"),
+                    row["artifactType"].as_str().unwrap_or("-"),
+                    row["digest"].as_str().unwrap_or_default(),
+                    row["subject"].as_str().unwrap_or_default(),
+                );
+                if let Some(content) = row.get("content") {
+                    println!("{}", serde_json::to_string_pretty(content)?);
+                }
+            }
+            if rows.is_empty() {
+                eprintln!("nothing refers to {}", r);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +304,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         ImageCommand::Copy(a) => copy_cmd(a),
         ImageCommand::Inspect(a) => inspect_cmd(a),
         ImageCommand::Tags(a) => tags_cmd(a),
+        ImageCommand::Referrers(a) => referrers_cmd(a),
         ImageCommand::Import(a) => import_cmd(a),
         ImageCommand::Rm(a) => rm_cmd(a),
     }
@@ -174,6 +320,7 @@ fn copy_cmd(a: CopyArgs) -> anyhow::Result<ExitCode> {
     let default_platform = a.platform.is_none() && !a.all;
     let selection = match (&a.platform, a.all) {
         (_, true) => Selection::All,
+        (Some(p), false) if a.keep_index => Selection::PlatformKeepingIndex(p.clone()),
         (Some(p), false) => Selection::Platform(p.clone()),
         (None, false) => Selection::Platform(Platform::host()),
     };
@@ -182,8 +329,15 @@ fn copy_cmd(a: CopyArgs) -> anyhow::Result<ExitCode> {
         concurrency: a.registry.concurrency,
         progress: progress(a.quiet || a.format == Format::Json),
     };
-    let report = block_on(copy(&client, &src, &dst, &opts))?
-        .with_context(|| format!("copying {src} to {dst}"))?;
+    let report = block_on(copy(&client, &src, &dst, &opts))?.map_err(|e| {
+        let sparse_refused = a.keep_index && archway_oci::error_chain(&e).contains("MANIFEST_BLOB_UNKNOWN");
+        let e = anyhow::Error::new(e).context(format!("copying {src} to {dst}"));
+        if sparse_refused {
+            e.context("the destination refuses an index whose other platforms it does not have; serve it with `archway registry serve --allow-sparse`")
+        } else {
+            e
+        }
+    })?;
     match a.format {
         Format::Json => print_json(&report)?,
         Format::Text => {
@@ -214,6 +368,15 @@ fn copy_cmd(a: CopyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn inspect_cmd(a: InspectArgs) -> anyhow::Result<ExitCode> {
+    if a.referrers {
+        return referrers_cmd(ReferrersArgs {
+            image: a.image,
+            artifact_type: None,
+            content: false,
+            format: a.format,
+            registry: a.registry,
+        });
+    }
     let loc = Location::parse(&a.image)?;
     let regs = registries(&[&loc]);
     let client = a

@@ -343,6 +343,12 @@ fn inspect(store: &ListStore, a: InspectArgs) -> anyhow::Result<()> {
     let Location::Registry(r) = &loc else {
         bail!("{loc}: use `archway image inspect` for OCI layouts");
     };
+    // `REGISTRY/NAME` means its `latest` tag, as with docker and podman.
+    let mut r = r.clone();
+    if r.tag.is_none() && r.digest.is_none() {
+        r.tag = Some("latest".into());
+    }
+    let r = &r;
     let m = block_on(client.get_manifest(r))?.with_context(|| format!("inspecting {r}"))?;
     let value: serde_json::Value = serde_json::from_slice(&m.bytes)?;
     if !a.verbose {

@@ -1,8 +1,12 @@
 //! One module per top-level subcommand (plus `common`, shared by the registry clients).
 
+pub mod attest;
 pub mod build;
 pub mod common;
+pub mod dev;
 pub mod image;
+pub mod includes;
+pub mod local;
 pub mod login;
 pub mod manifest;
 pub mod pipeline;
@@ -11,3 +15,5 @@ pub mod remote;
 pub mod runner;
 pub mod sandbox;
 pub mod server;
+pub mod sign;
+pub mod toolbox;

@@ -1,13 +1,16 @@
 //! `archway lint` and `archway plan`: read the pipeline definitions users already have
-//! (`.gitlab-ci.yml`, CodeCatalyst workflows) and show the job graph Archway would run.
+//! (`.gitlab-ci.yml`, CodeCatalyst workflows) and show the job graph Archway would run —
+//! child pipelines included.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use archway_pipeline::{Context, Diagnostic, FileSource, Pipeline, Severity};
+use archway_pipeline::{Context, Diagnostic, Pipeline, Severity};
 use clap::{Args, ValueEnum};
+
+use super::includes::SourceArgs;
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
 pub enum PlanFormat {
@@ -69,6 +72,13 @@ pub struct ContextArgs {
     /// rules match, as GitLab does when it cannot compute a diff.
     #[arg(long = "changed", value_name = "PATH")]
     changed: Vec<String>,
+    /// A pipeline input (repeatable), NAME=VALUE, for the file's `spec:inputs` header. VALUE
+    /// is read as JSON when it parses (`true`, `3`, `["a","b"]`, `"quoted text"`), else as
+    /// text.
+    #[arg(long = "input", value_name = "NAME=VALUE")]
+    inputs: Vec<String>,
+    #[command(flatten)]
+    sources: SourceArgs,
 }
 
 impl ContextArgs {
@@ -80,7 +90,18 @@ impl ContextArgs {
                 .with_context(|| format!("--var `{kv}` is not KEY=VALUE"))?;
             variables.insert(k.to_owned(), v.to_owned());
         }
+        let mut inputs = BTreeMap::new();
+        for kv in &self.inputs {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--input `{kv}` is not NAME=VALUE"))?;
+            let value =
+                serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_owned()));
+            inputs.insert(k.to_owned(), value);
+        }
         Ok(Context {
+            inputs,
+            child_depth: 0,
             branch: if self.tag.is_some() {
                 None
             } else {
@@ -114,24 +135,6 @@ impl ContextArgs {
     }
 }
 
-/// Reads included files relative to the repository root.
-struct DirFiles {
-    root: PathBuf,
-}
-
-impl FileSource for DirFiles {
-    fn read(&self, path: &str) -> Option<String> {
-        let rel = Path::new(path.trim_start_matches('/'));
-        if rel
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return None;
-        }
-        std::fs::read_to_string(self.root.join(rel)).ok()
-    }
-}
-
 /// The repository root for a pipeline file: the directory holding `.codecatalyst` for a
 /// workflow, else the file's directory.
 fn repo_root(file: &Path) -> PathBuf {
@@ -162,7 +165,7 @@ pub fn list_files(root: &Path) -> Vec<String> {
         for e in rd.flatten() {
             let name = e.file_name();
             let n = name.to_string_lossy();
-            if matches!(n.as_ref(), ".git" | "target" | "node_modules") {
+            if matches!(n.as_ref(), ".git" | ".archway" | "target" | "node_modules") {
                 continue;
             }
             let path = e.path();
@@ -220,12 +223,8 @@ pub fn plan_file(
         .unwrap_or(file)
         .to_string_lossy()
         .into_owned();
-    Ok(archway_pipeline::plan(
-        &display,
-        &text,
-        &DirFiles { root },
-        &context,
-    ))
+    let files = ctx.sources.files(root);
+    Ok(archway_pipeline::plan(&display, &text, &files, &context))
 }
 
 pub fn print_diagnostics(diags: &[Diagnostic]) {

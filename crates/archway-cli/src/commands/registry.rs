@@ -25,7 +25,7 @@ pub enum RegistryCommand {
     ///
     ///   htpasswd -Bbc users.htpasswd alice s3cret
     ///   archway registry serve --listen 0.0.0.0:5000 --root /var/lib/archway \
-    ///       --htpasswd users.htpasswd
+    ///       --htpasswd users.htpasswd --tls-cert registry.crt --tls-key registry.key
     ///
     ///   # On S3 (any number of replicas may share the bucket and prefix):
     ///   AWS_REGION=eu-west-1 archway registry serve --storage s3://my-bucket/registry \
@@ -87,6 +87,21 @@ pub struct ServeArgs {
     /// Serve without authentication on a non-loopback address (refused by default).
     #[arg(long, conflicts_with = "htpasswd")]
     allow_unauthenticated: bool,
+    /// Serve HTTPS with this certificate (PEM, intermediates after it); needs --tls-key.
+    /// `kill -HUP` reloads both files without dropping connections. HTTP/2 is offered.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// With --htpasswd on a non-loopback address, serve plain HTTP anyway (passwords and
+    /// tokens then cross the network in clear; refused by default: use --tls-cert/--tls-key).
+    #[arg(long)]
+    allow_insecure: bool,
+    /// Accept indexes whose child manifests, and manifests whose blobs, this registry does not
+    /// have (off by default; what `archway image copy --platform … --keep-index` needs).
+    #[arg(long)]
+    allow_sparse: bool,
     /// Token realm announced to clients (default: http://<the request's Host>/token, https
     /// when a --trusted-proxy says so).
     #[arg(long, value_name = "URL")]
@@ -284,6 +299,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.listen
         );
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(archway_http::TlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    if !args.listen.ip().is_loopback()
+        && args.htpasswd.is_some()
+        && tls.is_none()
+        && !args.allow_insecure
+    {
+        bail!(
+            "refusing to serve {} with --htpasswd over plain HTTP: passwords and tokens would cross the network in clear \
+             (and docker and podman refuse plain-HTTP registries that are not on loopback).\n\
+             Pass --tls-cert FILE --tls-key FILE, listen on 127.0.0.1 behind a TLS-terminating proxy, \
+             or pass --allow-insecure if the network is trusted.",
+            args.listen
+        );
+    }
+    if let Some(t) = &tls {
+        t.load().context("--tls-cert/--tls-key cannot be used")?;
+    }
     let storage = args
         .storage
         .open(args.storage_redirect, StorageUse::Serve)
@@ -303,7 +341,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     args.service.clone(),
                     args.token_realm.clone(),
                 )
-                .with_trusted_proxies(args.trusted_proxy.clone()),
+                .with_trusted_proxies(args.trusted_proxy.clone())
+                .with_tls(tls.is_some()),
             )
         }
     };
@@ -320,6 +359,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             upload_expiry: args.upload_expiry,
             foreign_layer_urls: args.foreign_layer_url.clone(),
             metrics_access,
+            allow_sparse: args.allow_sparse,
         },
     ));
     let serve_config = archway_http::ServeConfig {
@@ -327,6 +367,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         body_read_timeout: args.read_timeout,
         write_timeout: args.write_timeout,
         max_connections: args.max_connections,
+        tls: tls.clone(),
         ..archway_http::ServeConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -338,8 +379,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!(
-        "archway registry listening on http://{addr} ({}, auth {})",
+        "archway registry listening on {scheme}://{addr} ({}, auth {})",
         args.storage.describe(),
         if args.htpasswd.is_some() {
             "htpasswd + tokens"
@@ -356,7 +398,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             metrics_listener.local_addr()?
         );
         let router = registry.clone().metrics_router();
-        let config = serve_config.clone();
+        // The separate metrics address is private by intent: plain HTTP.
+        let config = archway_http::ServeConfig {
+            tls: None,
+            ..serve_config.clone()
+        };
         tokio::spawn(async move {
             if let Err(e) =
                 archway_http::serve(metrics_listener, router, config, std::future::pending()).await

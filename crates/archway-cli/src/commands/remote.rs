@@ -1,5 +1,6 @@
 //! `archway pipeline run|list|show|cancel|retry` and `archway job log|show|retry|cancel|play`:
-//! the commands that talk to an `archway server`.
+//! the commands that talk to an `archway server` (`pipeline run` starts one in this process
+//! when none is configured: see [`super::local`]).
 //!
 //! The server and token come from `--server`/`--token`, else `ARCHWAY_SERVER`/`ARCHWAY_TOKEN`,
 //! else the file `archway server login` writes (~/.config/archway/client.json).
@@ -11,7 +12,9 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use archway_api::{ApiClient, JobStatus, JobView, PipelineStatus, PipelineView, SubmitPipeline};
+use archway_api::{
+    ApiClient, JobDefinition, JobStatus, JobView, PipelineStatus, PipelineView, SubmitPipeline,
+};
 use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -85,6 +88,11 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// Whether a server is named (flag, environment or saved login).
+    pub fn configured(&self) -> bool {
+        self.server.is_some() || ClientConfig::load().is_some()
+    }
+
     pub fn client(&self) -> anyhow::Result<ApiClient> {
         let saved = ClientConfig::load();
         let server = self
@@ -119,19 +127,32 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 #[derive(Debug, Subcommand)]
 pub enum PipelineCommand {
-    /// Run the pipeline of this repository on an Archway server.
+    /// Run the pipeline of this repository: on this machine, or on an Archway server.
     ///
     /// Plans the pipeline file here (refusing it with positioned errors if `archway lint`
-    /// would), uploads a snapshot of the source (HEAD, or the working tree with --dirty),
-    /// submits the job graph, and follows it: a line per job state change, the log tail of a
-    /// failed job, a final table. Exits 0 only if the pipeline passed.
+    /// would), then follows it: a line per job state change, the log tail of a failed job, a
+    /// final table (job, stage, runner and platform, time, result). Exits 0 only if the
+    /// pipeline passed.
+    ///
+    /// With no server configured (or with --local) the whole system runs in this process: a
+    /// coordinator and the built-in registry under .archway/ (kept between runs; the registry
+    /// is the jobs' CI_REGISTRY), and one runner per platform this host can run, so a
+    /// `tags: [arm64]` job runs on arm64 (through qemu-user on an x86_64 host). The working
+    /// tree runs, uncommitted changes included.
+    ///
+    /// With a server (--server, ARCHWAY_SERVER or `archway server login`) it uploads a
+    /// snapshot of the source (HEAD, or the working tree with --dirty) and submits the job
+    /// graph to the server's runners.
     ///
     /// Examples:
+    ///   archway pipeline run
+    ///   archway pipeline run --job test --platform linux/arm64
+    ///   archway pipeline run --registry-mirror docker.io=127.0.0.1:5000/hub
     ///   archway pipeline run --server http://127.0.0.1:8700
     ///   archway pipeline run .gitlab-ci.yml --var DEPLOY=1 --masked-var API_KEY=$API_KEY
-    ///   archway pipeline run --dirty --detach --format json
+    ///   archway pipeline run --dirty --detach --format json --server http://127.0.0.1:8700
     #[command(verbatim_doc_comment)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List recent pipelines.
     List {
         #[arg(long)]
@@ -180,6 +201,11 @@ pub struct RunArgs {
     /// logs, never stored in the plan. Values must be at least 8 characters, as in GitLab.
     #[arg(long = "masked-var", value_name = "KEY=VALUE")]
     masked: Vec<String>,
+    /// A variable of type `file` (repeatable), as GitLab's: jobs get the path of a file
+    /// holding the value. `KEY=VALUE`, `KEY=@PATH` (the value read from a local file), or
+    /// `KEY` alone to make a variable given otherwise (--var, --masked-var, the YAML) a file.
+    #[arg(long = "file-var", value_name = "KEY[=VALUE|=@PATH]")]
+    file_vars: Vec<String>,
     /// Send the working tree as it is (tracked and untracked files that git does not
     /// ignore) instead of the committed HEAD.
     #[arg(long)]
@@ -191,10 +217,48 @@ pub struct RunArgs {
     /// Submit and return at once (print the pipeline id).
     #[arg(long)]
     detach: bool,
+    /// Run only this job and the jobs it `needs` (repeatable).
+    #[arg(long = "job", value_name = "NAME")]
+    jobs: Vec<String>,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    local: LocalArgs,
+}
+
+/// Running without a server: the whole system in this process.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Local runs (no server configured, or --local)")]
+pub struct LocalArgs {
+    /// Run here even if a server is configured: a coordinator on SQLite and the built-in
+    /// registry under .archway/ (kept between runs), one runner per platform this host runs
+    /// (arm64 through qemu-user on x86_64, and the reverse). The working tree is what runs.
+    #[arg(long, conflicts_with = "server")]
+    local: bool,
+    /// Where the local state lives (default: .archway/ at the repository's root).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Start runners only for these platforms (repeatable); jobs for others are left out,
+    /// with the jobs that need them.
+    #[arg(long = "platform", value_name = "OS/ARCH")]
+    platforms: Vec<String>,
+    /// Pull job images, service images and Dockerfile `FROM` images of REGISTRY from a
+    /// mirror (repeatable), `REGISTRY=HOST[/PREFIX]`, e.g. `docker.io=127.0.0.1:5000/hub`.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST[/PREFIX]")]
+    mirrors: Vec<archway_client::mirror::Mirror>,
+    /// Run jobs whose image is Kaniko's executor, docker, podman, buildah or manifest-tool
+    /// in the real image instead of Archway's toolbox (which serves `/kaniko/executor`,
+    /// `docker build|buildx|push|manifest`, `podman manifest`… with Archway's builder).
+    #[arg(long)]
+    no_toolbox: bool,
+    /// Keep the local server (API and registry) running after the pipeline, until Ctrl-C.
+    #[arg(long)]
+    keep: bool,
+    /// The OCI runtime for job sandboxes (default: the first of crun, runc found).
+    #[arg(long, value_name = "NAME")]
+    runtime: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,6 +295,23 @@ pub enum JobCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Download a job's artifacts: the archive (a gzipped tar) to a file, or unpacked.
+    ///
+    /// Examples:
+    ///   archway job artifacts 12 -o build.tar.gz
+    ///   archway job artifacts 12 --extract out/
+    #[command(verbatim_doc_comment)]
+    Artifacts {
+        id: i64,
+        /// Write the archive here (default: artifacts-JOB.tar.gz; `-` for stdout).
+        #[arg(short, long, value_name = "FILE", conflicts_with = "extract")]
+        output: Option<PathBuf>,
+        /// Unpack into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        extract: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Start a manual job (or a delayed one now).
     Play {
         id: i64,
@@ -244,7 +325,7 @@ pub enum JobCommand {
 pub fn pipeline(cmd: PipelineCommand) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     match cmd {
-        PipelineCommand::Run(a) => rt.block_on(run(a)),
+        PipelineCommand::Run(a) => rt.block_on(run(*a)),
         PipelineCommand::List {
             project,
             limit,
@@ -308,6 +389,12 @@ pub fn job(cmd: JobCommand) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            JobCommand::Artifacts {
+                id,
+                output,
+                extract,
+                server,
+            } => return download_artifacts(&server.client()?, id, output, extract).await,
             JobCommand::Show { id, format, server } => (server.client()?, id, None, format),
             JobCommand::Retry { id, format, server } => {
                 (server.client()?, id, Some("retry"), format)
@@ -329,6 +416,76 @@ pub fn job(cmd: JobCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
+async fn download_artifacts(
+    client: &ApiClient,
+    id: i64,
+    output: Option<PathBuf>,
+    extract: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let mut stream = client.job_artifacts(id).await?;
+    let to_stdout = output.as_deref() == Some(Path::new("-"));
+    let (path, tmp) = match (&extract, &output) {
+        (Some(dir), _) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let t = dir.join(format!(".artifacts-{id}.tar.gz.part"));
+            (t.clone(), t)
+        }
+        (None, Some(f)) if !to_stdout => (f.clone(), archway_oci::atomic_file::temp_path_for(f)),
+        (None, None) => {
+            let f = PathBuf::from(format!("artifacts-{id}.tar.gz"));
+            let t = archway_oci::atomic_file::temp_path_for(&f);
+            (f, t)
+        }
+        _ => (PathBuf::new(), PathBuf::new()),
+    };
+    if to_stdout {
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = stream.next().await {
+            out.write_all(&chunk.context("downloading the artifacts")?)?;
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut size = 0u64;
+    {
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(anyhow::anyhow!(e).context("downloading the artifacts"));
+                }
+            };
+            size += chunk.len() as u64;
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()?;
+    }
+    match extract {
+        Some(dir) => {
+            let r = archway_runner::artifacts::unpack(&tmp, &dir);
+            let _ = std::fs::remove_file(&tmp);
+            r.with_context(|| format!("unpacking the artifacts into {}", dir.display()))?;
+            eprintln!(
+                "unpacked the artifacts of job {id} ({} KiB) into {}",
+                size.div_ceil(1024),
+                dir.display()
+            );
+        }
+        None => {
+            archway_oci::atomic_file::commit(&tmp, &path)?;
+            eprintln!(
+                "saved the artifacts of job {id} ({} KiB) as {}",
+                size.div_ceil(1024),
+                path.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn when(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
@@ -343,6 +500,9 @@ fn duration(j: &JobView) -> String {
 }
 
 fn runner_of(j: &JobView) -> String {
+    if let Some(child) = j.downstream_pipeline_id {
+        return format!("child pipeline {child}");
+    }
     j.attempts
         .last()
         .map(|a| {
@@ -385,6 +545,50 @@ fn print_table(p: &PipelineView) {
             println!("    {n}");
         }
     }
+    print_tests(p);
+}
+
+/// The pipeline's JUnit results (GitLab's Tests tab): totals, then the failing cases.
+fn print_tests(p: &PipelineView) {
+    let with: Vec<&JobView> = p.jobs.iter().filter(|j| j.tests.is_some()).collect();
+    if with.is_empty() {
+        return;
+    }
+    let mut total = archway_api::TestSummary::default();
+    for t in with.iter().filter_map(|j| j.tests.as_ref()) {
+        total.total += t.total;
+        total.failed += t.failed;
+        total.errors += t.errors;
+        total.skipped += t.skipped;
+    }
+    println!(
+        "\ntests: {} total, {} passed, {} failed, {} errors, {} skipped (from {} jobs' JUnit reports)",
+        total.total,
+        total.passed(),
+        total.failed,
+        total.errors,
+        total.skipped,
+        with.len()
+    );
+    for j in with {
+        let Some(t) = &j.tests else { continue };
+        for f in &t.failures {
+            let msg = if f.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", f.message)
+            };
+            println!("  FAILED {} › {} › {}{msg}", j.name, f.suite, f.name);
+        }
+        let listed = t.failures.len() as u64;
+        if t.failed + t.errors > listed {
+            println!(
+                "  … and {} more failing cases in {}",
+                t.failed + t.errors - listed,
+                j.name
+            );
+        }
+    }
 }
 
 fn show_pipeline(p: &PipelineView, format: Format) -> anyhow::Result<()> {
@@ -422,6 +626,22 @@ fn print_job(j: &JobView) {
     }
     if let Some(n) = &j.note {
         println!("{n}");
+    }
+    if let Some(a) = &j.artifacts {
+        if !a.digest.is_empty() {
+            println!(
+                "artifacts: {} KiB ({}){} — archway job artifacts {}",
+                a.size.div_ceil(1024),
+                a.digest,
+                a.expires_at_ms
+                    .map(|e| format!(", expire {}", when(e)))
+                    .unwrap_or_default(),
+                j.id
+            );
+        }
+        if !a.dotenv.is_empty() {
+            println!("dotenv: {}", a.dotenv.join(", "));
+        }
     }
     for a in &j.attempts {
         println!(
@@ -538,7 +758,13 @@ fn snapshot(root: &Path, dirty: bool, in_git: bool) -> anyhow::Result<Vec<u8>> {
 }
 
 async fn run(mut a: RunArgs) -> anyhow::Result<ExitCode> {
-    let client = a.server.client()?;
+    let local = a.local.local || !a.server.configured();
+    if local && a.detach {
+        bail!(
+            "--detach needs a server: a local run's runners live in this process (use --keep to \
+             leave its server up after the pipeline, or pass --server)"
+        );
+    }
     let current = git(Path::new("."), &["symbolic-ref", "--short", "-q", "HEAD"]);
     a.context.default_branch_to(current);
     let file = match &a.file {
@@ -565,20 +791,67 @@ async fn run(mut a: RunArgs) -> anyhow::Result<ExitCode> {
         .any(|d| d.severity == archway_pipeline::Severity::Error)
     {
         eprintln!(
-            "{}: the pipeline has errors; nothing was submitted",
-            file.display()
+            "{}: the pipeline has errors; nothing was {}",
+            file.display(),
+            if local { "run" } else { "submitted" }
         );
         return Ok(ExitCode::FAILURE);
     }
     let Some(pipeline) = pipeline else {
         return Ok(ExitCode::FAILURE);
     };
+    // Jobs the coordinator cannot run (dynamic children, other projects' pipelines):
+    // submitting the rest would silently drop them.
+    let refused: Vec<String> = pipeline
+        .jobs
+        .iter()
+        .filter_map(archway_api::plan::not_submittable)
+        .collect();
+    if !refused.is_empty() {
+        for why in &refused {
+            eprintln!("{}: {why}", file.display());
+        }
+        eprintln!(
+            "{}: the server cannot run {}, so nothing was submitted",
+            file.display(),
+            if refused.len() == 1 {
+                "this job"
+            } else {
+                "these jobs"
+            }
+        );
+        eprintln!(
+            "  hint: `archway plan` shows the child pipelines; run these jobs in this pipeline meanwhile"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     if !pipeline.runs || pipeline.jobs.is_empty() {
         eprintln!(
             "{}: no jobs to run (workflow:rules or every job's rules excluded them)",
             file.display()
         );
         return Ok(ExitCode::SUCCESS);
+    }
+    let mut jobs = archway_api::plan::job_definitions(&pipeline);
+    if !a.jobs.is_empty() {
+        jobs = select_jobs(jobs, &a.jobs)?;
+    }
+    for fv in &a.file_vars {
+        let Some((k, v)) = fv.split_once('=') else {
+            continue;
+        };
+        let value = match v.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("--file-var {k}: reading {path}"))?,
+            None => v.to_owned(),
+        };
+        for j in &mut jobs {
+            j.variables.retain(|x| x.name != k);
+            j.variables.push(archway_api::VarDef {
+                name: k.to_owned(),
+                value: value.clone(),
+            });
+        }
     }
     let mut secrets = std::collections::BTreeMap::new();
     for kv in &a.masked {
@@ -596,21 +869,225 @@ async fn run(mut a: RunArgs) -> anyhow::Result<ExitCode> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
     let in_git = git(&root, &["rev-parse", "HEAD"]).is_some();
-    let sha = if in_git && !a.dirty {
-        git(&root, &["rev-parse", "HEAD"]).unwrap_or_default()
+    // A local run tests the working tree, as it is.
+    let dirty = a.dirty || local;
+
+    let mut local_system = None;
+    let client = if local {
+        let offers = super::local::offers(&a.local.platforms)?;
+        if !a.local.platforms.is_empty() {
+            let (kept, left_out) = keep_platforms(jobs, &offers);
+            if !left_out.is_empty() && a.format == Format::Text {
+                eprintln!(
+                    "left out (not for {}): {}",
+                    a.local.platforms.join(", "),
+                    left_out.join(", ")
+                );
+            }
+            jobs = kept;
+            if jobs.is_empty() {
+                bail!(
+                    "no job of the pipeline runs on {}",
+                    a.local.platforms.join(", ")
+                );
+            }
+        }
+        super::local::place_jobs(&mut jobs, &offers)?;
+        let mut tags: Vec<String> = jobs.iter().flat_map(|j| j.tags.clone()).collect();
+        tags.sort();
+        tags.dedup();
+        let data = a
+            .local
+            .data
+            .clone()
+            .unwrap_or_else(|| root.join(".archway"));
+        let sys = super::local::Local::start(super::local::LocalOptions {
+            data: data.clone(),
+            offers,
+            mirrors: a.local.mirrors.clone(),
+            tags,
+            runtime: a.local.runtime.clone(),
+            toolbox: !a.local.no_toolbox,
+        })
+        .await?;
+        if a.format == Format::Text {
+            let runners: Vec<String> = sys
+                .offers
+                .iter()
+                .map(|o| {
+                    format!(
+                        "{}{}",
+                        o.platform,
+                        if o.emulated {
+                            " (emulated with qemu)"
+                        } else {
+                            ""
+                        }
+                    )
+                })
+                .collect();
+            eprintln!(
+                "local run: state in {}, registry {} (CI_REGISTRY), runners for {}",
+                data.display(),
+                sys.registry,
+                runners.join(", ")
+            );
+        }
+        let c = sys.client.clone();
+        local_system = Some(sys);
+        c
     } else {
-        String::new()
+        a.server.client()?
     };
-    let message = if sha.is_empty() {
-        String::new()
-    } else {
-        git(&root, &["log", "-1", "--format=%B"]).unwrap_or_default()
-    };
-    let project = a.project.clone().unwrap_or_else(|| project_name(&root));
-    let data = snapshot(&root, a.dirty, in_git)?;
+    let outcome = submit_and_follow(
+        &a, &client, &root, in_git, dirty, &file, &pipeline, jobs, secrets, local,
+    )
+    .await;
+    if let Some(sys) = local_system {
+        if a.local.keep && outcome.is_ok() {
+            eprintln!(
+                "\nthe local server keeps running; Ctrl-C stops it.\n  \
+                 API:      archway pipeline list --server {} --token {}\n  \
+                 registry: {} (user archway, password: the token above), e.g.\n            \
+                 skopeo inspect --tls-verify=false --creds archway:{} docker://{}/<project>/<image>:<tag>",
+                sys.url, sys.admin_token, sys.registry, sys.admin_token, sys.registry
+            );
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        sys.stop().await?;
+    }
+    outcome
+}
+
+/// `jobs` restricted to `names` and every job they need (transitively).
+fn select_jobs(jobs: Vec<JobDefinition>, names: &[String]) -> anyhow::Result<Vec<JobDefinition>> {
+    let mut wanted: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut stack: Vec<String> = Vec::new();
+    for n in names {
+        // A matrix job's name selects all its instances (`build` → `build: [amd64]`, …).
+        let matching: Vec<&JobDefinition> = jobs
+            .iter()
+            .filter(|j| &j.name == n || j.name.starts_with(&format!("{n}: [")))
+            .collect();
+        if matching.is_empty() {
+            let known: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+            bail!(
+                "--job {n}: the pipeline has no such job (its jobs: {})",
+                known.join(", ")
+            );
+        }
+        stack.extend(matching.iter().map(|j| j.name.clone()));
+    }
+    while let Some(n) = stack.pop() {
+        if !wanted.insert(n.clone()) {
+            continue;
+        }
+        if let Some(j) = jobs.iter().find(|j| j.name == n) {
+            stack.extend(j.needs.iter().flatten().cloned());
+        }
+    }
+    Ok(jobs
+        .into_iter()
+        .filter(|j| wanted.contains(&j.name))
+        .collect())
+}
+
+/// Splits `jobs` into those that run on one of `offers` (and need only such jobs) and the
+/// names of the rest. A job without a platform runs on any.
+fn keep_platforms(
+    jobs: Vec<JobDefinition>,
+    offers: &[archway_api::PlatformOffer],
+) -> (Vec<JobDefinition>, Vec<String>) {
+    let mut out: std::collections::BTreeSet<String> = jobs
+        .iter()
+        .filter(|j| {
+            j.platform
+                .as_ref()
+                .is_some_and(|p| !offers.iter().any(|o| &o.platform == p))
+        })
+        .map(|j| j.name.clone())
+        .collect();
+    loop {
+        let more: Vec<String> = jobs
+            .iter()
+            .filter(|j| !out.contains(&j.name))
+            .filter(|j| j.needs.iter().flatten().any(|n| out.contains(n)))
+            .map(|j| j.name.clone())
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        out.extend(more);
+    }
+    let left_out = jobs
+        .iter()
+        .filter(|j| out.contains(&j.name))
+        .map(|j| j.name.clone())
+        .collect();
+    (
+        jobs.into_iter()
+            .filter(|j| !out.contains(&j.name))
+            .collect(),
+        left_out,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn submit_and_follow(
+    a: &RunArgs,
+    client: &ApiClient,
+    root: &Path,
+    in_git: bool,
+    dirty: bool,
+    file: &Path,
+    pipeline: &archway_pipeline::Pipeline,
+    jobs: Vec<JobDefinition>,
+    secrets: std::collections::BTreeMap<String, String>,
+    local: bool,
+) -> anyhow::Result<ExitCode> {
+    // The commit (for a working tree, the commit it is based on, as gitlab-ci-local does);
+    // outside git, the snapshot's digest stands in, so `$CI_COMMIT_SHORT_SHA` tags are never
+    // empty.
+    let data = snapshot(root, dirty, in_git)?;
     let digest = archway_oci::Digest::sha256(&data).to_string();
+    let head = if in_git {
+        git(root, &["rev-parse", "HEAD"]).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let message = if head.is_empty() {
+        String::new()
+    } else {
+        git(root, &["log", "-1", "--format=%B"]).unwrap_or_default()
+    };
+    let sha = if head.is_empty() {
+        digest.rsplit(':').next().unwrap_or_default()[..40].to_owned()
+    } else {
+        head
+    };
+    let project = a.project.clone().unwrap_or_else(|| project_name(root));
+    // CI_COMMIT_TIMESTAMP: the commit's (HEAD's for a working tree), else now.
+    let timestamp = in_git
+        .then(|| git(root, &["log", "-1", "--format=%cI"]))
+        .flatten()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| {
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+        });
+    let mut jobs = jobs;
+    for j in &mut jobs {
+        j.variables.insert(
+            0,
+            archway_api::VarDef {
+                name: "CI_COMMIT_TIMESTAMP".into(),
+                value: timestamp.clone(),
+            },
+        );
+    }
     if !client.has_source(&digest).await? {
-        eprintln!("uploading the source ({} KiB)…", data.len() / 1024);
+        if !local {
+            eprintln!("uploading the source ({} KiB)…", data.len() / 1024);
+        }
         client.upload_source(&digest, data).await?;
     }
     let (git_ref, tag) = match &a.context.tag_name() {
@@ -626,13 +1103,18 @@ async fn run(mut a: RunArgs) -> anyhow::Result<ExitCode> {
         source: Some(digest),
         file: file.display().to_string(),
         stages: pipeline.stages.clone(),
-        jobs: archway_api::plan::job_definitions(&pipeline),
-        variables: archway_api::plan::pipeline_variables(&pipeline),
+        jobs,
+        variables: archway_api::plan::pipeline_variables(pipeline),
         masked: secrets.keys().cloned().collect(),
         secrets,
+        file_variables: a
+            .file_vars
+            .iter()
+            .map(|f| f.split_once('=').map_or(f.as_str(), |(k, _)| k).to_owned())
+            .collect(),
     };
     let p = client.submit_pipeline(&submit).await?;
-    if a.detach {
+    if a.detach && !local {
         match a.format {
             Format::Json => print_json(&p)?,
             Format::Text => println!("{}", p.id),
@@ -641,14 +1123,33 @@ async fn run(mut a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if a.format == Format::Text {
         eprintln!(
-            "pipeline {} submitted to {} ({} jobs, project {})",
+            "pipeline {} {} ({} jobs, project {})",
             p.id,
-            client.base_url(),
+            if local {
+                "started".to_owned()
+            } else {
+                format!("submitted to {}", client.base_url())
+            },
             p.jobs.len(),
             p.project
         );
     }
-    let done = follow(&client, p.id, a.format == Format::Text).await?;
+    let print = a.format == Format::Text;
+    let done = if local {
+        // Ctrl-C cancels the local pipeline (its jobs are stopped) before the system stops.
+        tokio::select! {
+            r = follow(client, p.id, print) => r?,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("interrupted: canceling pipeline {}…", p.id);
+                client.cancel_pipeline(p.id).await?;
+                tokio::time::timeout(Duration::from_secs(60), follow(client, p.id, print))
+                    .await
+                    .context("the pipeline's jobs did not stop within a minute")??
+            }
+        }
+    } else {
+        follow(client, p.id, print).await?
+    };
     match a.format {
         Format::Json => print_json(&done)?,
         Format::Text => {
@@ -658,7 +1159,7 @@ async fn run(mut a: RunArgs) -> anyhow::Result<ExitCode> {
                 .filter(|j| j.status == JobStatus::Failed && !j.failure_allowed)
             {
                 eprintln!("--- log tail of {} (job {}) ---", j.name, j.id);
-                let tail = log_tail(&client, j.id, 20).await.unwrap_or_default();
+                let tail = log_tail(client, j.id, 20).await.unwrap_or_default();
                 eprintln!("{tail}");
             }
             println!();

@@ -91,6 +91,15 @@ pub struct RegisterArgs {
     /// Registries to reach over plain HTTP (besides loopback ones), comma-separated.
     #[arg(long, value_delimiter = ',')]
     insecure_registry: Vec<String>,
+    /// Pull job images of REGISTRY from a mirror (repeatable), `REGISTRY=HOST[/PREFIX]`,
+    /// e.g. `docker.io=mirror.internal:5000/hub` (as dockerd's `registry-mirrors`).
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST[/PREFIX]")]
+    registry_mirrors: Vec<archway_client::mirror::Mirror>,
+    /// Run jobs whose image is Kaniko's executor, docker, podman, buildah or manifest-tool
+    /// with the real image, instead of Archway's toolbox (which serves those commands with
+    /// Archway's builder, unprivileged and without a daemon).
+    #[arg(long)]
+    no_toolbox: bool,
     /// Configuration file to write.
     #[arg(long, default_value_os_t = RunnerConfig::default_path())]
     config: PathBuf,
@@ -246,6 +255,8 @@ async fn register(a: RegisterArgs) -> anyhow::Result<ExitCode> {
         },
         drain_deadline_secs: 90,
         insecure_registries: a.insecure_registry.clone(),
+        registry_mirrors: a.registry_mirrors.iter().map(ToString::to_string).collect(),
+        toolbox: !a.no_toolbox,
     };
     config.save(&a.config)?;
     let offered: Vec<String> = platforms
@@ -295,7 +306,21 @@ async fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
             let mut e = SandboxExecutor::new(sandbox, Arc::new(store), &cache);
             e.default_image = config.default_image.clone();
             e.insecure_registries = config.insecure_registries.clone();
+            e.mirrors = config
+                .registry_mirrors
+                .iter()
+                .map(|m| m.parse())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("in {}", a.config.display()))?;
             e.runner_token = Some(config.token.clone());
+            if config.toolbox {
+                e.toolbox = Some(archway_runner::toolbox::Toolbox {
+                    exe: std::env::current_exe().context("finding the archway binary")?,
+                    store_dir: cache.join("images"),
+                    runtime: a.runtime.clone(),
+                    mirrors: e.mirrors.clone(),
+                });
+            }
             Arc::new(e)
         }
         other => bail!(

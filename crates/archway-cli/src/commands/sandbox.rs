@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use archway_build::{ImageStore, RegistrySource, RunOutput, RunRequest, StepRunner, Store};
+use archway_build::{
+    ImageStore, RegistrySource, RunOutput, RunRequest, StepRunner, Store, Unpacking,
+};
 use archway_client::Location;
 use archway_oci::Platform;
 use archway_oci::run_config::{RunConfigError, RunOverrides, resolve_run};
@@ -109,9 +111,52 @@ pub fn open_store(cache_dir: Option<&std::path::Path>) -> anyhow::Result<Arc<Sto
     Ok(Arc::new(store))
 }
 
-/// Whether layers may be unpacked with their owners, devices and setuid bits (root only).
-pub fn privileged() -> bool {
-    rustix::process::geteuid().is_root()
+/// How much of a layer's ownership unpacking keeps here: everything as root; owners and
+/// setuid bits as root of a user namespace that maps more than one id (subordinate ids, see
+/// [`rerun_with_subordinate_ids`]); nothing rootless with one id.
+pub fn unpacking() -> Unpacking {
+    let root = rustix::process::geteuid().is_root();
+    if root && !archway_sandbox::userns::in_user_namespace() {
+        Unpacking::Privileged
+    } else if root && archway_sandbox::userns::maps_many_ids() {
+        Unpacking::MappedIds
+    } else {
+        Unpacking::Caller
+    }
+}
+
+/// Rootless: runs this very command again in a user namespace mapping the user's subordinate
+/// ids (`/etc/subuid`, `/etc/subgid`, through `newuidmap`/`newgidmap`, as rootless podman
+/// does), so files owned by other users in base images keep their owners and RUN steps can
+/// switch users. `Ok(Some(code))`: it ran there and this is its exit code; `Ok(None)`: go on
+/// here (as root, already mapped, or without a range; then `note` says what that costs).
+pub fn rerun_with_subordinate_ids(note: Option<&str>) -> anyhow::Result<Option<ExitCode>> {
+    use archway_sandbox::userns::{self, SubordinateIds};
+    if rustix::process::geteuid().is_root() || userns::in_mapped_namespace() {
+        return Ok(None);
+    }
+    match SubordinateIds::for_current_user() {
+        Ok(ids) => {
+            let exe =
+                std::env::current_exe().context("finding the archway binary to run it again")?;
+            let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+            let status = ids
+                .rerun(&exe, &args)
+                .context("running in a user namespace with the subordinate ids")?;
+            let code = status.code().unwrap_or_else(|| {
+                128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+            });
+            Ok(Some(ExitCode::from(u8::try_from(code).unwrap_or(1))))
+        }
+        Err(why) => {
+            if let Some(what) = note {
+                eprintln!(
+                    "note: {what} runs rootless with a single id mapping ({why}): files that base images give to other users belong to root, and RUN steps cannot switch to another user. Give the user a range in /etc/subuid and /etc/subgid (and install uidmap) to keep owners, as rootless podman does."
+                );
+            }
+            Ok(None)
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -265,7 +310,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         open_store(a.cache_dir.as_deref())?,
         Arc::new(RegistrySource::new(client)),
     )
-    .with_privileged(privileged());
+    .with_unpacking(unpacking());
+    // What this run pulls and unpacks stays while it runs, whatever `build prune` does.
+    let _lease = images.lease()?;
     let (image, rootfs) = block_on(async {
         let image = images.pull(&source, &platform).await?;
         let rootfs = images.unpack(&image).await?;

@@ -121,12 +121,19 @@ struct ServeArgs {
     #[command(flatten)]
     db: DbArgs,
     /// The URL jobs and runners reach this server at (CI_SERVER_URL, CI_REGISTRY); default:
-    /// http://<listen address>.
+    /// http://<listen address>, https:// with --tls-cert.
     #[arg(long, value_name = "URL")]
     public_url: Option<String>,
     /// Serve plain HTTP on a non-loopback address (tokens then cross the network in clear).
     #[arg(long)]
     allow_insecure: bool,
+    /// Serve HTTPS with this certificate (PEM, intermediates after it); needs --tls-key.
+    /// `kill -HUP` reloads both files without dropping connections. HTTP/2 is offered.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// An attempt whose runner has not renewed its lease for this long is requeued.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     lease_ttl: Duration,
@@ -137,11 +144,14 @@ struct ServeArgs {
     /// Log bytes kept per attempt; more is dropped with a marker.
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     max_log_size: u64,
+    /// Largest artifact archive a job may keep (a larger one fails the job).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    max_artifact_size: u64,
     /// Job timeout when the job sets none.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     default_timeout: Duration,
-    /// Keep the registry's content, the source snapshots and finished job logs on
-    /// S3-compatible object storage (s3://BUCKET[/PREFIX]) instead of under --data; with
+    /// Keep the registry's content, the source snapshots, job artifacts and finished job logs
+    /// on S3-compatible object storage (s3://BUCKET[/PREFIX]) instead of under --data; with
     /// --database on PostgreSQL, any number of servers sharing both behave as one. Endpoint, region and credentials come
     /// from the AWS environment variables and files (see `archway registry serve --help`).
     #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
@@ -323,10 +333,23 @@ fn login(l: LoginArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(a.log_format, false);
-    if !a.listen.ip().is_loopback() && !a.allow_insecure {
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => {
+            let t = archway_http::TlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            t.load().context("--tls-cert/--tls-key cannot be used")?;
+            Some(t)
+        }
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if !a.listen.ip().is_loopback() && tls.is_none() && !a.allow_insecure {
         bail!(
             "refusing to serve plain HTTP on {}: tokens and passwords would cross the network in clear.\n\
-             Listen on 127.0.0.1 (behind a TLS-terminating proxy), or pass --allow-insecure if the network is trusted.",
+             Pass --tls-cert FILE --tls-key FILE, listen on 127.0.0.1 (behind a TLS-terminating proxy), \
+             or pass --allow-insecure if the network is trusted.",
             a.listen
         );
     }
@@ -342,7 +365,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let public = a
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
     let registry_host = public
         .trim_start_matches("http://")
         .trim_start_matches("https://")
@@ -354,6 +377,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         lease_ttl: a.lease_ttl,
         system_retries: a.system_retries,
         max_log_bytes: a.max_log_size,
+        max_artifact_bytes: a.max_artifact_size,
         default_timeout: a.default_timeout,
         server_url: public.clone(),
         registry: registry_host,
@@ -389,7 +413,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         eprintln!("metrics on http://{m}/metrics");
     }
     eprintln!(
-        "archway server listening on http://{addr} (data {}{}, database {}, public URL {public})",
+        "archway server listening on {scheme}://{addr} (data {}{}, database {}, public URL {public})",
         a.db.data.display(),
         a.storage
             .as_ref()
@@ -397,7 +421,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default(),
         server.coord.db.display
     );
-    archway_server::serve(listener, server.router(), shutdown_signal()).await?;
+    archway_server::serve_tls(listener, server.router(), tls, shutdown_signal()).await?;
     eprintln!("archway server stopped");
     Ok(ExitCode::SUCCESS)
 }

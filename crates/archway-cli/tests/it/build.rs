@@ -6,7 +6,12 @@
 //! build again with these extra arguments), `files` / `modes` / `absent` / `config` / `env`
 //! (per platform, `*` for all; modes are `"755 uid:gid"`), `shared_layers` (layers identical
 //! across all platforms), `run` (`archway run` checks), `error` (strings stderr must contain;
-//! the build must fail) and `not_in_stderr`. `ARCHWAY_BUILD_CASE=name` runs one case.
+//! the build must fail), `not_in_stderr`, `stderr` (strings a successful build prints),
+//! `http` (serve the case's `served/` directory, and each `git/<name>/` as the repository
+//! `<name>.git`, over HTTP; the Dockerfile gets the URL as `--build-arg HTTP=…`), `http_log`
+//! (requests the server must have seen), `check` (run `archway build --check` instead, which
+//! must succeed unless `error` is given), and `buildkit` (the BuildKit behaviour the case
+//! pins, for the reader). `ARCHWAY_BUILD_CASE=name` runs one case.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +21,9 @@ use archway_oci::layout::ImageLayout;
 use archway_oci::{ImageManifest, ManifestKind, ParsedManifest, Platform};
 use serde_json::Value;
 
-use crate::support::{RegistryProcess, UserEnv, push_busybox, require, run};
+use crate::support::{
+    HttpServer, RegistryProcess, UserEnv, git_repository, push_busybox, require, run,
+};
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/build-corpus")
@@ -155,6 +162,52 @@ fn check_case(fx: &Fixture, dir: &Path) -> Result<(), String> {
         .as_array()
         .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
         .unwrap_or_default();
+    let served = tempfile::tempdir().unwrap();
+    let http = (expect["http"] == true).then(|| {
+        if dir.join("served").is_dir() {
+            run(std::process::Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", dir.join("served").display()))
+                .arg(served.path()));
+        }
+        for repo in std::fs::read_dir(dir.join("git")).into_iter().flatten() {
+            let repo = repo.unwrap();
+            git_repository(
+                &repo.path(),
+                served.path(),
+                &repo.file_name().to_string_lossy(),
+            );
+        }
+        HttpServer::start(served.path())
+    });
+    if let Some(h) = &http {
+        args.extend(["--build-arg".to_owned(), format!("HTTP={}", h.url(""))]);
+    }
+    if expect["check"] == true {
+        args.push("--check".into());
+        let o = fx.build(dir, platforms, &args, fx.store.path());
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        let want_ok = expect["error"].is_null();
+        if o.status.success() != want_ok {
+            return Err(format!(
+                "--check exited {}, want {}:\n{stderr}",
+                o.status,
+                if want_ok { "success" } else { "failure" }
+            ));
+        }
+        for e in expect["stderr"]
+            .as_array()
+            .into_iter()
+            .chain(expect["error"].as_array())
+            .flatten()
+        {
+            let e = e.as_str().unwrap();
+            if !stderr.contains(e) {
+                return Err(format!("--check stderr lacks `{e}`:\n{stderr}"));
+            }
+        }
+        return Ok(());
+    }
     args.push("--output".into());
     args.push(format!("oci:{}:test", out.path().display()));
     if let Some(again) = expect["build_twice"].as_array() {
@@ -193,6 +246,21 @@ fn check_case(fx: &Fixture, dir: &Path) -> Result<(), String> {
     }
     if !o.status.success() {
         return Err(format!("build failed:\n{stderr}"));
+    }
+    for e in expect["stderr"].as_array().into_iter().flatten() {
+        let e = e.as_str().unwrap();
+        if !stderr.contains(e) {
+            return Err(format!("stderr lacks `{e}`:\n{stderr}"));
+        }
+    }
+    if let Some(h) = &http {
+        let log = h.log();
+        for want in expect["http_log"].as_array().into_iter().flatten() {
+            let want = want.as_str().unwrap();
+            if !log.iter().any(|l| l == want) {
+                return Err(format!("the HTTP server did not see `{want}`: {log:?}"));
+            }
+        }
     }
     let built = images(out.path(), "test");
     let want: Vec<String> = platforms
@@ -719,4 +787,431 @@ fn library_warnings_reach_the_user() {
         stderr.contains("warning: skipping a special file created by the step path=pipe"),
         "{stderr}"
     );
+}
+
+/// A context directory with `files` (path → content).
+fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for (p, c) in files {
+        let path = d.path().join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, c).unwrap();
+    }
+    d
+}
+
+fn json_of(o: &std::process::Output) -> Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// `archway build prune` and `du` while another build runs on the same store: what that build
+/// uses stays (it finishes with a complete image), what an earlier build left goes.
+#[test]
+fn prune_and_du_leave_a_running_build_alone() {
+    let fx = Fixture::new();
+    let store = tempfile::tempdir().unwrap();
+    // An earlier build, finished: everything only it used may go.
+    let earlier = context(&[
+        (
+            "Dockerfile",
+            "ARG BASE\nFROM $BASE\nCOPY unique.txt /\nRUN echo a > /a\n",
+        ),
+        ("unique.txt", "only the earlier build has this\n"),
+    ]);
+    let earlier_digest = digest_of(&fx.build(earlier.path(), "linux/amd64", &[], store.path()));
+    // A build that waits in its RUN step until the test lets it go.
+    let served = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(served.path().join("hold")).unwrap();
+    std::fs::write(served.path().join("hold/go"), "released\n").unwrap();
+    let http = HttpServer::start(served.path());
+    let running = context(&[
+        (
+            "Dockerfile",
+            "ARG BASE\nFROM $BASE\nARG HTTP\nCOPY b.txt /b.txt\nRUN wget -q -O /fetched $HTTP/hold/go\n",
+        ),
+        ("b.txt", "the running build's file\n"),
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = fx.env.archway();
+    cmd.current_dir(running.path())
+        .args([
+            "build",
+            ".",
+            "--platform",
+            "linux/amd64",
+            "--build-arg",
+            &format!("BASE={}", fx.base),
+            "--build-arg",
+            &format!("HTTP={}", http.url("")),
+            "--output",
+            &format!("oci:{}:test", out.path().display()),
+            "--cache-dir",
+        ])
+        .arg(store.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    http.wait_for("GET /hold/go held", std::time::Duration::from_secs(300));
+
+    let store_arg = store.path().to_str().unwrap();
+    let du = json_of(
+        &fx.env
+            .archway()
+            .args(["build", "du", "--cache-dir", store_arg, "--format", "json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(du["running_builds"], 1, "{du}");
+    assert!(du["total"].as_u64().unwrap() > 0, "{du}");
+    let report = json_of(
+        &fx.env
+            .archway()
+            .args([
+                "build",
+                "prune",
+                "--cache-dir",
+                store_arg,
+                "--format",
+                "json",
+            ])
+            .output()
+            .unwrap(),
+    );
+    let removed: Vec<(String, String)> = report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap().to_owned(),
+                r["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    // The earlier build's result went...
+    let earlier_tag = format!(
+        "build-{}",
+        &earlier_digest.trim_start_matches("sha256:")[..16]
+    );
+    assert!(
+        removed.contains(&("image".to_owned(), earlier_tag.clone())),
+        "{earlier_tag} not in {removed:?}"
+    );
+    // ...the base image the running build pulled (and the earlier one too) stayed.
+    assert!(
+        !removed
+            .iter()
+            .any(|(k, n)| k == "image" && n.starts_with("base-")),
+        "{removed:?}"
+    );
+    assert!(report["kept_in_use"].as_u64().unwrap() > 0, "{report}");
+
+    http.release();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let built = images(out.path(), "test");
+    let root = built["linux/amd64"].rootfs.path();
+    assert_eq!(
+        std::fs::read_to_string(root.join("b.txt")).unwrap(),
+        "the running build's file\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("fetched")).unwrap(),
+        "released\n"
+    );
+    assert!(
+        root.join("bin/busybox").exists(),
+        "the base layer is in the image"
+    );
+    let du = json_of(
+        &fx.env
+            .archway()
+            .args(["build", "du", "--cache-dir", store_arg, "--format", "json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(du["running_builds"], 0, "{du}");
+    // Nothing in use now: everything goes, and the store still works afterwards.
+    let report = json_of(
+        &fx.env
+            .archway()
+            .args([
+                "build",
+                "prune",
+                "--cache-dir",
+                store_arg,
+                "--format",
+                "json",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(report["kept_in_use"], 0, "{report}");
+    let du = json_of(
+        &fx.env
+            .archway()
+            .args(["build", "du", "--cache-dir", store_arg, "--format", "json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(du["reclaimable"], 0, "{du}");
+    digest_of(&fx.build(earlier.path(), "linux/amd64", &[], store.path()));
+}
+
+/// The automatic cap: after a build, the store is pruned down to `--keep-storage`, least
+/// recently used first, keeping what the build used.
+#[test]
+fn keep_storage_caps_the_store_after_each_build() {
+    let fx = Fixture::new();
+    let store = tempfile::tempdir().unwrap();
+    let first = context(&[
+        ("Dockerfile", "ARG BASE\nFROM $BASE\nCOPY one.txt /\n"),
+        ("one.txt", &"1".repeat(100_000)),
+    ]);
+    digest_of(&fx.build(first.path(), "linux/amd64", &[], store.path()));
+    let second = context(&[
+        ("Dockerfile", "ARG BASE\nFROM $BASE\nCOPY two.txt /\n"),
+        ("two.txt", "2\n"),
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let o = fx.build(
+        second.path(),
+        "linux/amd64",
+        &[
+            "--keep-storage".into(),
+            "1".into(),
+            "--output".into(),
+            format!("oci:{}:test", out.path().display()),
+        ],
+        store.path(),
+    );
+    digest_of(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("build store: removed") && stderr.contains("to stay under its size cap"),
+        "{stderr}"
+    );
+    let built = images(out.path(), "test");
+    assert_eq!(
+        std::fs::read_to_string(built["linux/amd64"].rootfs.path().join("two.txt")).unwrap(),
+        "2\n"
+    );
+    // What is left is only what the second build used.
+    let du = json_of(
+        &fx.env
+            .archway()
+            .args([
+                "build",
+                "du",
+                "--cache-dir",
+                store.path().to_str().unwrap(),
+                "--format",
+                "json",
+            ])
+            .output()
+            .unwrap(),
+    );
+    let content: u64 = du["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kind"] == "content-cache")
+        .map(|k| k["items"].as_u64().unwrap())
+        .sum();
+    assert_eq!(content, 1, "only the second build's COPY layer: {du}");
+}
+
+/// `ADD <url>` through the proxy the environment names (as a runner's job sets it), with the
+/// file's `Last-Modified` as its time in the layer.
+#[test]
+fn add_url_through_the_proxy_with_last_modified() {
+    let fx = Fixture::new();
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("tool.txt"), "via the proxy\n").unwrap();
+    // The test server answers absolute-form requests as a forward proxy would.
+    let proxy = HttpServer::start(served.path());
+    let ctx = context(&[(
+        "Dockerfile",
+        "ARG BASE\nFROM $BASE\nADD http://archway-test.invalid/tool.txt /tool.txt\n",
+    )]);
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = fx.env.archway();
+    cmd.current_dir(ctx.path())
+        .env("HTTP_PROXY", proxy.url(""))
+        .env("http_proxy", proxy.url(""))
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .args([
+            "build",
+            ".",
+            "--platform",
+            "linux/amd64",
+            "--build-arg",
+            &format!("BASE={}", fx.base),
+            "--output",
+            &format!("oci:{}:test", out.path().display()),
+            "--cache-dir",
+        ])
+        .arg(fx.store.path());
+    digest_of(&cmd.output().unwrap());
+    assert!(
+        proxy
+            .log()
+            .contains(&"GET /tool.txt 200 proxied".to_owned()),
+        "{:?}",
+        proxy.log()
+    );
+    // The layer's entry carries Last-Modified as its mtime.
+    let layout = ImageLayout::open(out.path()).unwrap();
+    let top = layout.resolve(Some("test")).unwrap();
+    let m: ImageManifest = serde_json::from_slice(&layout.read_blob(&top.digest).unwrap()).unwrap();
+    let last = m.layers.last().unwrap();
+    let f = layout.open_blob(&last.digest, Some(last.size)).unwrap();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let entry = tar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.path().unwrap().to_string_lossy() == "tool.txt")
+        .expect("tool.txt in the ADD layer");
+    assert_eq!(
+        entry.header().mtime().unwrap(),
+        crate::support::HTTP_LAST_MODIFIED.1
+    );
+    assert_eq!(entry.header().mode().unwrap() & 0o7777, 0o600);
+}
+
+/// `archway build --check` where the context is not there at all (a lint job that only has
+/// the Dockerfile): the Dockerfile is judged alone, sources are not looked for.
+#[test]
+fn check_without_a_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let dockerfile = dir.path().join("Dockerfile");
+    std::fs::write(
+        &dockerfile,
+        "FROM alpine:3.19\nCOPY app /app\nADD https://example.invalid/x.tgz /opt/\nRUN make\n",
+    )
+    .unwrap();
+    let o = crate::support::archway()
+        .arg("build")
+        .arg(dir.path().join("no-such-context"))
+        .arg("--check")
+        .arg("-f")
+        .arg(&dockerfile)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("its files are not checked"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A real mistake is still an error.
+    std::fs::write(&dockerfile, "FROM alpine:3.19\nCOPY --form=x a b\n").unwrap();
+    let o = crate::support::archway()
+        .arg("build")
+        .arg(dir.path().join("no-such-context"))
+        .arg("--check")
+        .arg("-f")
+        .arg(&dockerfile)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+}
+
+/// Rootless with subordinate ids (`/etc/subuid`, `/etc/subgid`, newuidmap): a file owned by
+/// uid 1000 in the base image keeps that owner in RUN steps and in the result, and a step can
+/// run as that user, as with rootless podman. Without the range, the build says why it
+/// cannot.
+#[test]
+fn rootless_build_with_subordinate_ids_keeps_owners() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        crate::support::skip("needs root to run archway as nobody");
+        return;
+    }
+    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    let subgid = std::fs::read_to_string("/etc/subgid").unwrap_or_default();
+    let has = |t: &str| {
+        t.lines()
+            .any(|l| l.starts_with("nobody:") || l.starts_with("65534:"))
+    };
+    if !has(&subuid) || !has(&subgid) || !crate::support::have("newuidmap") {
+        crate::support::skip(
+            "nobody has no range in /etc/subuid and /etc/subgid, or uidmap is missing (scripts/test.sh sets them up)",
+        );
+        return;
+    }
+    let fx = Fixture::new();
+    // A base image with a user 1000 owning /data, built as root.
+    let base_ctx = context(&[(
+        "Dockerfile",
+        "ARG BASE\nFROM $BASE\nRUN echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:1000:' >> /etc/group && mkdir -p /data && echo hi > /data/f && chown -R 1000:1000 /data\n",
+    )]);
+    let owned = format!("{}/owned/base:1", fx.reg.host());
+    digest_of(&fx.build(
+        base_ctx.path(),
+        "linux/amd64",
+        &["-t".into(), owned.clone(), "--push".into()],
+        fx.store.path(),
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let home = crate::support::owned_dir(65534, "home", &tmp);
+    let ctx = home.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "ARG BASE\nFROM $BASE\nRUN stat -c %u:%g /data/f > /seen-by-root\nUSER app\nRUN echo made-by-app > /data/g && id -u > /data/uid\nUSER root\n",
+    )
+    .unwrap();
+    run(std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&ctx));
+    let out = crate::support::owned_dir(65534, "out", &tmp);
+    let build = |subids: bool| {
+        let mut c = crate::support::as_nobody(&home);
+        if !subids {
+            c.env("ARCHWAY_ROOTLESS_SUBIDS", "off");
+        }
+        c.current_dir(&ctx)
+            .args([
+                "build",
+                ".",
+                "--platform",
+                "linux/amd64",
+                "--build-arg",
+                &format!("BASE={owned}"),
+                "--output",
+                &format!("oci:{}:test", out.display()),
+                "--cache-dir",
+            ])
+            .arg(home.join(if subids { "store" } else { "store-single" }))
+            .output()
+            .unwrap()
+    };
+    let o = build(true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let built = images(&out, "test");
+    let root = built["linux/amd64"].rootfs.path();
+    assert_eq!(
+        std::fs::read_to_string(root.join("seen-by-root")).unwrap(),
+        "1000:1000\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/uid")).unwrap(),
+        "1000\n"
+    );
+    for f in ["data/f", "data/g"] {
+        let m = std::fs::metadata(root.join(f)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1000, 1000), "{f}");
+    }
+    // The single mapping says what it cannot do, and `USER app` fails there.
+    let o = build(false);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("runs rootless with a single id mapping (ARCHWAY_ROOTLESS_SUBIDS=off)"),
+        "{stderr}"
+    );
+    assert!(!o.status.success(), "{stderr}");
 }

@@ -87,8 +87,12 @@ impl ServerProcess {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(rest) = text.split("listening on http://").nth(1) {
-                self.addr = rest.split_whitespace().next().unwrap().to_owned();
+            // The line may be half written when read: only a whole line counts.
+            if let Some(rest) = text.split("listening on http://").nth(1)
+                && rest.contains('\n')
+                && let Some(addr) = rest.split_whitespace().next()
+            {
+                self.addr = addr.to_owned();
                 return;
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -664,7 +668,7 @@ fn cancel_stops_the_jobs_process() {
     let _runner = RunnerProcess::start(&server, "r", &["--platform", "linux/amd64"]);
     let r = repo(&[(
         ".gitlab-ci.yml",
-        "long:\n  image: $CI_REGISTRY/library/busybox:1.35\n  script: [echo long begins, sleep 600, echo never]\n",
+        "long:\n  image: $CI_REGISTRY/library/busybox:1.35\n  script: [echo long begins, sleep 600, echo never]\n  after_script: ['echo \"after_script saw $CI_JOB_STATUS\"']\n",
     )]);
     let p = submit(&server, r.path(), &[]);
     let id = job_id(&p, "long");
@@ -674,9 +678,45 @@ fn cancel_stops_the_jobs_process() {
     ok(server.cli().args(["job", "cancel", &id.to_string()]));
     let j = server.wait_job(id, "canceled", |j| j["status"] == "canceled");
     assert_eq!(j["attempts"][0]["state"], "canceled");
+    // after_script runs on cancel too, and knows why.
+    server.wait_job(id, "after_script to run", |_| {
+        server.log(id).contains("after_script saw canceled")
+    });
     let log = server.log(id);
     assert!(log.contains("Job canceled"), "{log}");
     assert!(!log.contains("never"), "{log}");
+}
+
+#[test]
+fn a_child_pipeline_runs_and_its_depend_trigger_job_takes_its_status() {
+    let server = ServerProcess::start(&[]);
+    server.push_busybox();
+    let _runner = RunnerProcess::start(&server, "r", &["--platform", "linux/amd64"]);
+    let r = repo(&[
+        (
+            ".gitlab-ci.yml",
+            "stages: [build, child, deploy]\ndefault:\n  image: $CI_REGISTRY/library/busybox:1.35\nbuild:\n  stage: build\n  script: [echo built]\nchild:\n  stage: child\n  variables:\n    PARENT_PIPELINE_ID: $CI_PIPELINE_ID\n  trigger:\n    include: ci/child.yml\n    strategy: depend\ndeploy:\n  stage: deploy\n  script: [echo deployed]\n",
+        ),
+        (
+            "ci/child.yml",
+            "default:\n  image: $CI_REGISTRY/library/busybox:1.35\nchild-test:\n  rules:\n    - if: $CI_PIPELINE_SOURCE == \"parent_pipeline\"\n  script: ['echo \"child of $PARENT_PIPELINE_ID in $CI_PIPELINE_ID\"']\n",
+        ),
+    ]);
+    let out = pipeline_run(&server, r.path(), &["--project", "team/app"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("pipeline 1 success"), "{stdout}");
+    assert!(stdout.contains("child pipeline 2"), "{stdout}");
+    let p = server.json(&["pipeline", "show", "1"]);
+    let child = server.job(job_id(&p, "child"));
+    assert_eq!(child["status"], "success");
+    assert_eq!(child["downstream_pipeline_id"], 2);
+    let c = server.json(&["pipeline", "show", "2"]);
+    assert_eq!(c["status"], "success");
+    assert_eq!(c["parent_job_id"], child["id"]);
+    let log = server.log(job_id(&c, "child-test"));
+    assert!(log.contains("child of 1 in 2"), "{log}");
 }
 
 #[test]
@@ -1173,4 +1213,104 @@ fn two_servers_on_one_bucket_and_one_database_run_a_pipeline_as_one() {
     a.kill9();
     assert_eq!(b.log(id), log);
     drop(runner);
+}
+
+const ARTIFACT_PIPELINE: &str = r#"
+stages: [build, test]
+build:
+  stage: build
+  image: $CI_REGISTRY/library/busybox:1.35
+  script:
+    - mkdir -p dist
+    - echo "the binary" > dist/app
+    - echo "RELEASE=7" > vars.env
+  artifacts:
+    paths: [dist/]
+    expire_in: 1 week
+    reports:
+      dotenv: vars.env
+use:
+  stage: test
+  image: $CI_REGISTRY/library/busybox:1.35
+  needs: [build]
+  script:
+    - cat dist/app
+    - echo "release $RELEASE"
+"#;
+
+#[test]
+fn artifacts_are_stored_by_the_server_passed_by_needs_and_downloadable() {
+    let server = ServerProcess::start(&[]);
+    server.push_busybox();
+    let _runner = RunnerProcess::start(&server, "r", &["--platform", "linux/amd64"]);
+    let r = repo(&[(".gitlab-ci.yml", ARTIFACT_PIPELINE)]);
+    let out = pipeline_run(&server, r.path(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = server.json(&["pipeline", "show", "1"]);
+    let build = job_id(&p, "build");
+    let use_log = server.log(job_id(&p, "use"));
+    assert!(
+        use_log.contains("Downloading the artifacts of build"),
+        "{use_log}"
+    );
+    assert!(use_log.contains("the binary"), "{use_log}");
+    assert!(use_log.contains("release 7"), "{use_log}");
+    let j = server.job(build);
+    assert!(
+        j["artifacts"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{j}"
+    );
+    assert_eq!(j["artifacts"]["dotenv"], serde_json::json!(["RELEASE"]));
+    assert!(j["artifacts"]["expires_at_ms"].as_i64().unwrap() > 0);
+    let shown = ok(server.cli().args(["job", "show", &build.to_string()]));
+    assert!(
+        shown.contains(&format!("archway job artifacts {build}")),
+        "{shown}"
+    );
+
+    // Downloaded as an archive, and unpacked.
+    let dl = tempfile::tempdir().unwrap();
+    let archive = dl.path().join("a.tar.gz");
+    ok(server
+        .cli()
+        .args(["job", "artifacts", &build.to_string(), "-o"])
+        .arg(&archive));
+    let bytes = fs::read(&archive).unwrap();
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&bytes)),
+        j["artifacts"]["digest"].as_str().unwrap()
+    );
+    ok(server
+        .cli()
+        .args(["job", "artifacts", &build.to_string(), "--extract"])
+        .arg(dl.path().join("x")));
+    assert_eq!(
+        fs::read_to_string(dl.path().join("x/dist/app")).unwrap(),
+        "the binary\n"
+    );
+    assert!(dl.path().join("x/vars.env").is_file());
+    // A job without artifacts says so.
+    let out = server
+        .cli()
+        .args(["job", "artifacts", &job_id(&p, "use").to_string()])
+        .current_dir(dl.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no artifacts"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    archway_oci::Digest::sha256(data).hex().to_owned()
 }

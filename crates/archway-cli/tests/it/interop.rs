@@ -2,28 +2,17 @@
 //! `.ci/run` installs them from Debian's packages.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use archway_oci::layout::ImageLayout;
 
-use crate::support::{Backend, RegistryProcess, busybox_layout, require, run};
+use crate::support::{
+    Backend, Dockerd, RegistryProcess, busybox_layout, containers_tool, require, run,
+};
 
 fn skopeo() -> Command {
     let mut c = Command::new("skopeo");
     c.arg("--insecure-policy");
-    c
-}
-
-/// podman/buildah with private storage so tests do not share state.
-fn containers_tool(program: &str, dir: &Path) -> Command {
-    let mut c = Command::new(program);
-    c.arg("--root")
-        .arg(dir.join("storage"))
-        .arg("--runroot")
-        .arg(dir.join("run"))
-        .args(["--storage-driver", "vfs"]);
-    c.env("REGISTRIES_CONFIG_PATH", "/dev/null");
     c
 }
 
@@ -299,70 +288,6 @@ fn docker_manifest_inspect_without_a_daemon(backend: Backend) {
             &format!("{host}/library/busybox:1.35"),
         ]));
     assert!(verbose.contains("\"arm64\""), "{verbose}");
-}
-
-/// A private Docker engine for one test.
-struct Dockerd {
-    child: Child,
-    sock: String,
-    config: tempfile::TempDir,
-    _dir: tempfile::TempDir,
-}
-
-impl Dockerd {
-    fn start() -> Option<Dockerd> {
-        if !require("dockerd") {
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let sock = format!("unix://{}/docker.sock", dir.path().display());
-        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
-        let child = Command::new("dockerd")
-            .args(["--iptables=false", "--bridge=none", "--host", &sock])
-            .arg("--data-root")
-            .arg(dir.path().join("data"))
-            .arg("--exec-root")
-            .arg(dir.path().join("exec"))
-            .arg("--pidfile")
-            .arg(dir.path().join("docker.pid"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start dockerd");
-        let d = Dockerd {
-            child,
-            sock,
-            config: tempfile::tempdir().unwrap(),
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !d.docker().arg("version").output().unwrap().status.success() {
-            assert!(Instant::now() < deadline, "dockerd did not start");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Some(d)
-    }
-
-    fn docker(&self) -> Command {
-        let mut c = Command::new("docker");
-        c.env("DOCKER_HOST", &self.sock)
-            .env("DOCKER_CONFIG", self.config.path());
-        c
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn docker_login_push_and_pull_through_dockerd(backend: Backend) {

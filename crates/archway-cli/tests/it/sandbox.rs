@@ -1,12 +1,13 @@
 //! `archway run` and `archway doctor`: foreign architectures through qemu, rootless runs as an
 //! unprivileged user, and nothing left running or half-written after `kill -9`.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{RegistryProcess, UserEnv, busybox_layout, push_busybox, run, skip};
+use crate::support::{
+    RegistryProcess, UserEnv, as_nobody, busybox_layout, owned_dir, push_busybox, run, skip,
+};
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -209,37 +210,6 @@ fn kill_9_leaves_nothing_running_and_the_next_start_cleans_up() {
 }
 
 /// A world-traversable directory owned by `uid` inside a fresh temporary directory.
-fn owned_dir(uid: u32, name: &str, parent: &tempfile::TempDir) -> PathBuf {
-    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let d = parent.path().join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    rustix::fs::chown(
-        &d,
-        Some(rustix::fs::Uid::from_raw(uid)),
-        Some(rustix::fs::Gid::from_raw(uid)),
-    )
-    .unwrap();
-    d
-}
-
-/// `archway` as the unprivileged user `nobody` (65534), run from a copy in `home` (the checkout
-/// may sit under a directory nobody cannot enter).
-fn as_nobody(home: &Path) -> Command {
-    let bin = home.join("archway");
-    if !bin.exists() {
-        std::fs::copy(env!("CARGO_BIN_EXE_archway"), &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(bin);
-    c.env("HOME", home)
-        .env("XDG_DATA_HOME", home.join("data"))
-        .env("DOCKER_CONFIG", home.join("docker"))
-        .env_remove("ARCHWAY_LOG");
-    c
-}
-
 #[test]
 fn rootless_run_and_build_as_nobody() {
     if !is_root() {
@@ -258,7 +228,13 @@ fn rootless_run_and_build_as_nobody() {
         .arg(&fixture));
     run(Command::new("chmod").arg("-R").arg("a+rX").arg(&fixture));
     let fixture = format!("oci:{}:1.35", fixture.display());
-    let out = run(as_nobody(&home)
+    // The single id mapping (the subordinate-id path has its own test in build.rs).
+    let nobody = || {
+        let mut c = as_nobody(&home);
+        c.env("ARCHWAY_ROOTLESS_SUBIDS", "off");
+        c
+    };
+    let out = run(nobody()
         .args(["run", "--platform", "linux/arm64", "--cache-dir"])
         .arg(&store)
         .args([
@@ -292,7 +268,7 @@ fn rootless_run_and_build_as_nobody() {
             ])
             .arg(store);
     };
-    let mut c = as_nobody(&home);
+    let mut c = nobody();
     args(&mut c, &home.join("build-store"));
     let rootless = run(&mut c);
     let root_store = tempfile::tempdir().unwrap();

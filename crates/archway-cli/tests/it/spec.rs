@@ -140,6 +140,122 @@ fn sha512_blobs(backend: Backend) {
     assert_eq!(body(raw.get(&format!("/v2/x/blobs/{d}"))), data);
 }
 
+/// A manifest pushed by a sha512 digest is answered in sha512 (`Docker-Content-Digest`,
+/// `Location`), with or without `?tag=`, and the tags it gets name it by that digest.
+fn sha512_manifests_and_push_by_digest_with_tags(backend: Backend) {
+    let (_reg, raw) = setup(backend);
+    let (m, _) = raw.push_image("s", "sha256-tag", b"layer for sha512", None);
+    let d512 = Digest::of(archway_oci::Algorithm::Sha512, &m);
+    let r = raw.put_manifest("s", &d512.to_string(), media_type::OCI_MANIFEST, &m);
+    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(
+        header(r.headers(), "docker-content-digest"),
+        d512.to_string()
+    );
+    assert_eq!(
+        header(r.headers(), "location"),
+        format!("/v2/s/manifests/{d512}")
+    );
+    for method in [Method::GET, Method::HEAD] {
+        let r = raw
+            .req(method.clone(), &format!("/v2/s/manifests/{d512}"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{method}");
+        assert_eq!(
+            header(r.headers(), "docker-content-digest"),
+            d512.to_string()
+        );
+    }
+    // Push by digest with tags (distribution-spec 1.1.1): every tag named, each echoed in
+    // an OCI-Tag header, and reading a tag answers the digest in the client's algorithm.
+    let r = raw
+        .req(
+            Method::PUT,
+            &format!("/v2/s/manifests/{d512}?tag=v1&tag=latest"),
+        )
+        .header("content-type", media_type::OCI_MANIFEST)
+        .body(m.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(
+        header(r.headers(), "docker-content-digest"),
+        d512.to_string()
+    );
+    let tags: Vec<&str> = r
+        .headers()
+        .get_all("oci-tag")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["v1", "latest"]);
+    for tag in ["v1", "latest"] {
+        let r = raw.head(&format!("/v2/s/manifests/{tag}"));
+        assert_eq!(
+            header(r.headers(), "docker-content-digest"),
+            d512.to_string()
+        );
+        assert_eq!(body(raw.get(&format!("/v2/s/manifests/{tag}"))), m);
+    }
+    // An invalid tag in the query stores nothing: 400 TAG_INVALID.
+    let r = raw
+        .req(Method::PUT, &format!("/v2/s/manifests/{d512}?tag=-no"))
+        .header("content-type", media_type::OCI_MANIFEST)
+        .body(m.clone())
+        .send()
+        .unwrap();
+    let (status, c) = error_code(r);
+    assert_eq!((status, c.as_str()), (400, "TAG_INVALID"));
+    assert_eq!(raw.get("/v2/s/manifests/-no").status().as_u16(), 404);
+}
+
+/// `--allow-sparse`: an index may name children the registry lacks (what mirroring one
+/// platform under the original index needs); without it the index is refused.
+fn sparse_indexes_are_opt_in(backend: Backend) {
+    for sparse in [false, true] {
+        let flags: &[&str] = if sparse { &["--allow-sparse"] } else { &[] };
+        let reg = RegistryProcess::start_on(&backend, flags);
+        let raw = Raw::new(&reg);
+        let (m, d) = raw.push_image("sp", "amd64", b"present layer", None);
+        let absent = Digest::sha256(b"a manifest this registry never saw");
+        let mut index = Index::new_oci();
+        index.manifests = vec![
+            Descriptor::new(media_type::OCI_MANIFEST, d.clone(), m.len() as u64),
+            Descriptor::new(media_type::OCI_MANIFEST, absent.clone(), 123),
+        ];
+        let bytes = index.to_json();
+        let r = raw.put_manifest("sp", "multi", media_type::OCI_INDEX, &bytes);
+        if sparse {
+            assert_eq!(r.status().as_u16(), 201);
+            assert_eq!(body(raw.get("/v2/sp/manifests/multi")), bytes);
+            assert_eq!(
+                raw.get(&format!("/v2/sp/manifests/{absent}"))
+                    .status()
+                    .as_u16(),
+                404
+            );
+            // A manifest whose blobs are absent, too.
+            let (manifest, _) = image_manifest(b"never pushed layer", None);
+            let r = raw.put_manifest("sp", "blobless", media_type::OCI_MANIFEST, &manifest);
+            assert_eq!(r.status().as_u16(), 201);
+            // A present child must still have the size the index says.
+            let mut wrong = index.clone();
+            wrong.manifests[0].size += 1;
+            let (status, c) = error_code(raw.put_manifest(
+                "sp",
+                "wrong",
+                media_type::OCI_INDEX,
+                &wrong.to_json(),
+            ));
+            assert_eq!((status, c.as_str()), (400, "MANIFEST_INVALID"));
+        } else {
+            let (status, c) = error_code(r);
+            assert_eq!((status, c.as_str()), (400, "MANIFEST_BLOB_UNKNOWN"));
+        }
+    }
+}
+
 fn post_then_put_upload(backend: Backend) {
     let (_reg, raw) = setup(backend);
     let r = raw
@@ -525,7 +641,9 @@ fn manifest_errors(backend: Backend) {
     assert_eq!((status, c.as_str()), (400, "DIGEST_INVALID"));
     // Invalid tag and name.
     let (status, c) = code(raw.put_manifest("e", "-bad", media_type::OCI_MANIFEST, &m));
-    assert_eq!((status, c.as_str()), (400, "MANIFEST_INVALID"));
+    assert_eq!((status, c.as_str()), (400, "TAG_INVALID"));
+    let (status, c) = code(raw.put_manifest("e", "sha256:zz", media_type::OCI_MANIFEST, &m));
+    assert_eq!((status, c.as_str()), (400, "DIGEST_INVALID"));
     let (status, c) = code(raw.put_manifest("E/Upper", "v1", media_type::OCI_MANIFEST, &m));
     assert_eq!((status, c.as_str()), (400, "NAME_INVALID"));
     // Too large: 413 MANIFEST_INVALID (declared length, and streamed without one).
@@ -540,6 +658,25 @@ fn manifest_errors(backend: Backend) {
     let (status, c) = code(raw.get(&format!("/v2/e/manifests/{wrong}")));
     assert_eq!((status, c.as_str()), (404, "MANIFEST_UNKNOWN"));
     assert_eq!(raw.head("/v2/e/manifests/nope").status().as_u16(), 404);
+    // A reference that is neither a tag nor a digest names nothing: 404 MANIFEST_UNKNOWN for
+    // reads and deletes, as distribution answers (it takes such a reference for an unknown
+    // tag), not a 400.
+    for reference in ["-bad", "sha256:zz", "a%20b", &"t".repeat(129)] {
+        let path = format!("/v2/e/manifests/{reference}");
+        let (status, c) = code(raw.get(&path));
+        assert_eq!(
+            (status, c.as_str()),
+            (404, "MANIFEST_UNKNOWN"),
+            "GET {reference}"
+        );
+        assert_eq!(raw.head(&path).status().as_u16(), 404, "HEAD {reference}");
+        let (status, c) = code(raw.req(Method::DELETE, &path).send().unwrap());
+        assert_eq!(
+            (status, c.as_str()),
+            (404, "MANIFEST_UNKNOWN"),
+            "DELETE {reference}"
+        );
+    }
     // Unsupported method.
     let (status, c) = code(raw.req(Method::POST, "/v2/e/manifests/v1").send().unwrap());
     assert_eq!((status, c.as_str()), (405, "UNSUPPORTED"));
@@ -828,12 +965,33 @@ fn refuses_unauthenticated_non_loopback_listeners() {
         "{err}"
     );
     assert!(err.contains("--htpasswd"), "{err}");
+    // With --htpasswd, plain HTTP on a non-loopback address needs --allow-insecure (or TLS).
+    let users = crate::support::htpasswd(dir.path(), 4);
+    let out = crate::support::archway()
+        .args(["registry", "serve", "--listen", "0.0.0.0:0", "--htpasswd"])
+        .arg(&users)
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to serve 0.0.0.0:0 with --htpasswd over plain HTTP"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--tls-cert") && err.contains("--allow-insecure"),
+        "{err}"
+    );
 }
 
 on_each_backend!(
     base_endpoint_announces_api_version,
     monolithic_blob_upload_and_reads,
     sha512_blobs,
+    sha512_manifests_and_push_by_digest_with_tags,
+    sparse_indexes_are_opt_in,
     post_then_put_upload,
     chunked_upload_with_status_and_out_of_order_chunks,
     cancel_upload_and_unknown_sessions,

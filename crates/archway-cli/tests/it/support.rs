@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -159,6 +160,15 @@ impl RegistryProcess {
         r
     }
 
+    /// Listening on `listen` (e.g. a non-loopback address, for TLS tests).
+    pub fn start_listening(listen: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        let mut r = Self::spawn(&Backend::Fs, &root, extra, &[], listen, None);
+        r._dir = Some(dir);
+        r
+    }
+
     /// Started (through `sh`) with the soft open-file limit set to `soft_nofile`.
     pub fn start_limited(extra: &[&str], soft_nofile: Option<u64>) -> Self {
         Self::start_full(&Backend::Fs, extra, &[], soft_nofile)
@@ -229,8 +239,15 @@ impl RegistryProcess {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(rest) = text.split("listening on http://").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_owned();
+            // The line may be half written when read: only a whole line counts.
+            if let Some(rest) = text
+                .split("listening on http://")
+                .nth(1)
+                .or_else(|| text.split("listening on https://").nth(1))
+                && rest.contains('\n')
+                && let Some(addr) = rest.split_whitespace().next()
+            {
+                return addr.to_owned();
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("archway registry exited with {status}:\n{text}");
@@ -983,4 +1000,307 @@ impl Drop for MotoProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A small HTTP/1.1 file server for `ADD <url>` and git-over-HTTP (the "dumb" protocol is
+/// static files): serves `root`, answers `GET`/`HEAD` with `ETag` and a fixed
+/// `Last-Modified`, honours `If-None-Match` with 304, logs every request (`METHOD PATH
+/// STATUS`, `proxied` when the request line had an absolute URL, as a proxy gets it), and
+/// holds a `GET /hold/...` until [`HttpServer::release`]. Stopped when dropped.
+pub struct HttpServer {
+    pub addr: String,
+    pub root: PathBuf,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    released: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// `Last-Modified` of everything the test server serves: 2023-11-14 22:13:20 UTC.
+pub const HTTP_LAST_MODIFIED: (&str, u64) = ("Tue, 14 Nov 2023 22:13:20 GMT", 1_700_000_000);
+
+impl HttpServer {
+    pub fn start(root: &Path) -> HttpServer {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = HttpServer {
+            addr,
+            root: root.to_owned(),
+            log: Default::default(),
+            released: Default::default(),
+            stop: Default::default(),
+        };
+        let (root, log, released, stop) = (
+            server.root.clone(),
+            server.log.clone(),
+            server.released.clone(),
+            server.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let (root, log, released) = (root.clone(), log.clone(), released.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() {
+                        return;
+                    }
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                            break;
+                        }
+                        headers.push(h.trim().to_owned());
+                    }
+                    let mut parts = line.split_whitespace();
+                    let method = parts.next().unwrap_or("").to_owned();
+                    let target = parts.next().unwrap_or("/").to_owned();
+                    let (proxied, path) = match target.strip_prefix("http://") {
+                        Some(rest) => (true, rest.find('/').map_or("/", |i| &rest[i..]).to_owned()),
+                        None => (false, target.clone()),
+                    };
+                    let path = path.split('?').next().unwrap_or("/").to_owned();
+                    if path.starts_with("/hold/") {
+                        let (lock, cv) = &*released;
+                        let mut go = lock.lock().unwrap();
+                        log.lock().unwrap().push(format!("{method} {path} held"));
+                        while !*go {
+                            go = cv.wait(go).unwrap();
+                        }
+                    }
+                    let file = root.join(path.trim_start_matches('/'));
+                    let body = std::fs::read(&file).ok().filter(|_| file.is_file());
+                    let etag = body
+                        .as_ref()
+                        .map(|b| format!("\"{}\"", &archway_oci::Digest::sha256(b).hex()[..16]));
+                    let if_none_match = headers.iter().find_map(|h| {
+                        h.split_once(':')
+                            .filter(|(k, _)| k.eq_ignore_ascii_case("if-none-match"))
+                            .map(|(_, v)| v.trim().to_owned())
+                    });
+                    let status = match (&body, &etag) {
+                        (None, _) => 404,
+                        (Some(_), Some(e)) if if_none_match.as_deref() == Some(e.as_str()) => 304,
+                        _ => 200,
+                    };
+                    log.lock().unwrap().push(format!(
+                        "{method} {path} {status}{}",
+                        if proxied { " proxied" } else { "" }
+                    ));
+                    let mut head = format!(
+                        "HTTP/1.1 {status} X\r\nConnection: close\r\nLast-Modified: {}\r\n",
+                        HTTP_LAST_MODIFIED.0
+                    );
+                    if let Some(e) = &etag {
+                        head.push_str(&format!("ETag: {e}\r\n"));
+                    }
+                    let payload = if status == 200 && method == "GET" {
+                        body.unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    };
+                    let len = if status == 200 { body_len(&file) } else { 0 };
+                    head.push_str(&format!("Content-Length: {len}\r\n\r\n"));
+                    let _ = conn.write_all(head.as_bytes());
+                    let _ = conn.write_all(&payload);
+                });
+            }
+        });
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The requests so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Lets every held `GET /hold/...` (and later ones) through.
+    pub fn release(&self) {
+        let (lock, cv) = &*self.released;
+        *lock.lock().unwrap() = true;
+        cv.notify_all();
+    }
+
+    /// Waits (polling, with a deadline) until a request matching `needle` was logged.
+    pub fn wait_for(&self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log().iter().any(|l| l.contains(needle)) {
+            assert!(
+                Instant::now() < deadline,
+                "no request `{needle}` within {within:?}: {:?}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn body_len(file: &Path) -> u64 {
+    fs::metadata(file).map(|m| m.len()).unwrap_or(0)
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.release();
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wake the accept loop so it sees `stop`.
+        let _ = std::net::TcpStream::connect(&self.addr);
+    }
+}
+
+/// A bare git repository served over dumb HTTP from `served/<name>.git`, made from the files
+/// of `src` in one commit tagged `v1` (fixed author and dates, so its commit id is fixed).
+pub fn git_repository(src: &Path, served: &Path, name: &str) -> String {
+    let work = tempfile::tempdir().unwrap();
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", src.display()))
+        .arg(work.path()));
+    let git = |args: &[&str], dir: &Path| {
+        run(Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+            .env("GIT_AUTHOR_DATE", "2024-01-01T00:00:00Z")
+            .env("GIT_COMMITTER_DATE", "2024-01-01T00:00:00Z"))
+    };
+    git(&["init", "-q", "-b", "main"], work.path());
+    git(&["add", "-A"], work.path());
+    git(&["commit", "-q", "-m", "fixture"], work.path());
+    git(&["tag", "-a", "v1", "-m", "v1"], work.path());
+    let bare = served.join(format!("{name}.git"));
+    fs::create_dir_all(served).unwrap();
+    git(
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.path().to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+        served,
+    );
+    git(&["update-server-info"], &bare);
+    git(&["rev-parse", "HEAD"], work.path()).trim().to_owned()
+}
+
+/// podman/buildah with private storage so tests do not share state.
+pub fn containers_tool(program: &str, dir: &Path) -> Command {
+    let mut c = Command::new(program);
+    c.arg("--root")
+        .arg(dir.join("storage"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .args(["--storage-driver", "vfs"]);
+    c.env("REGISTRIES_CONFIG_PATH", "/dev/null");
+    c
+}
+
+/// A private Docker engine for one test.
+pub struct Dockerd {
+    child: Child,
+    sock: String,
+    config: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+}
+
+impl Dockerd {
+    pub fn start() -> Option<Dockerd> {
+        if !require("dockerd") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let sock = format!("unix://{}/docker.sock", dir.path().display());
+        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        let child = Command::new("dockerd")
+            .args(["--iptables=false", "--bridge=none", "--host", &sock])
+            .arg("--data-root")
+            .arg(dir.path().join("data"))
+            .arg("--exec-root")
+            .arg(dir.path().join("exec"))
+            .arg("--pidfile")
+            .arg(dir.path().join("docker.pid"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        let d = Dockerd {
+            child,
+            sock,
+            config: tempfile::tempdir().unwrap(),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !d.docker().arg("version").output().unwrap().status.success() {
+            assert!(Instant::now() < deadline, "dockerd did not start");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Some(d)
+    }
+
+    pub fn docker(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_HOST", &self.sock)
+            .env("DOCKER_CONFIG", self.config.path());
+        c
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory owned by `uid` (and its group) in `parent`, which everyone may enter.
+pub fn owned_dir(uid: u32, name: &str, parent: &tempfile::TempDir) -> PathBuf {
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = parent.path().join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    rustix::fs::chown(
+        &d,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(uid)),
+    )
+    .unwrap();
+    d
+}
+
+/// `archway` as the unprivileged user `nobody` (65534), run from a copy in `home` (the checkout
+/// may sit under a directory nobody cannot enter).
+pub fn as_nobody(home: &Path) -> Command {
+    let bin = home.join("archway");
+    if !bin.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_archway"), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin);
+    c.env("HOME", home)
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("DOCKER_CONFIG", home.join("docker"))
+        .env_remove("ARCHWAY_LOG");
+    c
 }

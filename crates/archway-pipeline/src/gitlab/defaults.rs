@@ -45,7 +45,10 @@ pub(super) fn global_default(ctx: &mut Ctx<'_>, root: &Node) -> Option<Node> {
         for (k, _) in d.as_map().unwrap_or_default() {
             let name = key_name(k);
             if !DEFAULT_KEYWORDS.contains(&name.as_str()) {
-                let d = Diagnostic::error(&k.span, format!("`{name}` cannot be set in `default:`"));
+                let d = Diagnostic::error(
+                    &k.span,
+                    format!("default config contains unknown keys: {name}"),
+                );
                 ctx.diags.push(
                     match did_you_mean(&name, DEFAULT_KEYWORDS.iter().copied()) {
                         Some(h) if h != name => d.with_hint(format!("did you mean `{h}`?")),
@@ -113,6 +116,17 @@ pub(super) fn parse_inherit(ctx: &mut Ctx<'_>, node: &Node) -> Inherit {
 }
 
 pub(super) fn apply_default(job: &Node, default: Option<&Node>, inh: &Inherit) -> Node {
+    apply_default_only(job, default, inh, None)
+}
+
+/// [`apply_default`], limited to the keywords in `only` when given (a trigger job takes only
+/// `interruptible`).
+pub(super) fn apply_default_only(
+    job: &Node,
+    default: Option<&Node>,
+    inh: &Inherit,
+    only: Option<&[&str]>,
+) -> Node {
     let Some(default) = default else {
         return job.clone();
     };
@@ -126,6 +140,9 @@ pub(super) fn apply_default(job: &Node, default: Option<&Node>, inh: &Inherit) -
             continue;
         }
         if inh.default.as_ref().is_some_and(|l| !l.contains(&name)) {
+            continue;
+        }
+        if only.is_some_and(|o| !o.contains(&name.as_str())) {
             continue;
         }
         if !out.iter().any(|(jk, _)| key_name(jk) == name) {

@@ -72,7 +72,7 @@ pub(super) fn resolve_extends(ctx: &mut Ctx<'_>, jobs: &[(String, Node)]) -> Vec
                     .map(|m| format!("did you mean `{m}`?"));
                 let d = Diagnostic::error(
                     &p.span,
-                    format!("`{name}` extends `{pname}`, which is not defined"),
+                    format!("{name}: unknown keys in `extends` ({pname})"),
                 );
                 ctx.diags.push(match hint {
                     Some(h) => d.with_hint(h),

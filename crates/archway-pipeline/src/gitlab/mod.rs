@@ -1,34 +1,49 @@
 //! The GitLab CI front end: `.gitlab-ci.yml` → [`Pipeline`].
 //!
 //! The order follows GitLab's own, one module per phase: load YAML (anchors, aliases, merge
-//! keys), merge `include: local` files ([`includes`]), resolve `!reference` tags
+//! keys) and apply a `spec:inputs` header ([`inputs`]), merge included files — each
+//! interpolated with its own inputs ([`includes`]) — resolve `!reference` tags
 //! ([`references`]), resolve `extends` (deep merge, [`extends`]), apply `default:`
 //! ([`defaults`]), evaluate `workflow:rules` ([`rules`]), expand `parallel` /
 //! `parallel:matrix` ([`matrix`]), evaluate each job's `rules` and read its keywords
-//! ([`job`], [`keywords`], [`variables`]), then resolve stages, `needs` and `dependencies` into
-//! edges ([`needs`]).
+//! ([`job`], [`keywords`], [`variables`]; a trigger job's `trigger:` in [`trigger`], which
+//! plans static child pipelines by recursion), then resolve stages, `needs` and
+//! `dependencies` into edges ([`needs`]).
 //!
 //! Every problem becomes a positioned [`Diagnostic`]; a job is never dropped silently.
+//! Where GitLab has a message for a problem, the diagnostic uses it.
 
 mod defaults;
 mod extends;
 mod includes;
+mod inputs;
 mod job;
 mod keywords;
 mod matrix;
 mod needs;
 mod references;
 mod rules;
+mod trigger;
 mod variables;
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 
 use crate::FileSource;
 use crate::diag::{Diagnostic, Span, did_you_mean};
 use crate::graph::{Context, Job, Pipeline, SourceFormat};
-use crate::yaml::{self, Node, Value};
+use crate::yaml::{Node, Value};
 
 pub use matrix::MAX_MATRIX_JOBS;
+pub(crate) use trigger::plan_child;
+
+/// What one plan shares across the pipelines it plans (the main one and its children).
+#[derive(Default)]
+struct Shared {
+    /// Child pipelines planned ahead of time, by configuration, variables and depth (`None`
+    /// while being planned, or when planning failed).
+    children: RefCell<HashMap<String, Option<Pipeline>>>,
+}
 
 /// The state every phase shares: where we are, what we may read, what we found.
 struct Ctx<'a> {
@@ -36,6 +51,11 @@ struct Ctx<'a> {
     files: &'a dyn FileSource,
     context: &'a Context,
     diags: Vec<Diagnostic>,
+    shared: &'a Shared,
+    /// Where `default:cache` is written (so its errors are named `default:cache`).
+    default_cache_span: Option<Span>,
+    /// The job being planned (for diagnostics about the job as a whole).
+    job_span: Span,
 }
 
 impl Ctx<'_> {
@@ -59,12 +79,36 @@ impl Ctx<'_> {
             files: self.files,
             context: self.context,
             diags: Vec::new(),
+            shared: self.shared,
+            default_cache_span: self.default_cache_span.clone(),
+            job_span: self.job_span.clone(),
         }
     }
 }
 
 fn key_name(k: &Node) -> String {
     k.scalar_text().unwrap_or_default()
+}
+
+/// GitLab's `AllowedKeysValidator`: the keys of mapping `n` outside `allowed`, as its error
+/// ("LOC config contains unknown keys: a, b", at `n`, with a did-you-mean hint for the first).
+fn unknown_keys(n: &Node, allowed: &[&str], loc: &str) -> Option<Diagnostic> {
+    let unknown: Vec<String> = n
+        .as_map()
+        .unwrap_or_default()
+        .iter()
+        .map(|(k, _)| key_name(k))
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .collect();
+    let first = unknown.first()?;
+    let d = Diagnostic::error(
+        &n.span,
+        format!("{loc} config contains unknown keys: {}", unknown.join(", ")),
+    );
+    Some(match did_you_mean(first, allowed.iter().copied()) {
+        Some(h) => d.with_hint(format!("did you mean `{h}`?")),
+        None => d,
+    })
 }
 
 /// GitLab's deep merge: mappings merge key by key (recursively), anything else is replaced.
@@ -105,19 +149,6 @@ fn remove_key(node: &Node, key: &str) -> Node {
     }
 }
 
-fn load_file(ctx: &mut Ctx<'_>, path: &str, text: &str) -> Option<Node> {
-    match yaml::load(text, path) {
-        Ok((root, warnings)) => {
-            ctx.diags.extend(warnings);
-            Some(root)
-        }
-        Err(e) => {
-            ctx.diags.push(e);
-            None
-        }
-    }
-}
-
 fn normalize_path(p: &str) -> String {
     p.trim_start_matches("./")
         .trim_start_matches('/')
@@ -131,21 +162,45 @@ pub fn plan(
     files: &dyn FileSource,
     context: &Context,
 ) -> (Option<Pipeline>, Vec<Diagnostic>) {
+    let shared = Shared::default();
+    let start = Span::new(file, 1, 1);
     let mut ctx = Ctx {
         file,
         files,
         context,
         diags: Vec::new(),
+        shared: &shared,
+        default_cache_span: None,
+        job_span: start.clone(),
     };
-    let Some(root) = load_file(&mut ctx, file, text) else {
+    // Pipeline inputs arrive typed (JSON) and land where the header declares them.
+    let args: Vec<(String, Node)> = context
+        .inputs
+        .iter()
+        .map(|(k, v)| (k.clone(), Node::from_json(v, &start)))
+        .collect();
+    let caller = inputs::Caller {
+        site: &start,
+        prefix: String::new(),
+        how: "--input NAME=VALUE",
+    };
+    let Some(root) = includes::load_with_inputs(&mut ctx, file, text, &args, &caller) else {
         return (None, ctx.diags);
     };
+    let pipeline = plan_document(&mut ctx, root, true);
+    (pipeline, ctx.diags)
+}
+
+/// A loaded configuration → the pipeline: includes, `!reference`, then [`build`].
+/// `from_file`: the configuration is the file `ctx.file` (not a child pipeline's synthetic
+/// `include:` list), which therefore may not include itself.
+fn plan_document(ctx: &mut Ctx<'_>, root: Node, from_file: bool) -> Option<Pipeline> {
     if root.is_null() {
         ctx.error(
             &root.span,
             "the pipeline file is empty; define at least one job with a `script`",
         );
-        return (None, ctx.diags);
+        return None;
     }
     if root.as_map().is_none() {
         ctx.error(
@@ -155,14 +210,37 @@ pub fn plan(
                 root.kind()
             ),
         );
-        return (None, ctx.diags);
+        return None;
     }
-    let mut seen = vec![normalize_path(file)];
+    let mut seen = if from_file {
+        vec![normalize_path(ctx.file)]
+    } else {
+        Vec::new()
+    };
     let mut count = 0;
-    let root = includes::resolve_includes(&mut ctx, root, &mut seen, &mut count);
-    let root = references::resolve_references(&mut ctx, &root);
-    let pipeline = build(&mut ctx, &root);
-    (pipeline, ctx.diags)
+    let root = includes::resolve_includes(
+        ctx,
+        root,
+        &includes::Source::Repository,
+        &mut seen,
+        &mut count,
+    );
+    let root = references::resolve_references(ctx, &root);
+    build(ctx, &root)
+}
+
+/// Whether a job's `needs` mirror an upstream pipeline (`needs: [{pipeline: group/app}]`):
+/// such a job needs no script.
+fn mirrors_upstream(node: &Node) -> bool {
+    let Some(needs) = node.get("needs") else {
+        return false;
+    };
+    rules::flatten_list(needs, 256)
+        .unwrap_or_else(|| vec![needs.clone()])
+        .iter()
+        .any(|n| {
+            n.get("pipeline").is_some() && n.get("job").is_none() && n.get("project").is_none()
+        })
 }
 
 /// The merged, dereferenced document → the pipeline.
@@ -175,6 +253,10 @@ fn build(ctx: &mut Ctx<'_>, root: &Node) -> Option<Pipeline> {
 
     let raw_jobs = job_definitions(ctx, root);
     let resolved = extends::resolve_extends(ctx, &raw_jobs);
+    ctx.default_cache_span = default
+        .as_ref()
+        .and_then(|d| d.get("cache"))
+        .map(|c| c.span.clone());
 
     let mut planned: Vec<job::Planned> = Vec::new();
     let mut defined_names: Vec<String> = Vec::new();
@@ -184,19 +266,48 @@ fn build(ctx: &mut Ctx<'_>, root: &Node) -> Option<Pipeline> {
             continue;
         }
         defined_names.push(name.clone());
+        ctx.job_span = node.span.clone();
         keywords::check_job_keywords(ctx, name, node);
-        if node.get("trigger").is_some() {
-            ctx.error_hint(&node.span, format!("job `{name}` uses `trigger` (child or multi-project pipelines), which is not supported yet"), "run the child pipeline's jobs in this pipeline");
-            continue;
-        }
+        let raw_trigger = match node.get("trigger") {
+            Some(t) => {
+                trigger::check_trigger_job_keywords(ctx, name, node);
+                match trigger::parse_trigger(ctx, name, t) {
+                    Some(r) => Some(r),
+                    None => continue,
+                }
+            }
+            None => None,
+        };
         let inherit = defaults::parse_inherit(ctx, node);
-        let node = defaults::apply_default(node, default.as_ref(), &inherit);
-        if node.get("script").is_none() && node.get("run").is_none() {
-            ctx.error_hint(&node.span, format!("job `{name}` has no `script`"), "every job needs a script; a job meant only as a template should be hidden: `.name:`");
+        // A trigger job takes nothing from `default:` but `interruptible` (GitLab's bridge).
+        let node = match raw_trigger {
+            Some(_) => defaults::apply_default_only(
+                node,
+                default.as_ref(),
+                &inherit,
+                Some(&["interruptible"]),
+            ),
+            None => defaults::apply_default(node, default.as_ref(), &inherit),
+        };
+        let kind = match &raw_trigger {
+            Some(r) => job::Kind::Trigger(r),
+            None if node.get("script").is_none()
+                && node.get("run").is_none()
+                && mirrors_upstream(&node) =>
+            {
+                job::Kind::Mirror
+            }
+            None => job::Kind::Script,
+        };
+        if matches!(kind, job::Kind::Script)
+            && node.get("script").is_none()
+            && node.get("run").is_none()
+        {
+            ctx.error_hint(&node.span, format!("jobs:{name} config should implement the script:, run:, or trigger: keyword"), "every job needs a script; a job meant only as a template should be hidden: `.name:`");
             continue;
         }
         for inst in matrix::matrix_instances(ctx, name, &node) {
-            if let Some(p) = job::plan_instance(ctx, inst, &base, &globals_only, &inherit) {
+            if let Some(p) = job::plan_instance(ctx, inst, &base, &globals_only, &inherit, kind) {
                 planned.push(p);
             } else {
                 excluded.insert(name.clone());
@@ -204,9 +315,12 @@ fn build(ctx: &mut Ctx<'_>, root: &Node) -> Option<Pipeline> {
         }
     }
     if defined_names.is_empty() && !ctx.diags.iter().any(Diagnostic::is_error) {
-        ctx.error(
-            &root.span,
-            "the pipeline defines no jobs (hidden `.jobs` do not run)",
+        ctx.diags.push(
+            Diagnostic::error(
+                &root.span,
+                "jobs config should contain at least one visible job",
+            )
+            .with_hint("hidden jobs (`.name:`) are templates and do not run"),
         );
     }
     // GitLab creates no pipeline when the rules leave no job to run.
@@ -216,6 +330,7 @@ fn build(ctx: &mut Ctx<'_>, root: &Node) -> Option<Pipeline> {
 
     check_stages_exist(ctx, &planned, &stages);
     needs::resolve_edges(ctx, &mut planned, &stages, &defined_names, &excluded);
+    trigger::check_dynamic_children(ctx, &planned);
 
     // Cycles through needs (possible within a stage).
     let jobs: Vec<Job> = planned.into_iter().map(|p| p.job).collect();
@@ -248,7 +363,7 @@ fn build(ctx: &mut Ctx<'_>, root: &Node) -> Option<Pipeline> {
 fn read_stages(ctx: &mut Ctx<'_>, root: &Node) -> Vec<String> {
     let stages_node = root.get("stages").or_else(|| root.get("types"));
     let mut stages: Vec<String> = match stages_node {
-        Some(s) => keywords::string_list(ctx, s, "stages"),
+        Some(s) => keywords::nested_string_list(ctx, s, "stages"),
         None => vec!["build".into(), "test".into(), "deploy".into()],
     };
     stages.retain(|s| s != ".pre" && s != ".post");
@@ -301,14 +416,21 @@ fn check_stages_exist(ctx: &mut Ctx<'_>, planned: &[job::Planned], stages: &[Str
             let d = Diagnostic::error(
                 &p.stage_span,
                 format!(
-                    "job `{}` is in stage `{}`, which is not in `stages`",
-                    p.job.base_name, p.job.stage
+                    "{} job: chosen stage does not exist; available stages are {}",
+                    p.job.name,
+                    stages.join(", ")
                 ),
             );
             ctx.diags.push(
                 match did_you_mean(&p.job.stage, stages.iter().map(String::as_str)) {
-                    Some(h) => d.with_hint(format!("did you mean `{h}`?")),
-                    None => d.with_hint(format!("stages are: {}", stages.join(", "))),
+                    Some(h) => d.with_hint(format!(
+                        "`{}` is not in `stages`; did you mean `{h}`?",
+                        p.job.stage
+                    )),
+                    None => d.with_hint(format!(
+                        "add `{}` to `stages`, or put the job in one of them",
+                        p.job.stage
+                    )),
                 },
             );
         }

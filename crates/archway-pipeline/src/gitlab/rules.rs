@@ -1,9 +1,10 @@
 //! Rules: `workflow:rules`, a job's `rules` (`if`, `changes`, `exists`, and what a matching
-//! rule sets), and the older `only`/`except`.
+//! rule sets; nested lists from `!reference` flattened), `when`, and the older
+//! `only`/`except`.
 
 use globset::Glob;
 
-use super::keywords::{expect_str, parse_allow_failure, parse_when, string_list};
+use super::keywords::{expect_str, parse_allow_failure, string_list};
 use super::variables::read_variables;
 use super::{Ctx, key_name, normalize_path};
 use crate::diag::{Diagnostic, Span, did_you_mean};
@@ -27,19 +28,34 @@ pub(super) fn workflow_runs(ctx: &mut Ctx<'_>, root: &Node, base: &mut Vars) -> 
                     ),
                 );
             }
-            if name == "rules" && v.as_seq().is_none() {
-                ctx.error(
-                    &v.span,
-                    format!("workflow:rules must be a list, found {}", v.kind()),
-                );
+            if name == "rules" && v.as_seq().is_none_or(<[Node]>::is_empty) {
+                if v.is_null() || v.as_seq().is_some() {
+                    ctx.error(&v.span, "workflow:rules config can't be blank");
+                } else {
+                    ctx.error(
+                        &v.span,
+                        format!("workflow:rules must be a list, found {}", v.kind()),
+                    );
+                }
             }
         }
-        if let Some(rules) = w.get("rules").and_then(Node::as_seq) {
+        if let Some(rules) = w.get("rules").and_then(|r| rule_list(ctx, r, "workflow")) {
             runs = false;
-            for r in rules {
-                match eval_rule_conditions(ctx, r, base) {
+            for r in &rules {
+                match eval_rule_conditions(ctx, r, base, "workflow:rules:rule") {
                     Some(true) => {
-                        runs = r.get("when").and_then(Node::as_str) != Some("never");
+                        runs = match r.get("when") {
+                            Some(w) => {
+                                parse_when(
+                                    ctx,
+                                    w,
+                                    &["always", "never"],
+                                    "workflow:rules:rule",
+                                    true,
+                                ) != Some(None)
+                            }
+                            None => true,
+                        };
                         if let Some(v) = r.get("variables") {
                             read_variables(ctx, v, Origin::Workflow, base);
                         }
@@ -54,6 +70,107 @@ pub(super) fn workflow_runs(ctx: &mut Ctx<'_>, root: &Node, base: &mut Vars) -> 
     runs
 }
 
+/// A list flattened the way GitLab flattens nested lists (what `!reference` produces):
+/// nested lists up to `max_level` deep are spliced in; a deeper list stays an element.
+/// `None` when `n` is not a list.
+pub(super) fn flatten_list(n: &Node, max_level: usize) -> Option<Vec<Node>> {
+    fn walk(items: &[Node], level: usize, max: usize, out: &mut Vec<Node>) {
+        for i in items {
+            match &i.value {
+                Value::Seq(inner) if level < max => walk(inner, level + 1, max, out),
+                _ => out.push(i.clone()),
+            }
+        }
+    }
+    let items = n.as_seq()?;
+    let mut out = Vec::new();
+    walk(items, 0, max_level, &mut out);
+    Some(out)
+}
+
+/// `rules:` of `owner` (`jobs:NAME` or `workflow`) → the rules, flattened; `None` when blank
+/// or malformed (reported with GitLab's messages).
+fn rule_list(ctx: &mut Ctx<'_>, rules: &Node, owner: &str) -> Option<Vec<Node>> {
+    let list = match &rules.value {
+        Value::Seq(_) => flatten_list(rules, 10).unwrap_or_default(),
+        Value::Null => Vec::new(),
+        _ => {
+            ctx.error(
+                &rules.span,
+                format!("rules must be a list, found {}", rules.kind()),
+            );
+            return None;
+        }
+    };
+    if list.is_empty() {
+        if owner != "workflow" {
+            ctx.error(&rules.span, format!("{owner}:rules config can't be blank"));
+        }
+        return None;
+    }
+    if let Some(bad) = list.iter().find(|r| r.as_map().is_none()) {
+        ctx.error(
+            &bad.span,
+            format!("{owner} rules should be an array containing hashes and arrays of hashes"),
+        );
+        return None;
+    }
+    Some(list)
+}
+
+/// The `when` values a job may use (GitLab's `Job::ALLOWED_WHEN`), a trigger job
+/// (`Bridge::ALLOWED_WHEN`), and a job's rule.
+pub(super) const JOB_WHEN: &[&str] = &["on_success", "on_failure", "always", "manual", "delayed"];
+pub(super) const TRIGGER_WHEN: &[&str] = &["on_success", "on_failure", "always", "manual"];
+const RULE_WHEN: &[&str] = &[
+    "on_success",
+    "on_failure",
+    "always",
+    "never",
+    "manual",
+    "delayed",
+];
+
+/// `when:` → `Some(Some(when))`, `Some(None)` for `never`, `None` when not one of `allowed`
+/// (reported as GitLab does: "LOC when should be one of: …" for a job, "LOC when unknown
+/// value: …" for a rule).
+pub(super) fn parse_when(
+    ctx: &mut Ctx<'_>,
+    n: &Node,
+    allowed: &[&str],
+    loc: &str,
+    rule: bool,
+) -> Option<Option<When>> {
+    let s = n.scalar_text().unwrap_or_default();
+    if n.as_str().is_some() && allowed.contains(&s.as_str()) {
+        return Some(match s.as_str() {
+            "on_success" => Some(When::OnSuccess),
+            "on_failure" => Some(When::OnFailure),
+            "always" => Some(When::Always),
+            "manual" => Some(When::Manual),
+            "delayed" => Some(When::Delayed),
+            _ => None,
+        });
+    }
+    let d = if rule {
+        Diagnostic::error(&n.span, format!("{loc} when unknown value: {s}"))
+    } else {
+        Diagnostic::error(
+            &n.span,
+            format!("{loc} when should be one of: {}", allowed.join(", ")),
+        )
+    };
+    ctx.diags
+        .push(match did_you_mean(&s, allowed.iter().copied()) {
+            Some(h) => d.with_hint(format!("did you mean `{h}`?")),
+            None if s == "never" => {
+                d.with_hint("`when: never` belongs in `rules` (or `workflow:rules`)")
+            }
+            None => d,
+        });
+    None
+}
+
 /// What a job's `when`, `allow_failure`, `start_in` and `needs` are once its rules are applied.
 pub(super) struct RuleOutcome {
     pub(super) when: When,
@@ -64,15 +181,24 @@ pub(super) struct RuleOutcome {
 }
 
 /// Applies a job's `rules` (or `only`/`except`); `None` when they exclude the job. The
-/// matching rule's `variables` are added to `vars`.
-pub(super) fn job_rules(ctx: &mut Ctx<'_>, node: &Node, vars: &mut Vars) -> Option<RuleOutcome> {
+/// matching rule's `variables` are added to `vars`. `job` names the job in messages;
+/// `trigger` selects the `when` values of a trigger job.
+pub(super) fn job_rules(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    vars: &mut Vars,
+    job: &str,
+    trigger: bool,
+) -> Option<RuleOutcome> {
+    let loc = format!("jobs:{job}");
+    let job_when = if trigger { TRIGGER_WHEN } else { JOB_WHEN };
     let mut when = When::OnSuccess;
-    if let Some(w) = node.get("when") {
-        match parse_when(ctx, w, true) {
-            Some(Some(w)) => when = w,
-            Some(None) => return None,
-            None => {}
-        }
+    let mut job_level_when = None;
+    if let Some(w) = node.get("when")
+        && let Some(Some(w)) = parse_when(ctx, w, job_when, &loc, false)
+    {
+        when = w;
+        job_level_when = Some(w);
     }
     let mut allow_failure = node
         .get("allow_failure")
@@ -83,36 +209,35 @@ pub(super) fn job_rules(ctx: &mut Ctx<'_>, node: &Node, vars: &mut Vars) -> Opti
     let mut needs_node = node.get("needs").cloned();
 
     if let Some(rules) = node.get("rules") {
-        if node.get("only").is_some() || node.get("except").is_some() {
-            ctx.error(
+        let disallowed: Vec<&str> = ["only", "except", "start_in"]
+            .into_iter()
+            .filter(|k| node.get(k).is_some())
+            .collect();
+        if !disallowed.is_empty() {
+            ctx.error_hint(
                 &rules.span,
-                "a job cannot use `rules` together with `only`/`except`",
+                format!(
+                    "{loc} config key may not be used with `rules`: {}",
+                    disallowed.join(", ")
+                ),
+                "with `rules`, say it in the rules (`when`, `start_in`) instead",
             );
         }
-        let Some(list) = rules.as_seq() else {
-            ctx.error(
-                &rules.span,
-                format!("rules must be a list, found {}", rules.kind()),
-            );
-            return None;
-        };
+        let list = rule_list(ctx, rules, &loc)?;
+        let rule_loc = format!("{loc}:rules:rule");
         let mut matched = false;
-        for r in list {
-            match eval_rule_conditions(ctx, r, vars) {
+        for r in &list {
+            match eval_rule_conditions(ctx, r, vars, &rule_loc) {
                 Some(true) => {
                     matched = true;
                     // The rule's `when` replaces the job's (default on_success).
-                    when = When::OnSuccess;
+                    when = job_level_when.unwrap_or(When::OnSuccess);
                     if let Some(w) = r.get("when") {
-                        match parse_when(ctx, w, true) {
+                        match parse_when(ctx, w, RULE_WHEN, &rule_loc, true) {
                             Some(Some(w)) => when = w,
                             Some(None) => return None,
                             None => {}
                         }
-                    } else if let Some(w) = node.get("when")
-                        && let Some(Some(jw)) = parse_when(&mut ctx.silent(), w, true)
-                    {
-                        when = jw;
                     }
                     if let Some(a) = r.get("allow_failure") {
                         allow_failure = Some(parse_allow_failure(ctx, a));
@@ -181,8 +306,13 @@ pub(super) fn glob_match_any(
 }
 
 /// Whether a rule's conditions (`if`, `changes`, `exists`) hold; `None` if it has a syntax
-/// error (reported).
-pub(super) fn eval_rule_conditions(ctx: &mut Ctx<'_>, rule: &Node, vars: &Vars) -> Option<bool> {
+/// error (reported; `loc` names the rule as GitLab does, e.g. `jobs:build:rules:rule`).
+pub(super) fn eval_rule_conditions(
+    ctx: &mut Ctx<'_>,
+    rule: &Node,
+    vars: &Vars,
+    loc: &str,
+) -> Option<bool> {
     let Some(entries) = rule.as_map() else {
         ctx.error(
             &rule.span,
@@ -201,7 +331,11 @@ pub(super) fn eval_rule_conditions(ctx: &mut Ctx<'_>, rule: &Node, vars: &Vars) 
                 let expr = match Expr::parse(&text) {
                     Ok(e) => e,
                     Err(e) => {
-                        ctx.error(&v.span, format!("invalid rules:if `{text}`: {e}"));
+                        ctx.error_hint(
+                            &v.span,
+                            format!("{loc} if invalid expression syntax"),
+                            format!("in `{text}`: {e}"),
+                        );
                         return None;
                     }
                 };

@@ -1,7 +1,8 @@
 //! The filesystem backend: the embedded default.
 //!
 //! ```text
-//! ROOT/blobs/<alg>/<hex[..2]>/<hex>                           blob content (immutable)
+//! ROOT/blobs/<alg>/<hex[..2]>/<hex>                           blob content (immutable;
+//!                                                               sha256's 256 prefixes made at open)
 //! ROOT/repositories/<name>/_layers/<alg>/<hex>                  blob link (empty file)
 //! ROOT/repositories/<name>/_manifests/revisions/<alg>/<hex>     manifest link (media type)
 //! ROOT/repositories/<name>/_manifests/tags/<tag>                tag (digest)
@@ -11,11 +12,15 @@
 //! ```
 //!
 //! Crash safety: every file that is ever replaced (tags, links with content, referrers) is
-//! written with [`atomic_file::write`]; blobs are written to their upload file (manifests to a
-//! temporary file beside the uploads), fsynced, verified and renamed into place, so a blob path
-//! only ever holds verified content and `blobs/` never holds a temporary file.
-//! Operations that create several files order them so that whatever survives a `kill -9` is
-//! consistent: blob before link, manifest before revision link, revision before tag.
+//! written atomically (temporary file, fsync, rename, directory fsync); blobs are written to
+//! their upload file (manifests to a temporary file beside the uploads), fsynced, verified and
+//! renamed into place, so a blob path only ever holds verified content and `blobs/` never
+//! holds a temporary file. Operations that create several files order them so that whatever
+//! survives a `kill -9` (or a power cut) is consistent: blob before link, manifest before
+//! revision link, revision before tag. Each step is durable before the next starts and before
+//! the client hears of it; directory fsyncs are shared between concurrent requests
+//! ([`DirSyncs`], group commit), never skipped. An upload's data is flushed to disk in the
+//! background as it arrives, so the fsync at commit has little left to do.
 //!
 //! Upload hashing state lives in memory; after a restart (or once forgotten for idleness) it
 //! is rebuilt by hashing the data file once, so uploads resume across restarts. Upload files
@@ -30,7 +35,6 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -43,6 +47,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
+use super::dir_sync::DirSyncs;
 use super::{
     Aged, BlobContent, ByteStream, Result, Storage, StorageError, TOUCH_INTERVAL, UploadInfo,
 };
@@ -52,8 +57,10 @@ use crate::names::RepoName;
 const READ_CHUNK: u64 = 1024 * 1024;
 /// Received bytes written at a time (per connection, so small).
 const WRITE_BATCH: usize = 256 * 1024;
-/// The upload writer flushes data to disk every this many bytes, so that the fsync at commit
-/// has little left to do and disk writes overlap with receiving.
+/// The upload writer starts flushing data to disk every this many bytes, in the background,
+/// so that the fsync at commit has little left to do and disk writes overlap with receiving.
+/// At most one such flush runs per upload: the next waits for it, which bounds the data not
+/// yet on disk to about twice this.
 const SYNC_EVERY: u64 = 16 * 1024 * 1024;
 /// Most buffers in one `writev` (Linux's IOV_MAX is 1024).
 const MAX_IOVECS: usize = 1024;
@@ -93,6 +100,7 @@ type SlotRef = Arc<tokio::sync::Mutex<UploadSlot>>;
 pub struct FsStorage {
     root: Arc<PathBuf>,
     uploads: Arc<Mutex<HashMap<String, SlotRef>>>,
+    dir_syncs: Arc<DirSyncs>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -173,13 +181,31 @@ impl FsStorage {
     /// Opens (creating if needed) a storage root.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root: PathBuf = root.into();
+        let dir_syncs = Arc::new(DirSyncs::default());
         for sub in ["blobs", "repositories", "uploads"] {
             let d = root.join(sub);
-            fs::create_dir_all(&d).map_err(ctx(&d))?;
+            dir_syncs.create_dir_all(&d).map_err(ctx(&d))?;
+        }
+        // The 256 sha256 prefix directories exist from the start (made durable once), so a
+        // blob commit never pays for a new directory's durability on top of its own.
+        let sha256 = root.join("blobs").join(Algorithm::Sha256.as_str());
+        dir_syncs.create_dir_all(&sha256).map_err(ctx(&sha256))?;
+        let mut created = false;
+        for prefix in 0..=255u8 {
+            let d = sha256.join(format!("{prefix:02x}"));
+            match fs::create_dir(&d) {
+                Ok(()) => created = true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(ctx(&d)(e)),
+            }
+        }
+        if created {
+            dir_syncs.sync(&sha256).map_err(ctx(&sha256))?;
         }
         Ok(FsStorage {
             root: Arc::new(root),
             uploads: Arc::default(),
+            dir_syncs,
         })
     }
 
@@ -350,6 +376,7 @@ impl FsStorage {
         let mut writer = BatchWriter {
             file,
             in_flight: None,
+            syncing: None,
             written: loaded.size,
             unsynced: 0,
         };
@@ -381,8 +408,10 @@ impl FsStorage {
         if write_result.is_ok() && !batch.is_empty() {
             write_result = writer.submit(batch).await;
         }
+        // Waited for even after a failure: no task keeps the file open past the request.
+        let finished = writer.finish().await;
         if write_result.is_ok() {
-            write_result = writer.finish().await;
+            write_result = finished;
         }
         match write_result {
             Ok(()) => {
@@ -401,10 +430,13 @@ impl FsStorage {
     }
 }
 
-/// Writes batches of an upload body one at a time, each in a short blocking task.
+/// Writes batches of an upload body one at a time, each in a short blocking task, and flushes
+/// what was written to disk every [`SYNC_EVERY`] bytes in another, so that receiving and
+/// writing never wait for the disk (unless it falls two flushes behind).
 struct BatchWriter {
     file: Arc<File>,
     in_flight: Option<JoinHandle<io::Result<u64>>>,
+    syncing: Option<JoinHandle<io::Result<()>>>,
     written: u64,
     unsynced: u64,
 }
@@ -412,31 +444,44 @@ struct BatchWriter {
 impl BatchWriter {
     /// Waits for the previous batch, then starts writing `batch`.
     async fn submit(&mut self, batch: Vec<Bytes>) -> io::Result<()> {
-        self.finish().await?;
+        self.wait_write().await?;
+        if self.unsynced >= SYNC_EVERY {
+            // Everything written so far goes to disk while the next batches are written.
+            self.wait_sync().await?;
+            self.unsynced = 0;
+            let file = self.file.clone();
+            self.syncing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+        }
         let n = batch.iter().map(|b| b.len() as u64).sum::<u64>();
         self.unsynced += n;
-        // Flush to disk every so often, so the fsync at commit has little left to do.
-        let sync = self.unsynced >= SYNC_EVERY;
-        if sync {
-            self.unsynced = 0;
-        }
         let file = self.file.clone();
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             write_all_vectored(&*file, &batch)?;
-            if sync {
-                file.sync_data()?;
-            }
             Ok(n)
         }));
         Ok(())
     }
 
-    /// Waits for the batch being written, if any.
+    /// Waits for the batch being written and the flush running, if any. A failed flush
+    /// fails the write: the data may not be on disk, and a later fsync might not say so.
     async fn finish(&mut self) -> io::Result<()> {
+        let written = self.wait_write().await;
+        let synced = self.wait_sync().await;
+        written.and(synced)
+    }
+
+    async fn wait_write(&mut self) -> io::Result<()> {
         if let Some(h) = self.in_flight.take() {
             self.written += h.await.map_err(|e| io::Error::other(e.to_string()))??;
         }
         Ok(())
+    }
+
+    async fn wait_sync(&mut self) -> io::Result<()> {
+        match self.syncing.take() {
+            Some(h) => h.await.map_err(|e| io::Error::other(e.to_string()))?,
+            None => Ok(()),
+        }
     }
 }
 
@@ -462,11 +507,21 @@ pub(crate) fn blob_path(root: &Path, d: &Digest) -> PathBuf {
         .join(d.hex())
 }
 
-/// Reads `len` bytes at `offset` (one short blocking task: a `pread`).
+/// Reads `len` bytes at `offset` (one short blocking task: a `pread`, into memory that is
+/// not zeroed first since the read overwrites it).
 fn read_chunk(file: Arc<File>, offset: u64, len: u64) -> JoinHandle<io::Result<Bytes>> {
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, offset)?;
+        let len = len as usize;
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        while buf.len() < len {
+            // Fills the spare capacity (at least `len`; what lies past it is cut below).
+            let at = offset + buf.len() as u64;
+            let n = rustix::io::pread(&*file, rustix::buffer::spare_capacity(&mut buf), at)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        buf.truncate(len);
         Ok(Bytes::from(buf))
     })
 }
@@ -474,6 +529,8 @@ fn read_chunk(file: Arc<File>, offset: u64, len: u64) -> JoinHandle<io::Result<B
 /// Streams `len` bytes of `file` from `start`, one [`READ_CHUNK`] at a time with the next
 /// chunk read ahead. No thread waits for the client: a reader that stops holds two chunks.
 fn stream_file(file: File, start: u64, len: u64) -> ByteStream {
+    // Read sequentially: the kernel reads ahead further (a hint; failing to give it is harmless).
+    let _ = rustix::fs::fadvise(&file, start, None, rustix::fs::Advice::Sequential);
     let file = Arc::new(file);
     let end = start + len;
     let mut next = start;
@@ -565,6 +622,7 @@ impl Storage for FsStorage {
         // Staged among the uploads, not beside the blob: a crash mid-write leaves nothing
         // under blobs/ (the leftover is swept like any temporary file).
         let staged = atomic_file::temp_path_for(&self.root.join("uploads").join(digest.hex()));
+        let syncs = self.dir_syncs.clone();
         blocking(move || {
             if path.exists() {
                 touch(&path);
@@ -574,7 +632,7 @@ impl Storage for FsStorage {
                 let mut f = File::create(&staged)?;
                 f.write_all(&bytes)?;
                 f.sync_all()?;
-                atomic_file::commit(&staged, &path)
+                syncs.commit(&staged, &path)
             })();
             if written.is_err() {
                 let _ = fs::remove_file(&staged);
@@ -625,7 +683,8 @@ impl Storage for FsStorage {
 
     async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         let path = self.layer_link(repo, digest);
-        blocking(move || create_link(&path)).await
+        let syncs = self.dir_syncs.clone();
+        blocking(move || create_link(&syncs, &path)).await
     }
 
     async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
@@ -661,12 +720,15 @@ impl Storage for FsStorage {
     ) -> Result<()> {
         let path = self.revision_link(repo, digest);
         let media_type = media_type.to_owned();
+        let syncs = self.dir_syncs.clone();
         blocking(move || {
             if read_optional(&path)?.as_deref() == Some(media_type.as_bytes()) {
                 touch(&path);
                 return Ok(());
             }
-            atomic_file::write(&path, media_type.as_bytes()).map_err(ctx(&path))
+            syncs
+                .write(&path, media_type.as_bytes())
+                .map_err(ctx(&path))
         })
         .await
     }
@@ -704,11 +766,12 @@ impl Storage for FsStorage {
     async fn set_tag(&self, repo: &RepoName, tag: &str, digest: &Digest) -> Result<()> {
         let path = self.tag_path(repo, tag);
         let value = digest.to_string();
+        let syncs = self.dir_syncs.clone();
         blocking(move || {
             if read_optional(&path)?.as_deref() == Some(value.as_bytes()) {
                 return Ok(());
             }
-            atomic_file::write(&path, value.as_bytes()).map_err(ctx(&path))
+            syncs.write(&path, value.as_bytes()).map_err(ctx(&path))
         })
         .await
     }
@@ -754,7 +817,8 @@ impl Storage for FsStorage {
         ));
         let bytes = serde_json::to_vec(referrer)
             .unwrap_or_else(|e| unreachable!("descriptor serialises: {e}"));
-        blocking(move || atomic_file::write(&path, &bytes).map_err(ctx(&path))).await
+        let syncs = self.dir_syncs.clone();
+        blocking(move || syncs.write(&path, &bytes).map_err(ctx(&path))).await
     }
 
     async fn remove_referrer(
@@ -893,6 +957,7 @@ impl Storage for FsStorage {
         let link = self.layer_link(repo, digest);
         let expected = digest.clone();
         let unknown = StorageError::UploadUnknown(id.to_owned());
+        let syncs = self.dir_syncs.clone();
         let result = blocking(move || {
             let data = upload_dir.join("data");
             let LoadedUpload { digester, size } = loaded;
@@ -915,7 +980,7 @@ impl Storage for FsStorage {
             if target.exists() {
                 touch(&target);
             } else {
-                match atomic_file::commit(&data, &target) {
+                match syncs.commit(&data, &target) {
                     Ok(()) => {}
                     // The session was purged underneath us (garbage collection).
                     Err(e) if e.kind() == io::ErrorKind::NotFound && !data.exists() => {
@@ -924,7 +989,7 @@ impl Storage for FsStorage {
                     Err(e) => return Err(ctx(&target)(e)),
                 }
             }
-            create_link(&link)?;
+            create_link(&syncs, &link)?;
             fs::remove_dir_all(&upload_dir).map_err(ctx(&upload_dir))?;
             Ok(size)
         })
@@ -1012,14 +1077,11 @@ fn is_repository(dir: &Path) -> bool {
 }
 
 /// Creates an (empty) link file durably, or re-stamps an existing one as used.
-fn create_link(path: &Path) -> Result<()> {
+fn create_link(syncs: &DirSyncs, path: &Path) -> Result<()> {
     if touch(path) {
         return Ok(());
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(ctx(dir))?;
-    File::create(path).map_err(ctx(path))?;
-    atomic_file::sync_dir(dir).map_err(ctx(dir))
+    syncs.create_empty(path).map_err(ctx(path))
 }
 
 /// Re-stamps a file's modification time if it is older than [`TOUCH_INTERVAL`]; returns

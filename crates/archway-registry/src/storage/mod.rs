@@ -13,6 +13,7 @@
 //! * **uploads** are resumable sessions; their state survives a restart. No file stays open
 //!   between requests, and sessions idle past the server's expiry are removed.
 
+mod dir_sync;
 pub mod fs;
 pub mod s3;
 

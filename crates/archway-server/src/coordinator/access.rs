@@ -113,31 +113,37 @@ impl Coordinator {
 
     /// Whether admin/registration token `id` is still active.
     pub async fn token_active(&self, id: i64) -> Result<bool, CoordError> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM tokens WHERE id = $1 AND revoked_ms IS NULL")
-                .bind(id)
-                .fetch_one(&self.db.read)
-                .await?;
-        Ok(n > 0)
+        self.row_exists(
+            "SELECT count(*) FROM tokens WHERE id = $1 AND revoked_ms IS NULL",
+            id,
+        )
+        .await
     }
 
     /// Whether runner `id` may still work.
     pub async fn runner_active(&self, id: i64) -> Result<bool, CoordError> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM runners WHERE id = $1 AND revoked_ms IS NULL")
-                .bind(id)
-                .fetch_one(&self.db.read)
-                .await?;
-        Ok(n > 0)
+        self.row_exists(
+            "SELECT count(*) FROM runners WHERE id = $1 AND revoked_ms IS NULL",
+            id,
+        )
+        .await
     }
 
     /// Whether attempt `id` still runs (its job token is valid).
     pub async fn attempt_running(&self, id: i64) -> Result<bool, CoordError> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM attempts WHERE id = $1 AND state = 'running'")
-                .bind(id)
-                .fetch_one(&self.db.read)
-                .await?;
+        self.row_exists(
+            "SELECT count(*) FROM attempts WHERE id = $1 AND state = 'running'",
+            id,
+        )
+        .await
+    }
+
+    /// Whether `count_sql` (a `SELECT count(*)` with `$1`) counts a row for `id`.
+    async fn row_exists(&self, count_sql: &'static str, id: i64) -> Result<bool, CoordError> {
+        let n: i64 = sqlx::query_scalar(count_sql)
+            .bind(id)
+            .fetch_one(&self.db.read)
+            .await?;
         Ok(n > 0)
     }
 

@@ -12,7 +12,7 @@ impl Coordinator {
         let rows = sqlx::query(
             "SELECT j.id, j.tags, j.platform, j.resource_group, p.project FROM jobs j \
              JOIN pipelines p ON p.id = j.pipeline_id \
-             WHERE j.status = 'pending' ORDER BY j.id LIMIT $1",
+             WHERE j.status = 'pending' AND j.is_trigger = 0 ORDER BY j.id LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.db.read)
@@ -67,9 +67,11 @@ impl Coordinator {
         for c in claims {
             let Some(row) = sqlx::query(
                 "UPDATE jobs SET status = 'running', started_ms = $1, \
-                 attempt_count = attempt_count + 1, failure_reason = NULL, exit_code = NULL \
+                 attempt_count = attempt_count + 1, failure_reason = NULL, exit_code = NULL, \
+                 artifact_digest = NULL, artifact_size = NULL, artifact_expires_ms = NULL, \
+                 dotenv = NULL, test_summary = NULL \
                  WHERE id = $2 AND status = 'pending' \
-                 RETURNING spec, attempt_count, queued_ms, pipeline_id",
+                 RETURNING spec, attempt_count, queued_ms, pipeline_id, stage_idx",
             )
             .bind(now)
             .bind(c.job_id)
@@ -104,8 +106,16 @@ impl Coordinator {
             let fixed = self.pipeline_fixed(pipeline_id).await?;
             let runner = self.runner_fixed(c.runner_id).await?;
             let spec: String = row.try_get("spec")?;
-            let payload = self.payload(
-                &spec,
+            let def: JobDefinition = parse_json(&spec, "job spec")?;
+            let stage_idx: i64 = row.try_get("stage_idx")?;
+            let (artifacts, dotenv) = if fixed.has_artifacts {
+                self.dependencies(&mut tx, pipeline_id, &def, stage_idx)
+                    .await?
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            let mut payload = self.payload(
+                def,
                 pipeline_id,
                 &fixed,
                 c,
@@ -113,7 +123,9 @@ impl Coordinator {
                 number,
                 token,
                 &runner.tags,
+                dotenv,
             )?;
+            payload.dependencies = artifacts;
             out.push((c.runner_id, payload));
         }
         tx.commit().await?;
@@ -137,10 +149,144 @@ impl Coordinator {
         Ok(out)
     }
 
+    /// The artifacts and dotenv variables of the jobs `def` depends on (`dependencies:`,
+    /// `needs:`, else every job of the earlier stages), from their successful runs.
+    async fn dependencies(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        pipeline_id: i64,
+        def: &JobDefinition,
+        stage_idx: i64,
+    ) -> Result<(Vec<ArtifactRef>, Vec<VarDef>), CoordError> {
+        let mut artifacts = Vec::new();
+        let mut dotenv: Vec<VarDef> = Vec::new();
+        if def.dependencies.as_ref().is_some_and(Vec::is_empty) {
+            return Ok((artifacts, dotenv));
+        }
+        let rows = sqlx::query(
+            "SELECT id, name, stage_idx, artifact_digest, artifact_size, artifact_expires_ms, \
+             dotenv FROM jobs WHERE pipeline_id = $1 AND status = 'success' \
+             AND (artifact_digest IS NOT NULL OR dotenv IS NOT NULL) ORDER BY stage_idx, id",
+        )
+        .bind(pipeline_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let now = now_ms();
+        for r in rows {
+            let name: String = r.try_get("name")?;
+            let wanted = match &def.dependencies {
+                Some(names) => names.iter().any(|n| archway_api::plan::names_job(n, &name)),
+                None => r.try_get::<i64, _>("stage_idx")? < stage_idx,
+            };
+            if !wanted {
+                continue;
+            }
+            let expired = r
+                .try_get::<Option<i64>, _>("artifact_expires_ms")?
+                .is_some_and(|e| e <= now);
+            if r.try_get::<Option<String>, _>("artifact_digest")?.is_some() && !expired {
+                artifacts.push(ArtifactRef {
+                    job_id: r.try_get("id")?,
+                    job_name: name,
+                    size: r.try_get::<Option<i64>, _>("artifact_size")?.unwrap_or(0) as u64,
+                });
+            }
+            if let Some(d) = r.try_get::<Option<String>, _>("dotenv")? {
+                dotenv.extend(parse_json::<Vec<VarDef>>(&d, "dotenv variables")?);
+            }
+        }
+        Ok((artifacts, dotenv))
+    }
+
+    /// Records the artifact archive `digest` (already in the artifact store) as the job's
+    /// artifacts, if `attempt_id` still runs.
+    pub async fn set_artifacts(
+        &self,
+        attempt_id: i64,
+        digest: &str,
+        size: u64,
+        expire_in_secs: Option<u64>,
+    ) -> Result<(), CoordError> {
+        let expires = expire_in_secs.map(|s| now_ms() + (s as i64).saturating_mul(1000));
+        let n = sqlx::query(
+            "UPDATE jobs SET artifact_digest = $1, artifact_size = $2, artifact_expires_ms = $3 \
+             WHERE id = (SELECT job_id FROM attempts WHERE id = $4 AND state = 'running')",
+        )
+        .bind(digest)
+        .bind(size as i64)
+        .bind(expires)
+        .bind(attempt_id)
+        .execute(&self.db.write)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(CoordError::Fenced(format!(
+                "attempt {attempt_id} no longer runs; its artifacts are not kept"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Jobs whose artifacts expired lose their archive reference (the expiry time stays, so
+    /// readers are told they expired). Returns how many.
+    pub async fn expire_artifacts(&self, now: i64) -> Result<u64, CoordError> {
+        let n = sqlx::query(
+            "UPDATE jobs SET artifact_digest = NULL, artifact_size = NULL \
+             WHERE artifact_digest IS NOT NULL AND artifact_expires_ms IS NOT NULL \
+             AND artifact_expires_ms <= $1",
+        )
+        .bind(now)
+        .execute(&self.db.write)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    /// Whether some job still refers to the archive `digest`.
+    pub async fn artifact_in_use(&self, digest: &str) -> Result<bool, CoordError> {
+        Ok(
+            sqlx::query("SELECT id FROM jobs WHERE artifact_digest = $1 LIMIT 1")
+                .bind(digest)
+                .fetch_optional(&self.db.read)
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// The artifact archive of job `job_id`, for readers allowed to see it: `(digest, size)`.
+    pub async fn job_artifacts(&self, job_id: i64) -> Result<(String, u64, i64), CoordError> {
+        let row = sqlx::query(
+            "SELECT pipeline_id, artifact_digest, artifact_size, artifact_expires_ms \
+             FROM jobs WHERE id = $1",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.db.read)
+        .await?
+        .ok_or_else(|| CoordError::NotFound(format!("no job {job_id}")))?;
+        if row
+            .try_get::<Option<i64>, _>("artifact_expires_ms")?
+            .is_some_and(|e| e <= now_ms())
+        {
+            return Err(CoordError::NotFound(format!(
+                "the artifacts of job {job_id} have expired (artifacts:expire_in)"
+            )));
+        }
+        let Some(digest) = row.try_get::<Option<String>, _>("artifact_digest")? else {
+            return Err(CoordError::NotFound(format!(
+                "job {job_id} has no artifacts"
+            )));
+        };
+        Ok((
+            digest,
+            row.try_get::<Option<i64>, _>("artifact_size")?.unwrap_or(0) as u64,
+            row.try_get("pipeline_id")?,
+        ))
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn payload(
         &self,
-        spec: &str,
+        def: JobDefinition,
         pipeline_id: i64,
         fixed: &PipelineFixed,
         c: &Claim,
@@ -148,8 +294,8 @@ impl Coordinator {
         number: i64,
         token: String,
         runner_tags: &[String],
+        dotenv: Vec<VarDef>,
     ) -> Result<JobPayload, CoordError> {
-        let def: JobDefinition = parse_json(spec, "job spec")?;
         let PipelineFixed {
             project,
             git_ref,
@@ -159,6 +305,8 @@ impl Coordinator {
             source,
             masked,
             secrets,
+            file_vars,
+            has_artifacts: _,
         } = fixed.clone();
         let (namespace, name) = project.rsplit_once('/').unwrap_or(("", &project));
         let project_dir = format!("/builds/{project}");
@@ -225,7 +373,9 @@ impl Coordinator {
                 *value = expand_job_value(value, &known, 0);
             }
         }
-        // Secrets are taken literally.
+        // Dotenv reports of the jobs it depends on override the YAML's variables (as on
+        // GitLab); their values are taken literally, as are secrets, which win over all.
+        vars.extend(dotenv.into_iter().map(|v| (v.name, v.value)));
         vars.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
         let always_masked = ["CI_JOB_TOKEN", "CI_REGISTRY_PASSWORD"];
         let variables = vars
@@ -234,6 +384,7 @@ impl Coordinator {
                 masked: always_masked.contains(&name.as_str())
                     || masked.contains(&name)
                     || secrets.contains_key(&name),
+                file: file_vars.contains(&name),
                 name,
                 value,
             })
@@ -259,6 +410,11 @@ impl Coordinator {
                 .unwrap_or(self.config.default_timeout.as_secs()),
             source,
             max_log_bytes: self.config.max_log_bytes,
+            artifacts: def.artifacts,
+            cache: def.cache,
+            services: def.services,
+            dependencies: Vec::new(),
+            max_artifact_bytes: self.config.max_artifact_bytes,
         })
     }
 
@@ -455,6 +611,25 @@ impl Coordinator {
             return Err(CoordError::Fenced(format!(
                 "attempt {attempt_id} ended meanwhile"
             )));
+        }
+        if !report.dotenv.is_empty() && outcome != AttemptOutcome::HandedBack {
+            check_dotenv(&report.dotenv)?;
+            sqlx::query("UPDATE jobs SET dotenv = $1 WHERE id = $2")
+                .bind(json(&report.dotenv))
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(t) = &report.tests
+            && outcome != AttemptOutcome::HandedBack
+        {
+            // A runner's summary is bounded like any other input.
+            let t = t.clone().bounded();
+            sqlx::query("UPDATE jobs SET test_summary = $1 WHERE id = $2")
+                .bind(json(&t))
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
         }
         match outcome {
             AttemptOutcome::Success => {
@@ -732,6 +907,38 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+/// GitLab's limits for dotenv reports: at most 50 variables (GitLab.com's default is 50 on
+/// paid tiers, 20 on free), names of letters, digits and `_`, 5 KiB in all.
+pub(crate) fn check_dotenv(vars: &[VarDef]) -> Result<(), CoordError> {
+    if vars.len() > 50 {
+        return Err(CoordError::BadRequest(format!(
+            "a dotenv report may set at most 50 variables, not {}",
+            vars.len()
+        )));
+    }
+    let mut total = 0;
+    for v in vars {
+        if v.name.is_empty()
+            || !v
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(CoordError::BadRequest(format!(
+                "dotenv variable name `{}` is not letters, digits and _",
+                v.name
+            )));
+        }
+        total += v.name.len() + v.value.len();
+    }
+    if total > 5 * 1024 {
+        return Err(CoordError::BadRequest(
+            "a dotenv report may be at most 5 KiB".into(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -744,5 +951,27 @@ mod tests {
         );
         assert_eq!(ref_slug("-x-"), "x");
         assert_eq!(ref_slug(&"a".repeat(100)).len(), 63);
+    }
+
+    #[test]
+    fn dotenv_reports_are_checked_again_on_the_server() {
+        let v = |n: &str, val: &str| VarDef {
+            name: n.into(),
+            value: val.into(),
+        };
+        assert!(check_dotenv(&[v("A_1", "x"), v("B", "")]).is_ok());
+        for bad in [
+            vec![v("", "x")],
+            vec![v("A B", "x")],
+            vec![v("$(id)", "x")],
+            vec![v("A", &"x".repeat(6000))],
+            (0..51).map(|i| v(&format!("V{i}"), "x")).collect(),
+        ] {
+            assert!(
+                matches!(check_dotenv(&bad), Err(CoordError::BadRequest(_))),
+                "{:?}",
+                bad.first().map(|x| &x.name)
+            );
+        }
     }
 }

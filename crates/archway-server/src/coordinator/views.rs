@@ -22,8 +22,19 @@ impl Coordinator {
             ))
             .await?;
         let online = self.online_runners().await?;
+        let downstream: HashMap<i64, i64> = sqlx::query(
+            "SELECT parent_job_id, max(id) AS child FROM pipelines WHERE parent_job_id IN \
+             (SELECT id FROM jobs WHERE pipeline_id = $1 AND is_trigger = 1) GROUP BY parent_job_id",
+        )
+        .bind(id)
+        .fetch_all(&self.db.read)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("parent_job_id")?, r.try_get("child")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
         for r in rows {
             let mut j = job_view(&r)?;
+            j.downstream_pipeline_id = downstream.get(&j.id).copied();
             j.attempts = attempts.get(&j.id).cloned().unwrap_or_default();
             if j.status == JobStatus::Pending {
                 j.note = pending_note(&j, &online);
@@ -63,6 +74,11 @@ impl Coordinator {
             .await?
             .ok_or_else(|| CoordError::NotFound(format!("no job {id}")))?;
         let mut j = job_view(&row)?;
+        j.downstream_pipeline_id =
+            sqlx::query_scalar("SELECT max(id) FROM pipelines WHERE parent_job_id = $1")
+                .bind(id)
+                .fetch_one(&self.db.read)
+                .await?;
         j.attempts = self
             .attempts_of(&format!("a.job_id = {id}"))
             .await?
@@ -320,6 +336,7 @@ pub(super) fn pipeline_view(r: &sqlx::any::AnyRow) -> Result<PipelineView, Coord
         created_at_ms: r.try_get("created_ms")?,
         finished_at_ms: r.try_get("finished_ms")?,
         stages: parse_json(&r.try_get::<String, _>("stages")?, "stages")?,
+        parent_job_id: r.try_get("parent_job_id")?,
         jobs: Vec::new(),
     })
 }
@@ -346,8 +363,34 @@ pub(super) fn job_view(r: &sqlx::any::AnyRow) -> Result<JobView, CoordError> {
         finished_at_ms: r.try_get("finished_ms")?,
         run_after_ms: r.try_get("run_after_ms")?,
         attempts: Vec::new(),
-        note: None,
+        // Why the job ended as it did, when the coordinator knows (a dynamic child that
+        // could not be planned); a pending job's note is computed when shown.
+        note: r.try_get::<Option<String>, _>("message")?,
+        artifacts: artifacts_view(r)?,
+        downstream_pipeline_id: None,
+        tests: match r.try_get::<Option<String>, _>("test_summary")? {
+            Some(t) => Some(parse_json(&t, "test summary")?),
+            None => None,
+        },
     })
+}
+
+fn artifacts_view(r: &sqlx::any::AnyRow) -> Result<Option<ArtifactsView>, CoordError> {
+    let digest: Option<String> = r.try_get("artifact_digest")?;
+    let dotenv: Option<String> = r.try_get("dotenv")?;
+    if digest.is_none() && dotenv.is_none() {
+        return Ok(None);
+    }
+    let vars: Vec<VarDef> = match dotenv {
+        Some(d) => parse_json(&d, "dotenv variables")?,
+        None => Vec::new(),
+    };
+    Ok(Some(ArtifactsView {
+        digest: digest.unwrap_or_default(),
+        size: r.try_get::<Option<i64>, _>("artifact_size")?.unwrap_or(0) as u64,
+        expires_at_ms: r.try_get("artifact_expires_ms")?,
+        dotenv: vars.into_iter().map(|v| v.name).collect(),
+    }))
 }
 
 /// Why a pending job waits, when no online runner could take it.
@@ -430,6 +473,9 @@ mod tests {
             run_after_ms: None,
             attempts: vec![],
             note: None,
+            artifacts: None,
+            downstream_pipeline_id: None,
+            tests: None,
         };
         let amd = RunnerView {
             id: 1,
