@@ -643,4 +643,144 @@ mod tests {
         assert!(e.to_string().contains("--max-source-size"), "{e}");
         assert!(store.put("sha256:xyz", chunks(data)).await.is_err());
     }
+
+    #[tokio::test]
+    async fn artifacts_are_listed_by_age_refreshed_by_a_reupload_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SourceStore::open_artifacts(dir.path(), 1024).unwrap();
+        let data = b"an artifact archive, pretend";
+        let d = Digest::sha256(data).to_string();
+        store.put(&d, chunks(data)).await.unwrap();
+        let file = dir
+            .path()
+            .join("artifacts/sha256")
+            .join(format!("{}.tar.gz", Digest::sha256(data).hex()));
+        assert!(file.is_file());
+        let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let age = |t: SystemTime| {
+            std::fs::File::options()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_modified(t)
+                .unwrap()
+        };
+        age(an_hour_ago);
+        assert_eq!(
+            store.older_than(Duration::from_secs(60)).await.unwrap(),
+            std::slice::from_ref(&d)
+        );
+        // Uploading the same bytes again keeps the file and makes it new.
+        store.put(&d, chunks(data)).await.unwrap();
+        assert!(
+            store
+                .older_than(Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Read synchronously, as the planner of dynamic child pipelines does.
+        let archive = store.stored(&d).unwrap();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut archive.reader().unwrap(), &mut out).unwrap();
+            out
+        })
+        .await
+        .unwrap();
+        assert_eq!(read, data);
+        store.remove(&d).await.unwrap();
+        assert!(!store.exists(&d).await.unwrap());
+        store.remove(&d).await.unwrap();
+        let e = match store.read(&d).await {
+            Err(e) => e,
+            Ok(_) => panic!("a removed archive was read"),
+        };
+        assert!(
+            e.to_string().contains("none of the artifact archives is"),
+            "{e}"
+        );
+    }
+
+    /// The object-store side of the same contract, on the test S3 server (`ARCHWAY_TEST_S3`,
+    /// started by scripts/test.sh): verified uploads only, re-uploads within the freshness
+    /// window keep the object, listing by age, removal, and the blocking reader the planner
+    /// of dynamic child pipelines uses.
+    #[tokio::test]
+    async fn artifacts_on_the_object_store() {
+        use archway_registry::storage::s3::{S3Config, S3Storage};
+        let Ok(bucket) = std::env::var("ARCHWAY_TEST_S3") else {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!(
+                    "SKIPPED: artifacts_on_the_object_store (ARCHWAY_TEST_S3 is not set; scripts/test.sh starts an S3 server)"
+                );
+            }
+            return;
+        };
+        let location = format!(
+            "{}/t{}",
+            bucket.trim_end_matches('/'),
+            uuid::Uuid::new_v4().simple()
+        );
+        let storage = S3Storage::open(&S3Config::new(location.parse().unwrap())).unwrap();
+        let (client, prefix) = storage.client();
+        let store = SourceStore::on_object_store(client.clone(), &prefix, ARTIFACTS, 1024);
+        let data = b"an artifact archive on the store, pretend";
+        let d = Digest::sha256(data).to_string();
+        // A wrong digest or too many bytes leave nothing behind.
+        let wrong = Digest::sha256(b"other").to_string();
+        let e = store.put(&wrong, chunks(data)).await.unwrap_err();
+        assert!(e.to_string().contains("the upload's digest is"), "{e}");
+        assert!(!store.exists(&wrong).await.unwrap());
+        let big = vec![7u8; 2048];
+        let big_digest = Digest::sha256(&big).to_string();
+        let e = store.put(&big_digest, chunks(&big)).await.unwrap_err();
+        assert!(e.to_string().contains("--max-artifact-size"), "{e}");
+        assert!(!store.exists(&big_digest).await.unwrap());
+
+        assert_eq!(
+            store.put(&d, chunks(data)).await.unwrap(),
+            data.len() as u64
+        );
+        let key = object_store::path::Path::from(format!(
+            "{prefix}/artifacts/sha256/{}.tar.gz",
+            Digest::sha256(data).hex()
+        ));
+        let written = client.head(&key).await.unwrap();
+        // Stored again within the freshness window: kept as it is, the body not read.
+        let unread = futures_util::stream::iter(vec![Err::<Bytes, _>("never read")]);
+        assert_eq!(store.put(&d, unread).await.unwrap(), data.len() as u64);
+        assert_eq!(client.head(&key).await.unwrap().e_tag, written.e_tag);
+        let (bytes, len) = store.read(&d).await.unwrap();
+        assert_eq!(len, data.len() as u64);
+        let read: Vec<Bytes> = bytes.try_collect().await.unwrap();
+        assert_eq!(read.concat(), data);
+        let archive = store.stored(&d).unwrap();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut archive.reader().unwrap(), &mut out).unwrap();
+            out
+        })
+        .await
+        .unwrap();
+        assert_eq!(read, data);
+        // Listed by age (the store's times have whole seconds).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(
+            store.older_than(Duration::ZERO).await.unwrap(),
+            std::slice::from_ref(&d)
+        );
+        assert!(
+            store
+                .older_than(Duration::from_secs(3600))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        store.remove(&d).await.unwrap();
+        assert!(!store.exists(&d).await.unwrap());
+        store.remove(&d).await.unwrap();
+        assert!(store.older_than(Duration::ZERO).await.unwrap().is_empty());
+    }
 }
