@@ -2,6 +2,17 @@
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Functions to run when the calling shell exits (services the tests needed).
+CLEANUPS=()
+add_cleanup() {
+    CLEANUPS+=("$1")
+    trap run_cleanups EXIT
+}
+run_cleanups() {
+    local f
+    for f in "${CLEANUPS[@]}"; do "$f" || true; done
+}
+
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"
     elif command -v sudo >/dev/null; then sudo "$@"
@@ -87,7 +98,7 @@ start_test_postgres() {
         start >/dev/null
     PG_BIN=$bin PG_USER=$user
     export ARCHWAY_TEST_POSTGRES="postgres://archway@127.0.0.1:$port/postgres"
-    trap stop_test_postgres EXIT
+    add_cleanup stop_test_postgres
     echo "PostgreSQL for the tests at $ARCHWAY_TEST_POSTGRES (data in $PG_TMP)"
 }
 
@@ -96,6 +107,50 @@ stop_test_postgres() {
         if [ "$(id -un)" = "$PG_USER" ]; then "$PG_BIN/pg_ctl" -D "$PG_TMP/data" -m fast -w stop >/dev/null 2>&1 || true
         else runuser -u "$PG_USER" -- "$PG_BIN/pg_ctl" -D "$PG_TMP/data" -m fast -w stop >/dev/null 2>&1 || true; fi
         rm -rf "$PG_TMP"
+    fi
+}
+
+# An S3 server for the tests: moto's server mode (PyPI `moto[server]`, installed into a
+# virtualenv under ~/.cache/archway) on a free loopback port, with one bucket. Exports
+# ARCHWAY_TEST_S3 (that bucket), AWS_ENDPOINT_URL and credentials for it, and
+# ARCHWAY_TEST_MOTO (the server program, for tests that start one of their own); stops the
+# server when the calling shell exits. moto implements what the registry relies on:
+# multipart uploads, conditional PUTs and DELETEs (If-None-Match / If-Match), presigned URLs.
+MOTO_VERSION=5.2.1
+start_test_s3() {
+    ensure_packages python3 python3-venv
+    local venv="${XDG_CACHE_HOME:-$HOME/.cache}/archway/moto-$MOTO_VERSION"
+    if [ ! -x "$venv/bin/moto_server" ]; then
+        step "installing moto[server] $MOTO_VERSION (the tests' S3 server) into $venv"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+    fi
+    local port=45123
+    while (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+    S3_LOG=$(mktemp /tmp/archway-s3.XXXXXX)
+    "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$S3_LOG" 2>&1 &
+    S3_PID=$!
+    add_cleanup stop_test_s3
+    local i
+    for i in $(seq 1 100); do
+        (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+    "$venv/bin/python" -c "import urllib.request as u; u.urlopen(u.Request('http://127.0.0.1:$port/archway-test', method='PUT'))"
+    export ARCHWAY_TEST_S3=s3://archway-test
+    export ARCHWAY_TEST_MOTO="$venv/bin/moto_server"
+    export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
+    export AWS_ACCESS_KEY_ID=archway-test AWS_SECRET_ACCESS_KEY=archway-test AWS_REGION=us-east-1
+    echo "S3 (moto) for the tests at $AWS_ENDPOINT_URL, bucket $ARCHWAY_TEST_S3 (log $S3_LOG)"
+}
+
+stop_test_s3() {
+    if [ -n "${S3_PID:-}" ]; then
+        kill "$S3_PID" 2>/dev/null || true
+        wait "$S3_PID" 2>/dev/null || true
+        rm -f "$S3_LOG"
+        S3_PID=
     fi
 }
 

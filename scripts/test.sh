@@ -12,14 +12,17 @@ cd "$(dirname "$0")/.."
 require_rust
 # Interop peers the integration tests drive: skopeo, podman, buildah, umoci, docker CLI +
 # engine (dockerd), CNCF distribution (docker-registry) for benchmarks. The build sandbox needs
-# an OCI runtime (runc; crun where cgroups are unified) and util-linux's unshare/setpriv.
-ensure_packages skopeo podman buildah umoci docker.io docker-registry crun runc uidmap apache2-utils util-linux git
+# an OCI runtime (runc; crun where cgroups are unified) and util-linux's unshare/setpriv. The
+# garbage-collection test on S3 sets its S3 server's clock back with libfaketime.
+ensure_packages skopeo podman buildah umoci docker.io docker-registry crun runc uidmap apache2-utils util-linux git libfaketime
 # arm64 RUN steps and `archway run --platform linux/arm64` go through qemu-user.
 ensure_binfmt
 # The rootless build test runs as `nobody` with a range of subordinate ids.
 ensure_subids nobody
 # The coordinator's tests run on SQLite and on PostgreSQL: a throwaway cluster for them.
 start_test_postgres
+# The registry's tests run on the filesystem and on S3: a throwaway S3 server for them.
+start_test_s3
 
 # Dependency checks: licences, banned duplicates and sources (deny.toml), unused dependencies.
 ensure_cargo_tool cargo-deny

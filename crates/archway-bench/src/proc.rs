@@ -145,6 +145,72 @@ pub fn start_archway_registry(
     Server::start("archway registry", cmd, addr)
 }
 
+/// True if `program` is a path that exists or a name found on PATH.
+pub fn on_path(program: &std::path::Path) -> bool {
+    if program.components().count() > 1 {
+        return program.exists();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// Credentials the benchmark's S3 server accepts (moto checks none).
+pub const S3_KEY: &str = "archway-bench";
+/// The bucket the benchmark's servers share.
+pub const S3_BUCKET: &str = "archway-bench";
+
+/// A fresh moto S3 server (`moto_server`, PyPI `moto[server]`) on a free loopback port, with
+/// the bucket [`S3_BUCKET`]; its endpoint is `http://<addr>`.
+pub fn start_moto(moto: &std::path::Path) -> anyhow::Result<Server> {
+    use std::io::{Read, Write};
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut cmd = Command::new(moto);
+    cmd.args(["-H", "127.0.0.1", "-p", &addr.port().to_string()]);
+    let server = Server::start("moto", cmd, addr)?;
+    let mut s = TcpStream::connect(addr)?;
+    write!(
+        s,
+        "PUT /{S3_BUCKET} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    if !answer.starts_with("HTTP/1.1 200") {
+        bail!(
+            "creating the bucket on moto: {}",
+            answer.lines().next().unwrap_or("")
+        );
+    }
+    Ok(server)
+}
+
+/// `archway registry serve` on a free loopback port with its storage on the S3 server at
+/// `endpoint` (`s3://archway-bench/archway`), redirecting blob reads to it if `redirect`.
+pub fn start_archway_registry_s3(
+    archway: &std::path::Path,
+    endpoint: &str,
+    redirect: bool,
+) -> anyhow::Result<Server> {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut cmd = Command::new(archway);
+    cmd.args([
+        "registry",
+        "serve",
+        "--quiet",
+        "--listen",
+        &addr.to_string(),
+        "--storage",
+        &format!("s3://{S3_BUCKET}/archway"),
+    ]);
+    if redirect {
+        cmd.arg("--storage-redirect");
+    }
+    cmd.env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", S3_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", S3_KEY)
+        .env("AWS_REGION", "us-east-1");
+    Server::start("archway registry (s3)", cmd, addr)
+}
+
 /// The wall time of running `cmd` to completion; an error (with its stderr) if it fails.
 pub fn time_command(mut cmd: Command) -> anyhow::Result<Duration> {
     let t = Instant::now();

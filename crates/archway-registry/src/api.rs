@@ -382,6 +382,21 @@ async fn put_manifest(
     }
     for tag in &tags {
         reg.storage.set_tag(name, tag, &digest).await?;
+        // Another replica may have deleted this manifest between our link and our tag (the
+        // repository lock is per process): its delete removes tags before and after its
+        // unlink, and we check the link after our tag, so no tag outlives its manifest.
+        if reg
+            .storage
+            .manifest_media_type(name, &digest)
+            .await?
+            .is_none()
+        {
+            reg.storage.delete_tag_if(name, tag, &digest).await?;
+            return Err(ApiError::manifest_unknown(reference).with_detail(json!({
+                "reference": reference.to_string(),
+                "reason": "the manifest was deleted while it was being tagged; push it again",
+            })));
+        }
     }
     let mut r = empty(StatusCode::CREATED);
     set(
@@ -538,12 +553,9 @@ async fn delete_manifest(reg: &Registry, name: &RepoName, reference: &Reference)
             {
                 return Err(ApiError::manifest_unknown(reference));
             }
-            // Tags first: no tag may point at a manifest the repository no longer has.
-            for tag in reg.storage.list_tags(name).await?.unwrap_or_default() {
-                if reg.storage.get_tag(name, &tag).await?.as_ref() == Some(digest) {
-                    reg.storage.delete_tag(name, &tag).await?;
-                }
-            }
+            // Tags first: no tag may point at a manifest the repository no longer has. Each
+            // is deleted only if it still names this digest (another replica may move it).
+            untag(reg, name, digest).await?;
             if let Some(bytes) = reg.storage.read_blob_bytes(digest).await?
                 && let Ok(parsed) = ParsedManifest::parse(&bytes, None)
                 && let Some(subject) = parsed.subject
@@ -553,9 +565,22 @@ async fn delete_manifest(reg: &Registry, name: &RepoName, reference: &Reference)
                     .await?;
             }
             reg.storage.unlink_manifest(name, digest).await?;
+            // And again after: a push on another replica may have tagged it in between; it
+            // checks the link after tagging, we check the tags after unlinking.
+            untag(reg, name, digest).await?;
         }
     }
     Ok(empty(StatusCode::ACCEPTED))
+}
+
+/// Deletes every tag of `name` that names `digest`.
+async fn untag(reg: &Registry, name: &RepoName, digest: &Digest) -> Result<(), ApiError> {
+    for tag in reg.storage.list_tags(name).await?.unwrap_or_default() {
+        if reg.storage.get_tag(name, &tag).await?.as_ref() == Some(digest) {
+            reg.storage.delete_tag_if(name, &tag, digest).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Parses a single `Range: bytes=…` against a blob of `size` bytes. `Ok(None)` means "serve
@@ -650,6 +675,14 @@ async fn get_blob(
         let mut r = empty(StatusCode::OK);
         set(&mut r, "content-length", &size.to_string());
         blob_headers(&mut r, digest);
+        return Ok(r);
+    }
+    if let Some(url) = reg.storage.redirect_url(digest).await? {
+        // `--storage-redirect`: the client fetches the bytes from the store itself (and
+        // sends its Range header there).
+        let mut r = empty(StatusCode::TEMPORARY_REDIRECT);
+        set(&mut r, "location", &url);
+        set(&mut r, DOCKER_CONTENT_DIGEST, &digest.to_string());
         return Ok(r);
     }
     let range = parse_range(headers, size)?;
@@ -751,24 +784,14 @@ async fn start_upload(
         }
         // Unknown source (or no access to it): fall back to a regular upload, as the spec says.
     }
-    let id = reg.storage.create_upload(name).await?;
     if let Some(digest) = query.get("digest") {
         // Monolithic upload: the whole blob is in this request.
-        let digest = match parse_digest_param(digest) {
-            Ok(d) => d,
-            Err(e) => {
-                reg.storage.cancel_upload(name, &id).await?;
-                return Err(e);
-            }
-        };
+        let digest = parse_digest_param(digest)?;
         let body = body_stream(req.into_body());
-        if let Err(e) = reg.storage.append_upload(name, &id, Some(0), body).await {
-            let _ = reg.storage.cancel_upload(name, &id).await;
-            return Err(e.into());
-        }
-        reg.storage.commit_upload(name, &id, &digest).await?;
+        reg.storage.put_blob_stream(name, &digest, body).await?;
         return Ok(blob_created(name, &digest));
     }
+    let id = reg.storage.create_upload(name).await?;
     Ok(upload_accepted(name, &id, 0, StatusCode::ACCEPTED))
 }
 

@@ -152,6 +152,22 @@ impl ApiError {
         .with_detail(json!({ "request_id": answer.request_id.to_string() }))
     }
 
+    /// 503 for a storage backend that keeps failing (an object store throttling or down,
+    /// after its retries): logged in full with the request id; the client is told to retry.
+    pub fn unavailable(error: &dyn std::fmt::Display) -> Self {
+        let answer = archway_http::internal_error(error);
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            format!(
+                "the registry's storage is unavailable; retry later (request id {})",
+                answer.request_id
+            ),
+        )
+        .with_detail(json!({ "request_id": answer.request_id.to_string() }))
+        .with_header(header::RETRY_AFTER, "1")
+    }
+
     /// 416 for a chunk that does not start where the upload ends; the `Range` header tells the
     /// client where to resume.
     pub fn range_not_satisfiable(code: &'static str, message: impl Into<String>) -> Self {
@@ -176,11 +192,29 @@ impl From<StorageError> for ApiError {
                 ApiError::blob_upload_invalid(format!("reading the request body failed: {msg}"))
             }
             StorageError::BlobUnknown(d) => ApiError::blob_unknown(d),
-            StorageError::Io { .. } | StorageError::Corrupt(..) => {
-                ApiError::internal(&format_args!("storage failure: {e}"))
+            StorageError::Unavailable { .. } => {
+                ApiError::unavailable(&format_args!("storage failure: {}", chain(&e)))
+            }
+            StorageError::Io { .. } | StorageError::Corrupt(..) | StorageError::Backend { .. } => {
+                ApiError::internal(&format_args!("storage failure: {}", chain(&e)))
             }
         }
     }
+}
+
+/// An error with its sources, for the log.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 impl IntoResponse for ApiError {

@@ -925,6 +925,157 @@ async fn log_appends_are_idempotent_and_the_stored_log_is_capped(b: Backend) {
     r.task.abort();
 }
 
+async fn a_finished_attempts_log_moves_to_the_archive_and_reads_the_same(b: Backend) {
+    let url = match b {
+        Backend::Postgres => match testing::postgres_database("archived_logs").await {
+            Some(u) => Some(u),
+            None => return,
+        },
+        Backend::Sqlite => None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(dir.path().to_owned());
+    config.database_url = url;
+    let h = start_with_config(config, None).await;
+    let r = h.runner("r", &[], &[("linux/amd64", false)], true).await;
+    // More than one read of the log (256 KiB) and more than one chunk.
+    let output: Vec<Vec<u8>> = (0..3)
+        .map(|c| {
+            (0..4000)
+                .map(|i| format!("chunk {c} line {i:05} of a long job log\n"))
+                .collect::<String>()
+                .into_bytes()
+        })
+        .collect();
+    let all: Vec<u8> = output.concat();
+    r.exec.act(
+        "long-log",
+        Act {
+            output,
+            ..Act::default()
+        },
+    );
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(&["x"], vec![job("long-log", "x")]))
+        .await
+        .unwrap();
+    let id = job_id(&p, "long-log");
+    assert_eq!(
+        h.wait_pipeline(p.id, T).await.status,
+        PipelineStatus::Success
+    );
+    // The archiver moves the finished attempt's log to DATA/logs/sha256/<hex>.
+    let archived = dir.path().join("logs/sha256");
+    let deadline = Instant::now() + T;
+    let file = loop {
+        let files: Vec<_> = std::fs::read_dir(&archived)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            // Not the temporary file of a write in progress.
+            .filter(|p| !p.file_name().unwrap().to_str().unwrap().starts_with('.'))
+            .collect();
+        if let [f] = files.as_slice() {
+            break f.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no archived log in {archived:?}: {files:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(
+        file.file_name().unwrap().to_str().unwrap(),
+        archway_oci::Digest::sha256(&bytes).hex()
+    );
+    let stored = h.admin.job(id).await.unwrap().attempts[0].log_bytes;
+    assert_eq!(bytes.len() as u64, stored);
+    assert!(
+        bytes.windows(all.len()).any(|w| w == all.as_slice()),
+        "the archived log lacks the job's output"
+    );
+    // Read back through the API: header, the archived bytes, footer.
+    let log = h.log(id).await;
+    assert!(log.starts_with("[archway] attempt 1 of job"), "{log:.200}");
+    assert!(log.contains(std::str::from_utf8(&bytes).unwrap()));
+    let last = log.trim_end().rsplit('\n').next().unwrap();
+    assert!(last.starts_with("[archway] attempt 1 success"), "{last}");
+    r.task.abort();
+
+    // An attempt that wrote nothing is archived too (as the empty log).
+    let reg = ApiClient::new(&h.url, None)
+        .unwrap()
+        .register_runner(&RegisterRunner {
+            registration_token: h.registration.clone(),
+            name: "mute".into(),
+            tags: vec![],
+            platforms: vec![PlatformOffer {
+                platform: "linux/amd64".into(),
+                emulated: false,
+            }],
+            concurrency: 1,
+            run_untagged: true,
+            version: "test".into(),
+        })
+        .await
+        .unwrap();
+    let mute = ApiClient::new(&h.url, Some(reg.token)).unwrap();
+    let p = h
+        .admin
+        .submit_pipeline(&pipeline(&["x"], vec![job("silent", "x")]))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + T;
+    let payload = loop {
+        let got = mute
+            .poll(&archway_api::PollRequest {
+                free_slots: 1,
+                platforms: vec![PlatformOffer {
+                    platform: "linux/amd64".into(),
+                    emulated: false,
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if let Some(j) = got.jobs.into_iter().next() {
+            break j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the silent job was not handed out"
+        );
+    };
+    let job_api = ApiClient::new(&h.url, Some(payload.token.clone())).unwrap();
+    job_api
+        .finish(
+            payload.attempt_id,
+            &FinishAttempt {
+                outcome: AttemptOutcome::Success,
+                exit_code: Some(0),
+                reason: None,
+                log_bytes: 0,
+                log_tail: None,
+                dotenv: vec![],
+                tests: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        h.wait_pipeline(p.id, T).await.status,
+        PipelineStatus::Success
+    );
+    let empty = archived.join(archway_oci::Digest::sha256(b"").hex());
+    while !empty.exists() {
+        assert!(Instant::now() < deadline, "the empty log was not archived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = h.log(job_id(&p, "silent")).await;
+    assert!(log.contains("[archway] attempt 1 success"), "{log}");
+}
+
 /// A trigger job of a child pipeline with `jobs` (`depend`: it takes the child's status).
 fn trigger_job(name: &str, stage: &str, depend: bool, jobs: Vec<JobDefinition>) -> JobDefinition {
     let mut j = job(name, stage);
@@ -1357,6 +1508,7 @@ async fn expired_artifacts_are_swept_and_readers_are_told_they_expired(b: Backen
 }
 
 on_both_databases!(
+    a_finished_attempts_log_moves_to_the_archive_and_reads_the_same,
     expired_artifacts_are_swept_and_readers_are_told_they_expired,
     jobs_land_on_the_runner_of_their_architecture_in_stage_order,
     a_job_without_a_fitting_runner_waits_and_says_why,

@@ -373,31 +373,13 @@ async fn blob_body(
     store: &crate::sources::SourceStore,
     digest: &str,
 ) -> Result<Response, CoordError> {
-    let (file, len) = store.open_read(digest).await?;
-    let stream = tokio_util_stream(file);
+    // Streamed from the store (64 KiB reads of the file, or the object store's response).
+    let (stream, len) = store.read(digest).await?;
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "application/gzip")
         .header(header::CONTENT_LENGTH, len)
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
-}
-
-/// A file as a stream of 64 KiB chunks (async reads; no blocking thread per download).
-fn tokio_util_stream(
-    file: tokio::fs::File,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    futures_util::stream::unfold(file, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 64 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    })
 }
 
 // --- sources and pipelines -----------------------------------------------------------------
@@ -570,8 +552,8 @@ impl LogCursor {
                 if self.offset < p.stored {
                     return match self
                         .server
-                        .coord
-                        .log_bytes(p.attempt_id, self.offset, LOG_READ)
+                        .logs
+                        .read(p.attempt_id, self.offset, LOG_READ, p.stored)
                         .await
                     {
                         Ok(b) if !b.is_empty() => {

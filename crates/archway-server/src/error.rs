@@ -33,6 +33,14 @@ pub enum CoordError {
         #[source]
         source: std::io::Error,
     },
+    /// The object store kept failing after its retries (throttling, 5xx, timeouts): nothing
+    /// was published, the client may try again.
+    #[error("{context}: the object store keeps failing: {source}")]
+    Unavailable {
+        context: String,
+        #[source]
+        source: object_store::Error,
+    },
 }
 
 impl From<sqlx::Error> for CoordError {
@@ -52,6 +60,7 @@ impl CoordError {
             CoordError::Conflict(_) => StatusCode::CONFLICT,
             CoordError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             CoordError::Db(_) | CoordError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            CoordError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -65,6 +74,7 @@ impl CoordError {
             CoordError::Conflict(_) => "CONFLICT",
             CoordError::TooLarge(_) => "TOO_LARGE",
             CoordError::Db(_) | CoordError::Io { .. } => "INTERNAL",
+            CoordError::Unavailable { .. } => "UNAVAILABLE",
         }
     }
 }
@@ -72,15 +82,25 @@ impl CoordError {
 impl IntoResponse for CoordError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = if status.is_server_error() {
+        let message = if let CoordError::Unavailable { context, .. } = &self {
+            // The store's own message (endpoint, bucket) goes to the log only.
+            let logged = archway_http::internal_error(&self);
+            format!(
+                "{context}: the server's storage is unavailable; retry in a moment (request id {})",
+                logged.request_id
+            )
+        } else if status.is_server_error() {
             // Never show database URLs or file paths to a client: log them with the
             // request id instead.
             archway_http::internal_error(&self).to_string()
         } else {
             self.to_string()
         };
+        let retry_after = matches!(self, CoordError::Unavailable { .. })
+            .then_some([(http::header::RETRY_AFTER, "1")]);
         (
             status,
+            retry_after,
             Json(ErrorBody {
                 error: ErrorDetail {
                     code: self.code().to_owned(),

@@ -19,6 +19,7 @@ pub mod db;
 pub mod dispatch;
 pub mod error;
 pub mod events;
+pub mod logs;
 pub mod metrics;
 pub mod registry_auth;
 pub mod schedule;
@@ -37,7 +38,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, header};
 
-use archway_registry::{FsStorage, Registry, RegistryConfig};
+use archway_registry::storage::s3::{S3Config, S3Storage};
+use archway_registry::{FsStorage, Registry, RegistryConfig, Storage};
 
 pub use coordinator::{Coordinator, CoordinatorConfig, Principal};
 pub use db::{Db, DbError};
@@ -51,7 +53,8 @@ const ARTIFACT_GRACE: Duration = Duration::from_secs(3600);
 /// How to run a server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Holds `coordinator.db` (SQLite), `registry/`, `sources/` and `artifacts/`.
+    /// Holds `coordinator.db` (SQLite), and `registry/`, `sources/`, `artifacts/` and `logs/`
+    /// unless they are on an object store.
     pub data_dir: PathBuf,
     /// `postgres://…`; SQLite under `data_dir` when `None`.
     pub database_url: Option<String>,
@@ -61,6 +64,9 @@ pub struct ServerConfig {
     pub max_source_bytes: u64,
     /// Serve `/metrics` without a token (when it is on a separate, private listener).
     pub open_metrics: bool,
+    /// The registry's content, the source snapshots, the job artifacts and the archived job
+    /// logs on an object store (shared by every replica) instead of under `data_dir`.
+    pub object_store: Option<S3Config>,
     /// Registry repositories anyone may pull (globs, `*` matches `/` too), e.g. `library/*`.
     pub public_repos: Vec<String>,
 }
@@ -74,6 +80,7 @@ impl ServerConfig {
             poll_wait: archway_api::client::POLL_WAIT,
             max_source_bytes: 1024 * 1024 * 1024,
             open_metrics: false,
+            object_store: None,
             public_repos: Vec::new(),
         }
     }
@@ -87,6 +94,8 @@ pub struct Server {
     pub sources: sources::SourceStore,
     /// Job artifact archives, by digest.
     pub artifacts: sources::SourceStore,
+    /// Job logs: in the database while their attempt runs, archived afterwards.
+    pub logs: logs::JobLogs,
     pub registry: Arc<Registry>,
     pub poll_wait: Duration,
     pub open_metrics: bool,
@@ -108,6 +117,8 @@ pub enum OpenError {
     Coord(#[from] CoordError),
     #[error("opening the registry storage under {path}: {message}")]
     Registry { path: String, message: String },
+    #[error("opening the object store {location}: {message}")]
+    ObjectStore { location: String, message: String },
     #[error("creating the data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -147,11 +158,48 @@ impl Server {
                 "gave running attempts a lease period to reconnect after a restart"
             );
         }
-        let reg_root = config.data_dir.join("registry");
-        let storage = FsStorage::open(&reg_root).map_err(|e| OpenError::Registry {
-            path: reg_root.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let (storage, sources, artifacts, log_archive): (Arc<dyn Storage>, _, _, _) =
+            match &config.object_store {
+                Some(s3) => {
+                    let failed = |message: String| OpenError::ObjectStore {
+                        location: s3.location.to_string(),
+                        message,
+                    };
+                    let storage = S3Storage::open(s3).map_err(|e| failed(e.to_string()))?;
+                    let (client, prefix) = storage.client();
+                    let sources = sources::SourceStore::on_object_store(
+                        client.clone(),
+                        &prefix,
+                        sources::SOURCES,
+                        config.max_source_bytes,
+                    );
+                    let artifacts = sources::SourceStore::on_object_store(
+                        client.clone(),
+                        &prefix,
+                        sources::ARTIFACTS,
+                        config.coordinator.max_artifact_bytes,
+                    );
+                    let logs: Arc<dyn logs::LogArchive> =
+                        Arc::new(logs::ObjectLogArchive::new(client, &prefix));
+                    (Arc::new(storage), sources, artifacts, logs)
+                }
+                None => {
+                    let reg_root = config.data_dir.join("registry");
+                    let storage = FsStorage::open(&reg_root).map_err(|e| OpenError::Registry {
+                        path: reg_root.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+                    let sources =
+                        sources::SourceStore::open(&config.data_dir, config.max_source_bytes)?;
+                    let artifacts = sources::SourceStore::open_artifacts(
+                        &config.data_dir,
+                        config.coordinator.max_artifact_bytes,
+                    )?;
+                    let logs: Arc<dyn logs::LogArchive> =
+                        Arc::new(logs::FsLogArchive::open(&config.data_dir)?);
+                    (Arc::new(storage), sources, artifacts, logs)
+                }
+            };
         let auth = registry_auth::registry_auth(coord.clone(), &config.public_repos).map_err(
             |message| OpenError::Registry {
                 path: "--public-repos".into(),
@@ -159,18 +207,15 @@ impl Server {
             },
         )?;
         let registry = Arc::new(Registry::new(
-            Arc::new(storage),
+            storage,
             Some(auth),
             RegistryConfig::default(),
         ));
-        let sources = sources::SourceStore::open(&config.data_dir, config.max_source_bytes)?;
-        let artifacts = sources::SourceStore::open_artifacts(
-            &config.data_dir,
-            config.coordinator.max_artifact_bytes,
-        )?;
         coord.set_archives(sources.clone(), artifacts.clone());
+        let logs = logs::JobLogs::new(coord.clone(), log_archive);
         let server = Arc::new(Server {
             coord,
+            logs,
             dispatcher: dispatch::Dispatcher::new(),
             sources,
             artifacts,
@@ -181,8 +226,8 @@ impl Server {
         Ok((server, bootstrap))
     }
 
-    /// Starts the background work: dispatch rounds, the lease reaper, and (PostgreSQL) the
-    /// listener for other servers' events.
+    /// Starts the background work: dispatch rounds, the lease reaper, the job log archiver,
+    /// and (PostgreSQL) the listener for other servers' events.
     pub fn spawn_background(self: &Arc<Self>) {
         tokio::spawn(self.dispatcher.clone().run(self.coord.clone()));
         let coord = self.coord.clone();
@@ -201,6 +246,7 @@ impl Server {
                 }
             }
         });
+        tokio::spawn(self.logs.clone().run_archiver(Duration::from_secs(5)));
         let this = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ARTIFACT_SWEEP_EVERY);
@@ -232,7 +278,7 @@ impl Server {
     pub async fn sweep_artifacts(&self, grace: Duration) -> Result<(u64, usize), CoordError> {
         let jobs = self.coord.expire_artifacts(db::now_ms()).await?;
         let mut removed = 0;
-        for digest in self.artifacts.older_than(grace).await {
+        for digest in self.artifacts.older_than(grace).await? {
             if !self.coord.artifact_in_use(&digest).await? {
                 self.artifacts.remove(&digest).await?;
                 removed += 1;

@@ -1,9 +1,17 @@
 //! Registry benchmark: Archway's registry side by side with CNCF distribution 2.8 (Debian's
-//! `docker-registry`) on loopback, driven by the same client in the same run.
+//! `docker-registry`) on loopback, driven by the same client in the same run, on the
+//! filesystem and on S3 (a moto server, `moto[server]` from PyPI, fresh for every run):
 //!
-//! For each scenario both servers start on a fresh storage directory, are prepared the same
-//! way, then loaded for `--duration` by `concurrency` client tasks. Reported: throughput,
-//! p50/p99 latency of one operation, and the server's peak RSS during the scenario.
+//! * `archway fs` vs `distribution fs`: both on a fresh directory;
+//! * `archway s3` vs `distribution s3` (its `s3` driver, redirects off): both on the same
+//!   kind of S3 server;
+//! * pulls only: `archway s3 redirect` (`--storage-redirect`: the registry answers 307 with a
+//!   presigned URL, the client fetches from the store) vs `store direct` (the client GETs the
+//!   same presigned URLs without asking the registry).
+//!
+//! For each scenario every server starts fresh, is prepared the same way, then loaded for
+//! `--duration` by `concurrency` client tasks. Reported: throughput, p50/p99 latency of one
+//! operation, the server's peak RSS, and the ratio to its peer.
 //!
 //! * push: `POST` + `PATCH` (whole blob) + `PUT ?digest=`, as docker and containers/image do;
 //!   every blob is distinct (a shared body with a unique 8-byte tail, so the client's hashing
@@ -12,8 +20,9 @@
 //! * manifest GET: `GET /v2/<name>/manifests/<tag>` of one pre-pushed image.
 //!
 //! With `--baseline OTHER_ARCHWAY`, a second archway binary (say, a build of the previous
-//! commit) runs in the same scenarios, so a change is measured before and after in one run,
-//! on the same machine, beside the same distribution.
+//! commit) runs in the filesystem rows too (`archway baseline`, compared with
+//! `distribution fs`), so a change is measured before and after in one run, on the same
+//! machine, beside the same distribution.
 //!
 //! Run: `cargo build --release && target/release/registry-bench` (see `--help`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -26,7 +35,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use archway_bench::proc::{Server, archway_binary, free_port, start_archway_registry};
+use archway_bench::proc::{
+    S3_BUCKET, S3_KEY, Server, archway_binary, free_port, start_archway_registry,
+    start_archway_registry_s3, start_moto,
+};
 use archway_bench::stats::Samples;
 use archway_bench::table;
 use archway_oci::{Algorithm, Descriptor, Digest, Digester, ImageManifest, media_type};
@@ -66,6 +78,74 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// moto's server program, for the S3 rows (default: $ARCHWAY_TEST_MOTO, else
+    /// `moto_server` on PATH; `pip install 'moto[server]'`).
+    #[arg(long, env = "ARCHWAY_TEST_MOTO", default_value = "moto_server")]
+    moto: PathBuf,
+    /// Leave out the S3 rows.
+    #[arg(long)]
+    no_s3: bool,
+}
+
+/// A server (or, for `StoreDirect`, the store itself) under load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Contender {
+    ArchwayFs,
+    /// The `--baseline` binary, on disk.
+    BaselineFs,
+    DistributionFs,
+    ArchwayS3,
+    DistributionS3,
+    ArchwayS3Redirect,
+    StoreDirect,
+}
+
+impl Contender {
+    const ALL: [Contender; 7] = [
+        Contender::ArchwayFs,
+        Contender::BaselineFs,
+        Contender::DistributionFs,
+        Contender::ArchwayS3,
+        Contender::DistributionS3,
+        Contender::ArchwayS3Redirect,
+        Contender::StoreDirect,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Contender::ArchwayFs => "archway fs",
+            Contender::BaselineFs => BASELINE,
+            Contender::DistributionFs => "distribution fs",
+            Contender::ArchwayS3 => "archway s3",
+            Contender::DistributionS3 => "distribution s3",
+            Contender::ArchwayS3Redirect => "archway s3 redirect",
+            Contender::StoreDirect => "store direct",
+        }
+    }
+
+    /// Whom the ratio column compares it with.
+    fn peer(self) -> Option<Contender> {
+        match self {
+            Contender::ArchwayFs | Contender::BaselineFs => Some(Contender::DistributionFs),
+            Contender::ArchwayS3 => Some(Contender::DistributionS3),
+            Contender::ArchwayS3Redirect => Some(Contender::StoreDirect),
+            _ => None,
+        }
+    }
+
+    fn s3(self) -> bool {
+        !matches!(
+            self,
+            Contender::ArchwayFs | Contender::BaselineFs | Contender::DistributionFs
+        )
+    }
+
+    fn runs(self, kind: Kind) -> bool {
+        match self {
+            Contender::ArchwayS3Redirect | Contender::StoreDirect => matches!(kind, Kind::Pull),
+            _ => true,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -268,18 +348,51 @@ async fn push_blob(c: &HttpClient, base: &str, repo: &str, blob: &Blob) -> anyho
 }
 
 struct Prepared {
-    pull_blobs: Vec<Digest>,
+    /// Where each pull blob is read from: the registry, or (store direct) presigned URLs.
+    pull_urls: Vec<String>,
     tag: String,
 }
 
-async fn prepare(c: &HttpClient, base: &str, sc: &Scenario) -> anyhow::Result<Prepared> {
-    let mut pull_blobs = Vec::new();
+/// A GET that follows one redirect (to the object store); returns status and body length.
+async fn get_following(c: &HttpClient, url: &str) -> anyhow::Result<(StatusCode, u64)> {
+    let (st, h, n) = send(c, Method::GET, url, empty(), &[]).await?;
+    if st != StatusCode::TEMPORARY_REDIRECT {
+        return Ok((st, n));
+    }
+    let location = h
+        .get("location")
+        .context("redirect without Location")?
+        .to_str()?;
+    let (st, _, n) = send(c, Method::GET, location, empty(), &[]).await?;
+    Ok((st, n))
+}
+
+async fn prepare(
+    c: &HttpClient,
+    base: &str,
+    sc: &Scenario,
+    direct: bool,
+) -> anyhow::Result<Prepared> {
+    let mut pull_urls = Vec::new();
     if let Kind::Pull = sc.kind {
         let f = BlobFactory::new(sc.size, 7);
         for _ in 0..8 {
             let b = f.next();
             push_blob(c, base, "bench/pull", &b).await?;
-            pull_blobs.push(b.digest);
+            let url = format!("{base}/v2/bench/pull/blobs/{}", b.digest);
+            pull_urls.push(if direct {
+                // The presigned URL the registry redirects to, fetched from the store itself.
+                let (st, h, _) = send(c, Method::GET, &url, empty(), &[]).await?;
+                if st != StatusCode::TEMPORARY_REDIRECT {
+                    bail!("expected a redirect for {url}, got {st}");
+                }
+                h.get("location")
+                    .context("no Location")?
+                    .to_str()?
+                    .to_owned()
+            } else {
+                url
+            });
         }
     }
     let tag = "v1".to_owned();
@@ -324,7 +437,7 @@ async fn prepare(c: &HttpClient, base: &str, sc: &Scenario) -> anyhow::Result<Pr
             bail!("manifest PUT: {s}");
         }
     }
-    Ok(Prepared { pull_blobs, tag })
+    Ok(Prepared { pull_urls, tag })
 }
 
 async fn run_load(
@@ -359,15 +472,8 @@ async fn run_load(
                         s.bytes += b.len() as u64;
                     }
                     Kind::Pull => {
-                        let d = &prepared.pull_blobs[i % prepared.pull_blobs.len()];
-                        let (st, _, n) = send(
-                            &c,
-                            Method::GET,
-                            &format!("{base}/v2/bench/pull/blobs/{d}"),
-                            empty(),
-                            &[],
-                        )
-                        .await?;
+                        let url = &prepared.pull_urls[i % prepared.pull_urls.len()];
+                        let (st, n) = get_following(&c, url).await?;
                         if st != StatusCode::OK || n != sc.size as u64 {
                             bail!("pull: {st}, {n} bytes");
                         }
@@ -407,19 +513,33 @@ struct Result1 {
     peak_rss: u64,
 }
 
-fn start_distribution(bin: &PathBuf, root: &std::path::Path) -> anyhow::Result<Server> {
+/// distribution on a directory, or (with `s3`, an endpoint) on the S3 server with its `s3`
+/// driver, redirects off, blob descriptors cached in memory in both cases.
+fn start_distribution(
+    bin: &PathBuf,
+    root: &std::path::Path,
+    s3: Option<&str>,
+) -> anyhow::Result<Server> {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let config = root.with_extension("yml");
     std::fs::create_dir_all(root)?;
+    let driver = match s3 {
+        None => format!("  filesystem:\n    rootdirectory: {}\n", root.display()),
+        Some(endpoint) => format!(
+            "  s3:\n    accesskey: {S3_KEY}\n    secretkey: {S3_KEY}\n    region: us-east-1\n    regionendpoint: {endpoint}\n    bucket: {S3_BUCKET}\n    rootdirectory: /distribution\n    secure: false\n    v4auth: true\n  redirect:\n    disable: true\n"
+        ),
+    };
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-            root.display()
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  cache:\n    blobdescriptor: inmemory\n{driver}  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n"
         ),
     )?;
     let mut cmd = Command::new(bin);
     cmd.arg("serve").arg(&config);
+    // The AWS SDK in distribution refuses to start when AWS_CA_BUNDLE is set (its HTTP
+    // transport cannot take one); the store here is plain HTTP on loopback anyway.
+    cmd.env_remove("AWS_CA_BUNDLE");
     Server::start("distribution", cmd, addr)
 }
 
@@ -428,11 +548,12 @@ fn run_one(
     server: Server,
     sc: &Scenario,
     duration: Duration,
+    direct: bool,
 ) -> anyhow::Result<Result1> {
     let base = format!("http://{}", server.addr);
     let c = client();
     let prepared = rt
-        .block_on(prepare(&c, &base, sc))
+        .block_on(prepare(&c, &base, sc, direct))
         .with_context(|| format!("preparing {} for {}", server.name, sc.name))?;
     let sampler = server.sample_rss();
     let samples = rt
@@ -477,6 +598,13 @@ fn main() -> anyhow::Result<()> {
         "p99 ratio".into(),
     ]];
     let mut json = Vec::new();
+    let s3 = !args.no_s3;
+    if s3 && !archway_bench::proc::on_path(&args.moto) {
+        bail!(
+            "{} not found: install moto's server (`pip install 'moto[server]'`), pass --moto, or --no-s3",
+            args.moto.display()
+        );
+    }
     for (i, sc) in scenarios().into_iter().enumerate() {
         if let Some(only) = &args.only
             && !sc.name.contains(only.as_str())
@@ -488,63 +616,83 @@ fn main() -> anyhow::Result<()> {
             sc.name,
             humantime::format_duration(args.duration)
         );
+        let mut order: Vec<Contender> = Contender::ALL
+            .into_iter()
+            .filter(|c| c.runs(sc.kind) && (s3 || !c.s3()))
+            .filter(|c| *c != Contender::BaselineFs || baseline.is_some())
+            .collect();
         // Alternate which server goes first so none always runs on a warmer machine.
-        let mut order: Vec<&str> = vec!["archway"];
-        if baseline.is_some() {
-            order.push(BASELINE);
-        }
-        order.push("distribution");
         if i % 2 == 1 {
             order.reverse();
         }
         let mut results = std::collections::HashMap::new();
-        for &name in &order {
-            let root = work.path().join(format!("{}-{i}", name.replace(' ', "-")));
-            let server = match (name, &baseline) {
-                ("archway", _) => start_archway_registry(&archway, &root)?,
-                (BASELINE, Some(b)) => start_archway_registry(b, &root)?,
-                _ => start_distribution(&args.distribution, &root)?,
+        for who in order {
+            let root = work
+                .path()
+                .join(format!("{}-{i}", who.name().replace(' ', "-")));
+            // Every S3 run gets a fresh store; it lives as long as the run.
+            let moto = if who.s3() {
+                Some(start_moto(&args.moto)?)
+            } else {
+                None
             };
-            results.insert(name, run_one(&rt, server, &sc, args.duration)?);
+            let endpoint = moto.as_ref().map(|m| format!("http://{}", m.addr));
+            let server = match who {
+                Contender::ArchwayFs => start_archway_registry(&archway, &root)?,
+                Contender::BaselineFs => match &baseline {
+                    Some(b) => start_archway_registry(b, &root)?,
+                    None => continue,
+                },
+                Contender::DistributionFs => start_distribution(&args.distribution, &root, None)?,
+                Contender::ArchwayS3 => {
+                    start_archway_registry_s3(&archway, endpoint.as_deref().unwrap_or(""), false)?
+                }
+                Contender::DistributionS3 => {
+                    start_distribution(&args.distribution, &root, endpoint.as_deref())?
+                }
+                Contender::ArchwayS3Redirect | Contender::StoreDirect => {
+                    start_archway_registry_s3(&archway, endpoint.as_deref().unwrap_or(""), true)?
+                }
+            };
+            let direct = who == Contender::StoreDirect;
+            results.insert(who, run_one(&rt, server, &sc, args.duration, direct)?);
+            drop(moto);
             let _ = std::fs::remove_dir_all(&root);
         }
-        let d = &results["distribution"];
         let throughput = |r: &Result1| match sc.kind {
             Kind::ManifestGet => r.samples.ops_per_sec(),
             _ => r.samples.mib_per_sec(),
         };
-        let mut shown = vec!["archway"];
-        if baseline.is_some() {
-            shown.push(BASELINE);
-        }
-        shown.push("distribution");
-        for name in shown {
-            let r = &results[name];
-            let ratio = throughput(r) / throughput(d).max(1e-9);
-            let p99_ratio = r.samples.quantile(0.99).as_secs_f64()
-                / d.samples.quantile(0.99).as_secs_f64().max(1e-12);
+        for who in Contender::ALL {
+            let Some(r) = results.get(&who) else {
+                continue;
+            };
+            let peer = who.peer().and_then(|p| results.get(&p));
+            let (ratio, p99_ratio) = match peer {
+                Some(p) => (
+                    format!("{:.2}x", throughput(r) / throughput(p).max(1e-9)),
+                    format!(
+                        "{:.2}",
+                        r.samples.quantile(0.99).as_secs_f64()
+                            / p.samples.quantile(0.99).as_secs_f64().max(1e-12)
+                    ),
+                ),
+                None => (String::new(), String::new()),
+            };
             rows.push(vec![
                 sc.name.clone(),
-                name.to_owned(),
+                who.name().to_owned(),
                 r.samples.ops().to_string(),
                 format!("{:.0}", r.samples.ops_per_sec()),
                 format!("{:.1}", r.samples.mib_per_sec()),
                 fmt_ms(r.samples.quantile(0.5)),
                 fmt_ms(r.samples.quantile(0.99)),
                 format!("{:.1}", r.peak_rss as f64 / MIB as f64),
-                if name == "distribution" {
-                    String::new()
-                } else {
-                    format!("{ratio:.2}x")
-                },
-                if name == "distribution" {
-                    String::new()
-                } else {
-                    format!("{p99_ratio:.2}")
-                },
+                ratio,
+                p99_ratio,
             ]);
             json.push(serde_json::json!({
-                "scenario": sc.name, "server": name, "ops": r.samples.ops(),
+                "scenario": sc.name, "server": who.name(), "ops": r.samples.ops(),
                 "ops_per_sec": r.samples.ops_per_sec(), "mib_per_sec": r.samples.mib_per_sec(),
                 "p50_ms": r.samples.quantile(0.5).as_secs_f64() * 1000.0,
                 "p99_ms": r.samples.quantile(0.99).as_secs_f64() * 1000.0,
@@ -554,7 +702,7 @@ fn main() -> anyhow::Result<()> {
     }
     println!("{}", table::render(&rows));
     println!(
-        "throughput ratio = archway / distribution (MiB/s for blobs, requests/s for manifests); p99 ratio = archway p99 / distribution p99 (lower is better)"
+        "throughput ratio = against the peer: archway fs (and archway baseline) / distribution fs, archway s3 / distribution s3, archway s3 redirect / store direct (MiB/s for blobs, requests/s for manifests); p99 ratio likewise (lower is better). Peak RSS is the registry's (for store direct, the idle registry's)."
     );
     let line = serde_json::Value::Array(json);
     println!("JSON {line}");

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use archway_registry::gc::{self, GcOptions};
+use archway_registry::storage::s3::location::S3Location;
+use archway_registry::storage::s3::{S3Config, S3Storage};
 use archway_registry::{
-    AccessPolicy, Auth, FsStorage, Htpasswd, MetricsAccess, Registry, RegistryConfig,
+    AccessPolicy, Auth, FsStorage, Htpasswd, MetricsAccess, Registry, RegistryConfig, Storage,
 };
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -25,6 +27,10 @@ pub enum RegistryCommand {
     ///   archway registry serve --listen 0.0.0.0:5000 --root /var/lib/archway \
     ///       --htpasswd users.htpasswd --tls-cert registry.crt --tls-key registry.key
     ///
+    ///   # On S3 (any number of replicas may share the bucket and prefix):
+    ///   AWS_REGION=eu-west-1 archway registry serve --storage s3://my-bucket/registry \
+    ///       --storage-redirect --htpasswd users.htpasswd --listen 0.0.0.0:5000
+    ///
     /// Clients: `skopeo copy --dest-tls-verify=false oci:dir:tag docker://127.0.0.1:5000/x:tag`,
     /// `podman push --tls-verify=false`, `docker push 127.0.0.1:5000/x:tag` (docker treats
     /// loopback registries as plain HTTP).
@@ -37,7 +43,8 @@ pub enum RegistryCommand {
     /// the grace period. Safe to run while the registry serves pushes, as long as the grace
     /// period is longer than any push takes (and at least 10 minutes).
     ///
-    /// Example: archway registry gc --root ./registry --dry-run
+    /// Examples: archway registry gc --root ./registry --dry-run
+    ///           archway registry gc --storage s3://my-bucket/registry
     #[command(verbatim_doc_comment)]
     Gc(GcArgs),
 }
@@ -59,9 +66,13 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:5000", value_name = "ADDR")]
     listen: SocketAddr,
-    /// Directory holding blobs, repositories and uploads (created if missing).
-    #[arg(long, value_name = "DIR")]
-    root: PathBuf,
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// Answer blob GETs with a redirect to a short-lived presigned URL of the content, so
+    /// that the bytes flow from the object store to the client directly (needs --storage;
+    /// clients must be able to reach the store's endpoint).
+    #[arg(long, requires = "storage")]
+    storage_redirect: bool,
     /// Require authentication: users from an htpasswd file with bcrypt hashes
     /// (`htpasswd -B`). Enables Docker's token flow at /token.
     #[arg(long, value_name = "FILE")]
@@ -137,11 +148,106 @@ pub struct ServeArgs {
     quiet: bool,
 }
 
+/// Where the registry keeps its content: a directory, or an object store.
+#[derive(Debug, Args, Clone)]
+pub struct StorageArgs {
+    /// Directory holding blobs, repositories and uploads (created if missing).
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "storage",
+        conflicts_with = "storage"
+    )]
+    root: Option<PathBuf>,
+    /// S3-compatible object storage instead of a directory: s3://BUCKET[/PREFIX]. Endpoint,
+    /// region and credentials come from the AWS environment variables (AWS_ENDPOINT_URL,
+    /// AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, …) and files
+    /// (~/.aws/credentials, ~/.aws/config); a custom endpoint is addressed path-style.
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
+    pub storage: Option<S3Location>,
+}
+
+/// What the storage is opened for: serving needs conditional writes; collecting garbage
+/// while others serve needs conditional deletes too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageUse {
+    Serve,
+    Collect,
+}
+
+impl StorageArgs {
+    /// `root DIR` or `storage s3://…`, for messages.
+    pub fn describe(&self) -> String {
+        match (&self.storage, &self.root) {
+            (Some(l), _) => format!("storage {l}"),
+            (None, Some(r)) => format!("root {}", r.display()),
+            (None, None) => "no storage".into(),
+        }
+    }
+
+    /// Opens the storage; an object store is probed for the conditional requests the
+    /// replica protocol relies on (see ARCHITECTURE.md).
+    pub async fn open(
+        &self,
+        redirect: bool,
+        usage: StorageUse,
+    ) -> anyhow::Result<Arc<dyn Storage>> {
+        if let Some(location) = &self.storage {
+            let mut config = S3Config::new(location.clone());
+            config.redirect = redirect;
+            let storage = S3Storage::open(&config)
+                .with_context(|| format!("opening the registry storage at {location}"))?;
+            open_checked(storage, usage).await
+        } else {
+            let root = self
+                .root
+                .as_ref()
+                .context("pass --root DIR or --storage s3://BUCKET")?;
+            if usage == StorageUse::Collect && !root.join("blobs").is_dir() {
+                bail!(
+                    "{} is not an archway registry root (no blobs/ directory); pass the directory given to `archway registry serve --root`",
+                    root.display()
+                );
+            }
+            let storage = FsStorage::open(root)
+                .with_context(|| format!("opening registry storage at {}", root.display()))?;
+            Ok(Arc::new(storage))
+        }
+    }
+}
+
+/// Probes an object store and refuses one that would break the registry's guarantees.
+pub async fn open_checked(
+    storage: S3Storage,
+    usage: StorageUse,
+) -> anyhow::Result<Arc<dyn Storage>> {
+    let location = storage.location().clone();
+    let caps = storage.capabilities().await.with_context(|| {
+        format!(
+            "cannot use {location}: check the bucket exists and the credentials may read, write and delete in it"
+        )
+    })?;
+    if !caps.conditional_put {
+        bail!(
+            "{location}: the object store ignores conditional writes (PUT with If-None-Match / If-Match), \
+             which replicas sharing a bucket rely on so that no update is lost; use AWS S3 or an \
+             S3-compatible server that supports them"
+        );
+    }
+    if usage == StorageUse::Collect && !caps.conditional_delete {
+        eprintln!(
+            "warning: {location}: the object store ignores conditional deletes (DELETE with If-Match); garbage \
+             collection then cannot tell a blob re-used by a concurrent push in the last moment — run it \
+             while no client pushes"
+        );
+    }
+    Ok(Arc::new(storage))
+}
+
 #[derive(Debug, Args)]
 pub struct GcArgs {
-    /// The registry's storage directory (as given to `serve --root`).
-    #[arg(long, value_name = "DIR")]
-    root: PathBuf,
+    #[command(flatten)]
+    storage: StorageArgs,
     /// Only report what would be deleted.
     #[arg(long)]
     dry_run: bool,
@@ -216,8 +322,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = &tls {
         t.load().context("--tls-cert/--tls-key cannot be used")?;
     }
-    let storage = FsStorage::open(&args.root)
-        .with_context(|| format!("opening registry storage at {}", args.root.display()))?;
+    let storage = args
+        .storage
+        .open(args.storage_redirect, StorageUse::Serve)
+        .await?;
     let auth = match &args.htpasswd {
         None => None,
         Some(path) => {
@@ -244,7 +352,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         (None, None) => MetricsAccess::Open,
     };
     let registry = Arc::new(Registry::new(
-        Arc::new(storage),
+        storage,
         auth,
         RegistryConfig {
             max_manifest_size: args.max_manifest_size,
@@ -273,8 +381,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!(
-        "archway registry listening on {scheme}://{addr} (root {}, auth {})",
-        args.root.display(),
+        "archway registry listening on {scheme}://{addr} ({}, auth {})",
+        args.storage.describe(),
         if args.htpasswd.is_some() {
             "htpasswd + tokens"
         } else {
@@ -333,13 +441,7 @@ pub async fn shutdown_signal() {
 }
 
 async fn run_gc(args: GcArgs) -> anyhow::Result<ExitCode> {
-    if !args.root.join("blobs").is_dir() {
-        bail!(
-            "{} is not an archway registry root (no blobs/ directory); pass the directory given to `archway registry serve --root`",
-            args.root.display()
-        );
-    }
-    let storage = FsStorage::open(&args.root)?;
+    let storage = args.storage.open(false, StorageUse::Collect).await?;
     let opts = GcOptions {
         grace: args.grace,
         upload_max_age: args.upload_max_age,
@@ -351,7 +453,7 @@ async fn run_gc(args: GcArgs) -> anyhow::Result<ExitCode> {
             humantime::format_duration(opts.grace)
         );
     }
-    let report = gc::collect(&storage, &opts)
+    let report = gc::collect(storage.as_ref(), &opts)
         .await
         .context("garbage collection failed; nothing after the failing step was removed")?;
     match args.format {

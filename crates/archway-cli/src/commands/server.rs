@@ -12,7 +12,9 @@ use archway_server::{Coordinator, CoordinatorConfig, Db, Server, ServerConfig};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::common::{Format, print_json};
-use super::registry::{LogFormat, init_logging, shutdown_signal};
+use super::registry::{LogFormat, StorageUse, init_logging, open_checked, shutdown_signal};
+use archway_registry::storage::s3::location::S3Location;
+use archway_registry::storage::s3::{S3Config, S3Storage};
 
 #[derive(Debug, Args)]
 #[command(
@@ -148,6 +150,16 @@ struct ServeArgs {
     /// Job timeout when the job sets none.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     default_timeout: Duration,
+    /// Keep the registry's content, the source snapshots, job artifacts and finished job logs
+    /// on S3-compatible object storage (s3://BUCKET[/PREFIX]) instead of under --data; with
+    /// --database on PostgreSQL, any number of servers sharing both behave as one. Endpoint, region and credentials come
+    /// from the AWS environment variables and files (see `archway registry serve --help`).
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
+    storage: Option<S3Location>,
+    /// Answer registry blob GETs with a redirect to a presigned URL of the content (needs
+    /// --storage; clients must reach the store's endpoint).
+    #[arg(long, requires = "storage")]
+    storage_redirect: bool,
     /// Registry repositories anyone may pull, without credentials (repeatable glob, `*`
     /// matches `/` too), e.g. `library/*` for shared base images. Other repositories need an
     /// admin token, a runner token (pull) or a job token (its own project).
@@ -372,6 +384,14 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         ..CoordinatorConfig::default()
     };
     config.open_metrics = a.metrics_listen.is_some();
+    if let Some(location) = &a.storage {
+        let mut s3 = S3Config::new(location.clone());
+        s3.redirect = a.storage_redirect;
+        let probe =
+            S3Storage::open(&s3).with_context(|| format!("opening the object store {location}"))?;
+        open_checked(probe, StorageUse::Serve).await?;
+        config.object_store = Some(s3);
+    }
     config.public_repos = a.public_repos.clone();
     let (server, bootstrap) = Server::open(config).await?;
     if let Some(b) = bootstrap {
@@ -393,8 +413,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         eprintln!("metrics on http://{m}/metrics");
     }
     eprintln!(
-        "archway server listening on {scheme}://{addr} (data {}, database {}, public URL {public})",
+        "archway server listening on {scheme}://{addr} (data {}{}, database {}, public URL {public})",
         a.db.data.display(),
+        a.storage
+            .as_ref()
+            .map(|l| format!(", storage {l}"))
+            .unwrap_or_default(),
         server.coord.db.display
     );
     archway_server::serve_tls(listener, server.router(), tls, shutdown_signal()).await?;

@@ -107,6 +107,24 @@ impl ServerProcess {
         format!("http://{}", self.addr)
     }
 
+    /// Another server on this one's database and flags (its own data directory): a replica.
+    fn replica(&self) -> ServerProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ServerProcess {
+            child: None,
+            addr: "127.0.0.1:0".into(),
+            data: dir.path().join("data"),
+            database: self.database.clone(),
+            extra: self.extra.clone(),
+            admin: self.admin.clone(),
+            registration: self.registration.clone(),
+            log: dir.path().join("server.log"),
+            dir,
+        };
+        s.spawn();
+        s
+    }
+
     fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -1118,6 +1136,184 @@ fn a_revoked_runner_stops_with_a_clear_error() {
     let log = runner.log_text();
     assert!(log.contains("refused this runner's token"), "{log}");
     assert!(log.contains("register the runner again"), "{log}");
+}
+
+/// Objects under `prefix` in the test bucket (the S3 server answers unsigned listings).
+fn bucket_keys(location: &str, prefix: &str) -> Vec<String> {
+    let (bucket, base) = location
+        .strip_prefix("s3://")
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let text = reqwest::blocking::Client::new()
+        .get(format!("{endpoint}/{bucket}"))
+        .query(&[("list-type", "2"), ("prefix", &format!("{base}/{prefix}"))])
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.split("<Key>")
+        .skip(1)
+        .map(|k| k.split("</Key>").next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn two_servers_on_one_bucket_and_one_database_run_a_pipeline_as_one() {
+    let Some(db) = postgres_database() else {
+        crate::support::skip("ARCHWAY_TEST_POSTGRES is not set (scripts/test.sh starts a cluster)");
+        return;
+    };
+    let Some(crate::support::Backend::S3(location)) = crate::support::Backend::s3() else {
+        return;
+    };
+    let mut a = ServerProcess::start_on(Some(db), &["--storage", &location]);
+    let b = a.replica();
+    // The image goes in through A, the runner pulls it (and the source snapshot the pipeline
+    // uploads to A) through B, and reports its log to B.
+    a.push_busybox();
+    let runner = RunnerProcess::start(&b, "r", &["--platform", "linux/amd64"]);
+    let r = repo(&[
+        ("app.txt", "the application\n"),
+        (
+            ".gitlab-ci.yml",
+            "show:\n  image: $CI_REGISTRY/library/busybox:1.35\n  script:\n    - cat app.txt\n    - seq 1 20000 | sed 's/^/line /'\n",
+        ),
+    ]);
+    let p = submit(&a, r.path(), &[]);
+    let id = job_id(&p, "show");
+    let j = a.wait_job(id, "success", |j| {
+        j["status"] != "pending" && j["status"] != "running"
+    });
+    assert_eq!(
+        j["status"],
+        "success",
+        "{j:#}\nrunner log:\n{}",
+        runner.log_text()
+    );
+    assert_eq!(j["attempts"][0]["runner"]["name"], "r");
+    // The finished log leaves the database for the bucket (whichever server archives it).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bucket_keys(&location, "logs/sha256/").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no archived log in {location}/logs/"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(bucket_keys(&location, "sources/sha256/").len(), 1);
+    let log = a.log(id);
+    assert!(log.contains("the application"), "{log:.2000}");
+    assert!(
+        log.contains("line 1\n") && log.contains("line 20000\n"),
+        "{log:.2000}"
+    );
+    // A gone, B serves the same log, from the bucket.
+    a.kill9();
+    assert_eq!(b.log(id), log);
+    drop(runner);
+}
+
+/// Artifacts passed between jobs and a dynamic child pipeline planned from one, on two
+/// servers sharing a bucket: the artifacts live in the bucket, not in a server's directory.
+const SHARED_ARTIFACTS_PIPELINE: &str = r#"
+stages: [build, test, child]
+default:
+  image: $CI_REGISTRY/library/busybox:1.35
+build:
+  stage: build
+  script:
+    - mkdir -p dist
+    - echo "the binary" > dist/app
+    - |
+      cat > generated.yml <<'YAML'
+      include: ci/common.yml
+      child-job:
+        image: $CI_REGISTRY/library/busybox:1.35
+        script: ['echo "child sees $COMMON"']
+      YAML
+  artifacts:
+    paths: [dist/, generated.yml]
+use:
+  stage: test
+  needs: [build]
+  script:
+    - cat dist/app
+run-child:
+  stage: child
+  trigger:
+    include:
+      - artifact: generated.yml
+        job: build
+    strategy: depend
+"#;
+
+#[test]
+fn two_servers_on_one_bucket_share_artifacts_and_plan_dynamic_children_from_them() {
+    let Some(db) = postgres_database() else {
+        crate::support::skip("ARCHWAY_TEST_POSTGRES is not set (scripts/test.sh starts a cluster)");
+        return;
+    };
+    let Some(crate::support::Backend::S3(location)) = crate::support::Backend::s3() else {
+        return;
+    };
+    let mut a = ServerProcess::start_on(Some(db), &["--storage", &location]);
+    let b = a.replica();
+    a.push_busybox();
+    // The runner uploads and downloads artifacts through B; the pipeline is run through A.
+    let runner = RunnerProcess::start(&b, "r", &["--platform", "linux/amd64"]);
+    let r = repo(&[
+        (".gitlab-ci.yml", SHARED_ARTIFACTS_PIPELINE),
+        ("ci/common.yml", "variables:\n  COMMON: shared-value\n"),
+    ]);
+    let out = pipeline_run(&a, r.path(), &["--project", "team/app"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\nrunner log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        runner.log_text()
+    );
+    assert!(stdout.contains("child pipeline 2"), "{stdout}");
+    let p = a.json(&["pipeline", "show", "1"]);
+    let build = job_id(&p, "build");
+    let use_log = a.log(job_id(&p, "use"));
+    assert!(use_log.contains("the binary"), "{use_log}");
+    let c = a.json(&["pipeline", "show", "2"]);
+    assert_eq!(c["status"], "success", "{c:#}");
+    let child_log = a.log(job_id(&c, "child-job"));
+    assert!(child_log.contains("child sees shared-value"), "{child_log}");
+    // The archive is in the bucket, under its digest, and nowhere under either data directory.
+    let digest = a.job(build)["artifacts"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let keys = bucket_keys(&location, "artifacts/sha256/");
+    assert!(
+        keys.iter().any(|k| k.ends_with(&format!("/{hex}.tar.gz"))),
+        "{keys:?}"
+    );
+    for server in [&a, &b] {
+        let local = server.data.join("artifacts/sha256");
+        assert!(!local.join(format!("{hex}.tar.gz")).exists(), "{local:?}");
+    }
+    // A, which never received the upload, serves the archive from the bucket; so does B once
+    // A is gone.
+    let dl = tempfile::tempdir().unwrap();
+    ok(a.cli()
+        .args(["job", "artifacts", &build.to_string(), "-o"])
+        .arg(dl.path().join("from-a.tar.gz")));
+    a.kill9();
+    ok(b.cli()
+        .args(["job", "artifacts", &build.to_string(), "-o"])
+        .arg(dl.path().join("from-b.tar.gz")));
+    for name in ["from-a.tar.gz", "from-b.tar.gz"] {
+        let bytes = fs::read(dl.path().join(name)).unwrap();
+        assert_eq!(format!("sha256:{}", sha256_hex(&bytes)), digest, "{name}");
+    }
+    drop(runner);
 }
 
 const ARTIFACT_PIPELINE: &str = r#"

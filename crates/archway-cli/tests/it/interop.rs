@@ -6,7 +6,9 @@ use std::process::Command;
 
 use archway_oci::layout::ImageLayout;
 
-use crate::support::{Dockerd, RegistryProcess, busybox_layout, containers_tool, require, run};
+use crate::support::{
+    Backend, Dockerd, RegistryProcess, busybox_layout, containers_tool, require, run,
+};
 
 fn skopeo() -> Command {
     let mut c = Command::new("skopeo");
@@ -21,12 +23,11 @@ fn htpasswd_file(dir: &Path, user: &str, password: &str) -> std::path::PathBuf {
     path
 }
 
-#[test]
-fn skopeo_copy_all_round_trip_keeps_digests() {
+fn skopeo_copy_all_round_trip_keeps_digests(backend: Backend) {
     if !require("skopeo") {
         return;
     }
-    let reg = RegistryProcess::start();
+    let reg = RegistryProcess::start_on(&backend, &[]);
     let src = format!("oci:{}:1.35", busybox_layout().display());
     let dst = format!("docker://{}/library/busybox:1.35", reg.host());
     run(skopeo().args(["copy", "--all", "--dest-tls-verify=false", &src, &dst]));
@@ -57,14 +58,13 @@ fn skopeo_copy_all_round_trip_keeps_digests() {
     assert!(tags.contains("\"1.35\""), "{tags}");
 }
 
-#[test]
-fn skopeo_with_token_auth_and_cross_repository_mount() {
+fn skopeo_with_token_auth_and_cross_repository_mount(backend: Backend) {
     if !require("skopeo") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let users = htpasswd_file(dir.path(), "alice", "s3cret");
-    let reg = RegistryProcess::start_with(&["--htpasswd", users.to_str().unwrap()]);
+    let reg = RegistryProcess::start_on(&backend, &["--htpasswd", users.to_str().unwrap()]);
     let src = format!("oci:{}:1.35", busybox_layout().display());
     let dst = format!("docker://{}/team/busybox:1.35", reg.host());
     // Without credentials: refused.
@@ -113,12 +113,11 @@ fn skopeo_with_token_auth_and_cross_repository_mount() {
     assert!(raw.contains("\"architecture\":\"arm64\""), "{raw}");
 }
 
-#[test]
-fn podman_push_pull_and_manifest_push_all() {
+fn podman_push_pull_and_manifest_push_all(backend: Backend) {
     if !require("podman") || !require("skopeo") {
         return;
     }
-    let reg = RegistryProcess::start();
+    let reg = RegistryProcess::start_on(&backend, &[]);
     let dir = tempfile::tempdir().unwrap();
     let host = reg.host();
     run(skopeo().args([
@@ -190,12 +189,11 @@ fn podman_push_pull_and_manifest_push_all() {
     assert_eq!(arches, ["amd64", "arm64"]);
 }
 
-#[test]
-fn buildah_push_pull_and_manifest_push_all() {
+fn buildah_push_pull_and_manifest_push_all(backend: Backend) {
     if !require("buildah") || !require("skopeo") {
         return;
     }
-    let reg = RegistryProcess::start();
+    let reg = RegistryProcess::start_on(&backend, &[]);
     let dir = tempfile::tempdir().unwrap();
     let host = reg.host();
     run(skopeo().args([
@@ -254,12 +252,11 @@ fn buildah_push_pull_and_manifest_push_all() {
     ]));
 }
 
-#[test]
-fn docker_manifest_inspect_without_a_daemon() {
+fn docker_manifest_inspect_without_a_daemon(backend: Backend) {
     if !require("docker") || !require("skopeo") {
         return;
     }
-    let reg = RegistryProcess::start();
+    let reg = RegistryProcess::start_on(&backend, &[]);
     let host = reg.host();
     run(skopeo().args([
         "copy",
@@ -293,8 +290,7 @@ fn docker_manifest_inspect_without_a_daemon() {
     assert!(verbose.contains("\"arm64\""), "{verbose}");
 }
 
-#[test]
-fn docker_login_push_and_pull_through_dockerd() {
+fn docker_login_push_and_pull_through_dockerd(backend: Backend) {
     if !require("skopeo") {
         return;
     }
@@ -303,7 +299,7 @@ fn docker_login_push_and_pull_through_dockerd() {
     };
     let dir = tempfile::tempdir().unwrap();
     let users = htpasswd_file(dir.path(), "alice", "s3cret");
-    let reg = RegistryProcess::start_with(&["--htpasswd", users.to_str().unwrap()]);
+    let reg = RegistryProcess::start_on(&backend, &["--htpasswd", users.to_str().unwrap()]);
     let host = reg.host();
     run(skopeo().args([
         "copy",
@@ -363,3 +359,12 @@ fn docker_login_push_and_pull_through_dockerd() {
     // dockerd pulls the image for its own architecture.
     assert_eq!(out.trim(), archway_oci::Platform::host().architecture);
 }
+
+on_each_backend!(
+    skopeo_copy_all_round_trip_keeps_digests,
+    skopeo_with_token_auth_and_cross_repository_mount,
+    podman_push_pull_and_manifest_push_all,
+    buildah_push_pull_and_manifest_push_all,
+    docker_manifest_inspect_without_a_daemon,
+    docker_login_push_and_pull_through_dockerd,
+);

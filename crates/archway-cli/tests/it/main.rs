@@ -1,6 +1,9 @@
 //! Integration tests: one binary, real `archway` processes on loopback, real peer clients.
 #![allow(clippy::print_stderr, clippy::unwrap_used)]
 
+#[macro_use]
+mod support;
+
 mod auth;
 mod build;
 mod coordinator;
@@ -12,11 +15,11 @@ mod image;
 mod interop;
 mod local_run;
 mod manifest;
+mod object_storage;
 mod pipeline;
 mod registry_abuse;
 mod sandbox;
 mod seeds;
 mod sign;
 mod spec;
-mod support;
 mod tls;

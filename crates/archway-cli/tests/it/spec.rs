@@ -4,17 +4,16 @@
 use archway_oci::{Descriptor, Digest, ImageManifest, Index, media_type};
 use reqwest::Method;
 
-use crate::support::{Raw, RegistryProcess, body, error_code, header, image_manifest};
+use crate::support::{Backend, Raw, RegistryProcess, body, error_code, header, image_manifest};
 
-fn setup() -> (RegistryProcess, Raw) {
-    let reg = RegistryProcess::start();
+fn setup(backend: Backend) -> (RegistryProcess, Raw) {
+    let reg = RegistryProcess::start_on(&backend, &[]);
     let raw = Raw::new(&reg);
     (reg, raw)
 }
 
-#[test]
-fn base_endpoint_announces_api_version() {
-    let (_reg, raw) = setup();
+fn base_endpoint_announces_api_version(backend: Backend) {
+    let (_reg, raw) = setup(backend);
     let r = raw.get("/v2/");
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(
@@ -26,9 +25,8 @@ fn base_endpoint_announces_api_version() {
     assert_eq!((status, code.as_str()), (404, "NOT_FOUND"));
 }
 
-#[test]
-fn monolithic_blob_upload_and_reads() {
-    let (_reg, raw) = setup();
+fn monolithic_blob_upload_and_reads(backend: Backend) {
+    let (_reg, raw) = setup(backend);
     let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
     let d = Digest::sha256(&data);
     let r = raw
@@ -129,9 +127,8 @@ fn monolithic_blob_upload_and_reads() {
     assert_eq!((status, code.as_str()), (404, "BLOB_UNKNOWN"));
 }
 
-#[test]
-fn sha512_blobs() {
-    let (_reg, raw) = setup();
+fn sha512_blobs(backend: Backend) {
+    let (_reg, raw) = setup(backend);
     let data = b"sha512 content".to_vec();
     let d = Digest::of(archway_oci::Algorithm::Sha512, &data);
     let r = raw
@@ -145,9 +142,8 @@ fn sha512_blobs() {
 
 /// A manifest pushed by a sha512 digest is answered in sha512 (`Docker-Content-Digest`,
 /// `Location`), with or without `?tag=`, and the tags it gets name it by that digest.
-#[test]
-fn sha512_manifests_and_push_by_digest_with_tags() {
-    let (_reg, raw) = setup();
+fn sha512_manifests_and_push_by_digest_with_tags(backend: Backend) {
+    let (_reg, raw) = setup(backend);
     let (m, _) = raw.push_image("s", "sha256-tag", b"layer for sha512", None);
     let d512 = Digest::of(archway_oci::Algorithm::Sha512, &m);
     let r = raw.put_manifest("s", &d512.to_string(), media_type::OCI_MANIFEST, &m);
@@ -216,14 +212,10 @@ fn sha512_manifests_and_push_by_digest_with_tags() {
 
 /// `--allow-sparse`: an index may name children the registry lacks (what mirroring one
 /// platform under the original index needs); without it the index is refused.
-#[test]
-fn sparse_indexes_are_opt_in() {
+fn sparse_indexes_are_opt_in(backend: Backend) {
     for sparse in [false, true] {
-        let reg = if sparse {
-            RegistryProcess::start_with(&["--allow-sparse"])
-        } else {
-            RegistryProcess::start()
-        };
+        let flags: &[&str] = if sparse { &["--allow-sparse"] } else { &[] };
+        let reg = RegistryProcess::start_on(&backend, flags);
         let raw = Raw::new(&reg);
         let (m, d) = raw.push_image("sp", "amd64", b"present layer", None);
         let absent = Digest::sha256(b"a manifest this registry never saw");
@@ -264,9 +256,8 @@ fn sparse_indexes_are_opt_in() {
     }
 }
 
-#[test]
-fn post_then_put_upload() {
-    let (_reg, raw) = setup();
+fn post_then_put_upload(backend: Backend) {
+    let (_reg, raw) = setup(backend);
     let r = raw
         .req(Method::POST, "/v2/x/blobs/uploads/")
         .send()
@@ -291,9 +282,8 @@ fn post_then_put_upload() {
     assert_eq!((status, code.as_str()), (404, "BLOB_UPLOAD_UNKNOWN"));
 }
 
-#[test]
-fn chunked_upload_with_status_and_out_of_order_chunks() {
-    let (_reg, raw) = setup();
+fn chunked_upload_with_status_and_out_of_order_chunks(backend: Backend) {
+    let (_reg, raw) = setup(backend);
     let data: Vec<u8> = (0..30_000u32).map(|i| (i % 199) as u8).collect();
     let d = Digest::sha256(&data);
     let r = raw
@@ -392,9 +382,8 @@ fn chunked_upload_with_status_and_out_of_order_chunks() {
     assert_eq!((status, code.as_str()), (400, "DIGEST_INVALID"));
 }
 
-#[test]
-fn cancel_upload_and_unknown_sessions() {
-    let (_reg, raw) = setup();
+fn cancel_upload_and_unknown_sessions(backend: Backend) {
+    let (_reg, raw) = setup(backend);
     let r = raw
         .req(Method::POST, "/v2/c/blobs/uploads/")
         .send()
@@ -427,9 +416,8 @@ fn cancel_upload_and_unknown_sessions() {
     assert_eq!((status, code.as_str()), (404, "BLOB_UPLOAD_UNKNOWN"));
 }
 
-#[test]
-fn uploads_resume_after_a_server_restart() {
-    let (mut reg, raw) = setup();
+fn uploads_resume_after_a_server_restart(backend: Backend) {
+    let (mut reg, raw) = setup(backend);
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let d = Digest::sha256(&data);
     let r = raw
@@ -464,9 +452,8 @@ fn uploads_resume_after_a_server_restart() {
     assert_eq!(body(raw.get(&format!("/v2/r/blobs/{d}"))), data);
 }
 
-#[test]
-fn cross_repository_mount() {
-    let (_reg, raw) = setup();
+fn cross_repository_mount(backend: Backend) {
+    let (_reg, raw) = setup(backend);
     let d = raw.push_blob("src/app", b"shared layer");
     let r = raw
         .req(
@@ -507,9 +494,8 @@ fn cross_repository_mount() {
     assert_eq!(r.status().as_u16(), 202);
 }
 
-#[test]
-fn manifests_by_tag_and_digest_with_exact_bytes_and_types() {
-    let (_reg, raw) = setup();
+fn manifests_by_tag_and_digest_with_exact_bytes_and_types(backend: Backend) {
+    let (_reg, raw) = setup(backend);
     let layer = b"layer content".to_vec();
     let (manifest, digest) = raw.push_image("m/app", "v1", &layer, None);
 
@@ -601,9 +587,8 @@ fn manifests_by_tag_and_digest_with_exact_bytes_and_types() {
     assert_eq!(r.status().as_u16(), 201);
 }
 
-#[test]
-fn oci_index_of_two_platforms() {
-    let (_reg, raw) = setup();
+fn oci_index_of_two_platforms(backend: Backend) {
+    let (_reg, raw) = setup(backend);
     let (index, d, children) = raw.push_multiarch("multi", "latest");
     let r = raw.get("/v2/multi/manifests/latest");
     assert_eq!(header(r.headers(), "content-type"), media_type::OCI_INDEX);
@@ -619,9 +604,8 @@ fn oci_index_of_two_platforms() {
     }
 }
 
-#[test]
-fn manifest_errors() {
-    let (_reg, raw) = setup();
+fn manifest_errors(backend: Backend) {
+    let (_reg, raw) = setup(backend);
     let code = |r: reqwest::blocking::Response| error_code(r);
 
     // References to blobs the repository does not have.
@@ -698,9 +682,8 @@ fn manifest_errors() {
     assert_eq!((status, c.as_str()), (405, "UNSUPPORTED"));
 }
 
-#[test]
-fn manifest_and_tag_deletion() {
-    let (_reg, raw) = setup();
+fn manifest_and_tag_deletion(backend: Backend) {
+    let (_reg, raw) = setup(backend);
     let (_, d) = raw.push_image("del", "v1", b"l1", None);
     let r = raw.put_manifest(
         "del",
@@ -750,9 +733,8 @@ fn manifest_and_tag_deletion() {
     assert_eq!(tags["tags"], serde_json::json!([]));
 }
 
-#[test]
-fn tags_list_and_catalog_pagination() {
-    let (_reg, raw) = setup();
+fn tags_list_and_catalog_pagination(backend: Backend) {
+    let (_reg, raw) = setup(backend);
     let (m, _) = raw.push_image("p/one", "c", b"x", None);
     for tag in ["a", "b", "d", "e"] {
         assert_eq!(
@@ -805,9 +787,8 @@ fn tags_list_and_catalog_pagination() {
     assert_eq!(v["repositories"], serde_json::json!(["p/one"]));
 }
 
-#[test]
-fn referrers_with_artifact_type_filter() {
-    let (_reg, raw) = setup();
+fn referrers_with_artifact_type_filter(backend: Backend) {
+    let (_reg, raw) = setup(backend);
     let (subject_bytes, subject) = raw.push_image("ref", "v1", b"app layer", None);
     let subject_desc = Descriptor::new(
         media_type::OCI_MANIFEST,
@@ -929,9 +910,8 @@ fn referrers_with_artifact_type_filter() {
     assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
 }
 
-#[test]
-fn metrics_and_access_log() {
-    let reg = RegistryProcess::start_with(&["--log-format", "json"]);
+fn metrics_and_access_log(backend: Backend) {
+    let reg = RegistryProcess::start_on(&backend, &["--log-format", "json"]);
     let raw = Raw::new(&reg);
     raw.push_image("obs", "v1", b"bytes", None);
     raw.req(Method::POST, "/v2/obs/blobs/uploads/")
@@ -1005,3 +985,23 @@ fn refuses_unauthenticated_non_loopback_listeners() {
         "{err}"
     );
 }
+
+on_each_backend!(
+    base_endpoint_announces_api_version,
+    monolithic_blob_upload_and_reads,
+    sha512_blobs,
+    sha512_manifests_and_push_by_digest_with_tags,
+    sparse_indexes_are_opt_in,
+    post_then_put_upload,
+    chunked_upload_with_status_and_out_of_order_chunks,
+    cancel_upload_and_unknown_sessions,
+    uploads_resume_after_a_server_restart,
+    cross_repository_mount,
+    manifests_by_tag_and_digest_with_exact_bytes_and_types,
+    oci_index_of_two_platforms,
+    manifest_errors,
+    manifest_and_tag_deletion,
+    tags_list_and_catalog_pagination,
+    referrers_with_artifact_type_filter,
+    metrics_and_access_log,
+);

@@ -18,13 +18,82 @@ pub fn archway() -> Command {
     Command::new(env!("CARGO_BIN_EXE_archway"))
 }
 
+/// The environment variable naming the test S3 server's bucket (`s3://archway-test`);
+/// `AWS_ENDPOINT_URL` and the usual AWS variables say how to reach it. `scripts/test.sh`
+/// starts the server and sets them.
+pub const S3_ENV: &str = "ARCHWAY_TEST_S3";
+
+/// Where a registry under test keeps its content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A temporary directory (`--root`).
+    Fs,
+    /// A fresh prefix of the test bucket (`--storage s3://…`).
+    S3(String),
+}
+
+impl Backend {
+    /// A fresh prefix on the test S3 server; `None` (after a visible [`skip`]) without one.
+    pub fn s3() -> Option<Backend> {
+        match std::env::var(S3_ENV) {
+            Ok(bucket) => Some(Backend::S3(format!(
+                "{}/t{:016x}",
+                bucket.trim_end_matches('/'),
+                rand::random::<u64>()
+            ))),
+            Err(_) => {
+                skip(&format!(
+                    "no S3 server: {S3_ENV} is not set (scripts/test.sh starts one; see scripts/lib.sh start_test_s3)"
+                ));
+                None
+            }
+        }
+    }
+
+    /// The storage flags of `registry serve` and `registry gc` for this backend.
+    pub fn args(&self, root: &Path) -> Vec<String> {
+        match self {
+            Backend::Fs => vec!["--root".into(), root.display().to_string()],
+            Backend::S3(location) => vec!["--storage".into(), location.clone()],
+        }
+    }
+}
+
+/// Runs test functions that take a [`Backend`] once per backend, as `<module>::fs::<name>`
+/// and `<module>::s3::<name>`, so that one suite covers both (the object store's tests skip,
+/// visibly, without a test S3 server).
+macro_rules! on_each_backend {
+    ($($test:ident),* $(,)?) => {
+        mod fs {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(crate::support::Backend::Fs)
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[test]
+                fn $test() {
+                    if let Some(b) = crate::support::Backend::s3() {
+                        super::$test(b)
+                    }
+                }
+            )*
+        }
+    };
+}
+
 /// A running `archway registry serve`. Killed when dropped.
 pub struct RegistryProcess {
     child: Option<Child>,
     pub addr: String,
     pub root: PathBuf,
+    pub backend: Backend,
     pub log: PathBuf,
     extra: Vec<String>,
+    envs: Vec<(String, String)>,
     soft_nofile: Option<u64>,
     _dir: Option<tempfile::TempDir>,
     _config: Option<tempfile::TempDir>,
@@ -38,6 +107,39 @@ impl RegistryProcess {
 
     pub fn start_with(extra: &[&str]) -> Self {
         Self::start_limited(extra, None)
+    }
+
+    /// A registry on `backend`, with `extra` flags.
+    pub fn start_on(backend: &Backend, extra: &[&str]) -> Self {
+        Self::start_full(backend, extra, &[], None)
+    }
+
+    /// A registry on `backend` with `extra` flags and environment variables.
+    pub fn start_on_env(backend: &Backend, extra: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_full(backend, extra, envs, None)
+    }
+
+    /// Another process on the same storage and flags (a replica), on a port of its own.
+    pub fn replica(&self) -> Self {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let envs: Vec<(&str, &str)> = self
+            .envs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Self::spawn(
+            &self.backend,
+            &self.root,
+            &extra,
+            &envs,
+            "127.0.0.1:0",
+            None,
+        )
+    }
+
+    /// The storage flags this registry was started with (for `registry gc`).
+    pub fn storage_args(&self) -> Vec<String> {
+        self.backend.args(&self.root)
     }
 
     /// With `--htpasswd` (the users of [`htpasswd`] at bcrypt `cost`), `--access` with
@@ -59,24 +161,40 @@ impl RegistryProcess {
     }
 
     /// Listening on `listen` (e.g. a non-loopback address, for TLS tests).
-    pub fn start_on(listen: &str, extra: &[&str]) -> Self {
+    pub fn start_listening(listen: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("root");
-        let mut r = Self::spawn(&root, extra, listen, None);
+        let mut r = Self::spawn(&Backend::Fs, &root, extra, &[], listen, None);
         r._dir = Some(dir);
         r
     }
 
     /// Started (through `sh`) with the soft open-file limit set to `soft_nofile`.
     pub fn start_limited(extra: &[&str], soft_nofile: Option<u64>) -> Self {
+        Self::start_full(&Backend::Fs, extra, &[], soft_nofile)
+    }
+
+    fn start_full(
+        backend: &Backend,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+        soft_nofile: Option<u64>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("root");
-        let mut r = Self::spawn(&root, extra, "127.0.0.1:0", soft_nofile);
+        let mut r = Self::spawn(backend, &root, extra, envs, "127.0.0.1:0", soft_nofile);
         r._dir = Some(dir);
         r
     }
 
-    fn spawn(root: &Path, extra: &[&str], listen: &str, soft_nofile: Option<u64>) -> Self {
+    fn spawn(
+        backend: &Backend,
+        root: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+        listen: &str,
+        soft_nofile: Option<u64>,
+    ) -> Self {
         let log = root.with_extension(format!("log-{}", rand::random::<u32>()));
         fs::create_dir_all(root.parent().unwrap()).unwrap();
         let stderr = fs::File::create(&log).expect("log file");
@@ -90,9 +208,10 @@ impl RegistryProcess {
             }
         };
         let child = cmd
-            .args(["registry", "serve", "--listen", listen, "--root"])
-            .arg(root)
+            .args(["registry", "serve", "--listen", listen])
+            .args(backend.args(root))
             .args(extra)
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -101,8 +220,13 @@ impl RegistryProcess {
             child: Some(child),
             addr: String::new(),
             root: root.to_owned(),
+            backend: backend.clone(),
             log,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             soft_nofile,
             _dir: None,
             _config: None,
@@ -162,7 +286,19 @@ impl RegistryProcess {
     pub fn restart(&mut self) {
         self.kill9();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let mut fresh = Self::spawn(&self.root, &extra, &self.addr, self.soft_nofile);
+        let envs: Vec<(&str, &str)> = self
+            .envs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut fresh = Self::spawn(
+            &self.backend,
+            &self.root,
+            &extra,
+            &envs,
+            &self.addr,
+            self.soft_nofile,
+        );
         self.child = fresh.child.take();
         self.log = std::mem::take(&mut fresh.log);
     }
@@ -595,6 +731,275 @@ pub fn bearer(resp: Response) -> String {
     assert_eq!(v["expires_in"], 300);
     assert!(v["issued_at"].as_str().unwrap().ends_with('Z'));
     format!("Bearer {}", v["token"].as_str().unwrap())
+}
+
+/// What a [`FaultyS3`] rule does instead of forwarding a request.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Answers in the store's stead with this status and S3 error code (`SlowDown`, …).
+    Status(u16, &'static str),
+    /// Forwards, then cuts the response off after this many bytes (headers included).
+    CutAfter(usize),
+}
+
+/// Requests a [`Fault`] applies to: the method (`""` for any) and a part of the path, for
+/// the next `times` matching requests.
+#[derive(Clone, Debug)]
+pub struct FaultRule {
+    pub method: &'static str,
+    pub path_contains: &'static str,
+    pub fault: Fault,
+    pub times: usize,
+}
+
+/// A fault-injecting HTTP proxy in front of the test S3 server (`AWS_ENDPOINT_URL`):
+/// requests go through unchanged unless a rule matches. Point a registry at it with
+/// [`FaultyS3::envs`]. Its threads end with the test process.
+pub struct FaultyS3 {
+    pub endpoint: String,
+    rules: std::sync::Arc<std::sync::Mutex<Vec<FaultRule>>>,
+    injected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FaultyS3 {
+    /// A proxy to the test S3 server; `None` (after a visible [`skip`]) without one.
+    pub fn start() -> Option<FaultyS3> {
+        let upstream = match std::env::var("AWS_ENDPOINT_URL") {
+            Ok(u) if std::env::var_os(S3_ENV).is_some() => u,
+            _ => {
+                skip(&format!(
+                    "no S3 server: {S3_ENV} is not set (scripts/test.sh starts one)"
+                ));
+                return None;
+            }
+        };
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let proxy = FaultyS3 {
+            endpoint,
+            rules: Default::default(),
+            injected: Default::default(),
+        };
+        let (rules, injected) = (proxy.rules.clone(), proxy.injected.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (rules, injected, upstream) =
+                    (rules.clone(), injected.clone(), upstream.clone());
+                std::thread::spawn(move || {
+                    let _ = relay(client, &upstream, &rules, &injected);
+                });
+            }
+        });
+        Some(proxy)
+    }
+
+    pub fn add(&self, rule: FaultRule) {
+        self.rules.lock().unwrap().push(rule);
+    }
+
+    pub fn clear(&self) {
+        self.rules.lock().unwrap().clear();
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> usize {
+        self.injected.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The environment that points an `archway` process at this proxy.
+    pub fn envs(&self) -> [(&'static str, &str); 1] {
+        [("AWS_ENDPOINT_URL", self.endpoint.as_str())]
+    }
+}
+
+/// One request from `client`: a fault, or forwarded to `upstream` with `Connection: close`
+/// and the answer relayed back. The connection closes after each answer.
+fn relay(
+    mut client: std::net::TcpStream,
+    upstream: &str,
+    rules: &std::sync::Mutex<Vec<FaultRule>>,
+    injected: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    // Request head.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte)? == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next().unwrap_or_default().to_owned();
+    let mut parts = request_line.split(' ');
+    let (method, target) = (
+        parts.next().unwrap_or_default().to_owned(),
+        parts.next().unwrap_or_default().to_owned(),
+    );
+    let mut length = 0usize;
+    let mut headers = Vec::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (k, v) = line.split_once(':').unwrap_or((line, ""));
+        match k.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = v.trim().parse().unwrap_or(0),
+            "transfer-encoding" => panic!("FaultyS3 does not relay chunked request bodies"),
+            "connection" => continue,
+            _ => {}
+        }
+        headers.push(line.to_owned());
+    }
+    let mut body = vec![0u8; length];
+    client.read_exact(&mut body)?;
+
+    let fault = {
+        let mut rules = rules.lock().unwrap();
+        rules
+            .iter_mut()
+            .find(|r| {
+                r.times > 0
+                    && (r.method.is_empty() || r.method == method)
+                    && target.contains(r.path_contains)
+            })
+            .map(|r| {
+                r.times -= 1;
+                r.fault
+            })
+    };
+    if fault.is_some() {
+        injected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    if let Some(Fault::Status(status, code)) = fault {
+        let xml = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test</Message></Error>"
+        );
+        write!(
+            client,
+            "HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+            xml.len()
+        )?;
+        return Ok(());
+    }
+    let mut up = std::net::TcpStream::connect(upstream)?;
+    let mut out = format!("{request_line}\r\n");
+    for h in headers {
+        out.push_str(&h);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    up.write_all(out.as_bytes())?;
+    up.write_all(&body)?;
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer)?;
+    match fault {
+        Some(Fault::CutAfter(n)) => {
+            client.write_all(&answer[..n.min(answer.len())])?;
+            client.shutdown(std::net::Shutdown::Both)?;
+        }
+        _ => client.write_all(&answer)?,
+    }
+    Ok(())
+}
+
+/// A moto S3 server of a test's own (`$ARCHWAY_TEST_MOTO`, which `scripts/test.sh` sets),
+/// whose clock the test sets through libfaketime: what is written while the clock is set back
+/// looks that old to everyone (S3's `LastModified` is the store's clock). Killed when dropped.
+pub struct MotoProcess {
+    child: Child,
+    pub endpoint: String,
+    clock: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl MotoProcess {
+    const BUCKET: &'static str = "archway-clock";
+
+    /// `None` (after a visible [`skip`]) without moto or libfaketime.
+    pub fn start() -> Option<MotoProcess> {
+        let Some(moto) = std::env::var_os("ARCHWAY_TEST_MOTO") else {
+            skip("ARCHWAY_TEST_MOTO is not set (scripts/test.sh installs moto and sets it)");
+            return None;
+        };
+        let triplet = format!("{}-linux-gnu", std::env::consts::ARCH);
+        let lib = PathBuf::from(format!("/usr/lib/{triplet}/faketime/libfaketimeMT.so.1"));
+        if !lib.exists() {
+            skip("libfaketime is not installed (scripts/test.sh installs it)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let clock = dir.path().join("clock");
+        fs::write(&clock, "+0\n").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("LD_PRELOAD", &lib)
+            .env("FAKETIME_TIMESTAMP_FILE", &clock)
+            // libfaketime re-reads the clock file at most once a second (re-reading it on
+            // every call makes the server crawl); see `set_clock`.
+            .env("FAKETIME_CACHE_DURATION", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let r = Client::new()
+            .put(format!("{endpoint}/{}", Self::BUCKET))
+            .send()
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "creating the bucket: {}",
+            r.status()
+        );
+        Some(MotoProcess {
+            child,
+            endpoint,
+            clock,
+            _dir: dir,
+        })
+    }
+
+    /// Sets the store's clock relative to the real one (`-3h`, `+0`), and waits out
+    /// libfaketime's one-second cache of the setting.
+    pub fn set_clock(&self, offset: &str) {
+        fs::write(&self.clock, format!("{offset}\n")).unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+
+    /// A fresh prefix of this server's bucket.
+    pub fn backend(&self) -> Backend {
+        Backend::S3(format!(
+            "s3://{}/t{:016x}",
+            Self::BUCKET,
+            rand::random::<u64>()
+        ))
+    }
+
+    pub fn envs(&self) -> [(&'static str, &str); 1] {
+        [("AWS_ENDPOINT_URL", self.endpoint.as_str())]
+    }
+}
+
+impl Drop for MotoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A small HTTP/1.1 file server for `ADD <url>` and git-over-HTTP (the "dumb" protocol is

@@ -139,7 +139,7 @@ fn registry_over_tls_with_docker_podman_and_skopeo() {
     let (cert, key, _) = pki.server("registry", &[ip, "127.0.0.1".parse().unwrap()]);
     let users = tempfile::tempdir().unwrap();
     let users = htpasswd(users.path(), 5);
-    let reg = RegistryProcess::start_on(
+    let reg = RegistryProcess::start_listening(
         &format!("{ip}:0"),
         &[
             "--htpasswd",

@@ -15,6 +15,7 @@
 
 mod dir_sync;
 pub mod fs;
+pub mod s3;
 
 use std::io;
 use std::pin::Pin;
@@ -30,7 +31,11 @@ use crate::names::RepoName;
 /// A stream of body chunks (request bodies in, blob contents out).
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
-/// Storage failures. Everything but `Io` and `Corrupt` is the client's doing.
+/// An error from a storage backend's client library.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Storage failures. Everything but `Io`, `Corrupt`, `Unavailable` and `Backend` is the
+/// client's doing.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("upload {0} is unknown")]
@@ -50,6 +55,21 @@ pub enum StorageError {
         context: String,
         #[source]
         source: io::Error,
+    },
+    /// The object store kept failing (throttling, 5xx answers, timeouts) after its retries:
+    /// the request may succeed later.
+    #[error("{context}: the object store is unavailable")]
+    Unavailable {
+        context: String,
+        #[source]
+        source: BoxError,
+    },
+    /// Any other object-store failure (permissions, configuration, a protocol surprise).
+    #[error("{context}")]
+    Backend {
+        context: String,
+        #[source]
+        source: BoxError,
     },
 }
 
@@ -108,6 +128,27 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn read_blob_bytes(&self, digest: &Digest) -> Result<Option<Bytes>>;
     /// Stores bytes under `digest`, verifying them first.
     async fn put_blob_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<()>;
+    /// Stores a blob whose digest the client announced upfront (a monolithic upload), and
+    /// links it to `repo`; nothing is visible unless the bytes hash to `digest`. Returns the
+    /// size. Backends that can write without an upload session override this.
+    async fn put_blob_stream(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let id = self.create_upload(repo).await?;
+        if let Err(e) = self.append_upload(repo, &id, Some(0), body).await {
+            let _ = self.cancel_upload(repo, &id).await;
+            return Err(e);
+        }
+        self.commit_upload(repo, &id, digest).await
+    }
+    /// A URL the client can fetch the blob's bytes from directly (presigned, short-lived),
+    /// when the backend is configured to redirect blob reads; `None` to serve them here.
+    async fn redirect_url(&self, _digest: &Digest) -> Result<Option<String>> {
+        Ok(None)
+    }
     /// Marks a blob as used now (so that garbage collection's grace period covers it) and
     /// tells whether it exists.
     async fn touch_blob(&self, digest: &Digest) -> Result<bool>;
@@ -157,6 +198,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn set_tag(&self, repo: &RepoName, tag: &str, digest: &Digest) -> Result<()>;
     async fn get_tag(&self, repo: &RepoName, tag: &str) -> Result<Option<Digest>>;
     async fn delete_tag(&self, repo: &RepoName, tag: &str) -> Result<bool>;
+    /// Deletes a tag only if it still names `digest` (another replica may have moved it
+    /// since it was read); returns whether it was deleted.
+    async fn delete_tag_if(&self, repo: &RepoName, tag: &str, digest: &Digest) -> Result<bool> {
+        if self.get_tag(repo, tag).await?.as_ref() == Some(digest) {
+            return self.delete_tag(repo, tag).await;
+        }
+        Ok(false)
+    }
     /// Tag names sorted lexically; `None` when the repository does not exist.
     async fn list_tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>>;
 

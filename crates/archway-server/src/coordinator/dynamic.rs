@@ -4,27 +4,41 @@
 //! snapshot) for the child's own `include: local`s — the contract of
 //! `archway_pipeline::graph::ChildPipeline`.
 //!
-//! Archives are read synchronously on a blocking thread: a file is found by scanning the
-//! gzipped tar, and at most [`MAX_FILE`] bytes of it are read (a generated pipeline larger
-//! than that is refused, as GitLab limits included files).
+//! Archives are read synchronously on a blocking thread, streamed from wherever they are
+//! stored (only those the child asks for are read): a file is found by scanning the gzipped
+//! tar, and at most [`MAX_FILE`] bytes of it are read (a generated pipeline larger than that
+//! is refused, as GitLab limits included files).
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
 
 use archway_api::{DynamicChild, JobDefinition};
 use archway_pipeline::FileSource;
 
+use crate::sources::StoredArchive;
+
 /// Largest pipeline file read from an archive.
 pub const MAX_FILE: u64 = 1 << 20;
 
+/// An archive the planner may look into (on a blocking thread).
+pub(super) trait Archive: std::fmt::Debug + Send + Sync {
+    /// Its bytes; `None` if it cannot be read.
+    fn open(&self) -> Option<Box<dyn Read + Send + '_>>;
+}
+
+impl Archive for StoredArchive {
+    fn open(&self) -> Option<Box<dyn Read + Send + '_>> {
+        self.reader().ok().map(|r| r as Box<dyn Read + Send>)
+    }
+}
+
 /// Files of the pipeline's source snapshot and of its jobs' artifact archives.
 #[derive(Debug)]
-pub(super) struct ArchiveFiles {
+pub(super) struct ArchiveFiles<A: Archive = StoredArchive> {
     /// The source snapshot (`None`: the pipeline has none).
-    pub(super) source: Option<PathBuf>,
+    pub(super) source: Option<A>,
     /// (job name, artifact archive) of the pipeline's successful jobs.
-    pub(super) artifacts: Vec<(String, PathBuf)>,
+    pub(super) artifacts: Vec<(String, A)>,
 }
 
 fn normalise(p: &str) -> String {
@@ -36,12 +50,12 @@ fn normalise(p: &str) -> String {
 }
 
 /// The text of `path` in the gzipped tar `archive`.
-fn read_entry(archive: &Path, path: &str) -> Option<String> {
+fn read_entry(archive: &impl Archive, path: &str) -> Option<String> {
     let want = normalise(path);
     if want.split('/').any(|c| c == "..") {
         return None;
     }
-    let f = std::fs::File::open(archive).ok()?;
+    let f = archive.open()?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
     for e in tar.entries().ok()? {
         let e = e.ok()?;
@@ -58,7 +72,7 @@ fn read_entry(archive: &Path, path: &str) -> Option<String> {
     None
 }
 
-impl FileSource for ArchiveFiles {
+impl<A: Archive> FileSource for ArchiveFiles<A> {
     fn read(&self, path: &str) -> Option<String> {
         read_entry(self.source.as_ref()?, path)
     }
@@ -73,10 +87,10 @@ impl FileSource for ArchiveFiles {
 
 /// Plans the child: its stages and job definitions, or why it cannot run (the diagnostics,
 /// as `file:line:col: error: …` lines).
-pub(super) fn plan(
+pub(super) fn plan<A: Archive>(
     dynamic: &DynamicChild,
     variables: BTreeMap<String, String>,
-    files: &ArchiveFiles,
+    files: &ArchiveFiles<A>,
 ) -> Result<(Vec<String>, Vec<JobDefinition>), String> {
     let (pipeline, diags) =
         archway_pipeline::plan_child(&dynamic.context, &dynamic.child, variables, files);
@@ -108,7 +122,15 @@ pub(super) fn plan(
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
+
     use super::*;
+
+    impl Archive for PathBuf {
+        fn open(&self) -> Option<Box<dyn Read + Send + '_>> {
+            Some(Box::new(std::fs::File::open(self).ok()?))
+        }
+    }
 
     fn archive(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
         let path = dir.join(name);

@@ -5,7 +5,8 @@
 //! * `access`: tokens, authentication, runners and their polls' bookkeeping;
 //! * `pipelines`: submission (and auto-cancel) and the user's actions (cancel, retry, play);
 //! * `attempts`: dispatch claims, log appends, attempt ends, lost leases;
-//! * `views`: what the API shows (pipelines, jobs, runners, logs, gauges).
+//! * `views`: what the API shows (pipelines, jobs, runners, logs, gauges);
+//! * `archived_logs`: finished attempts' logs leaving the database for the archive.
 //!
 //! Fencing: an attempt accepts reports (log, finish) only while its row says `running`. A
 //! lost lease flips it to `lost` in a conditional update, after which nothing from it is
@@ -590,12 +591,12 @@ impl Coordinator {
         let mut archived = Vec::new();
         for r in rows {
             let digest: String = r.try_get("artifact_digest")?;
-            if let Ok(p) = artifacts.file_path(&digest) {
-                archived.push((r.try_get::<String, _>("name")?, p));
+            if let Ok(a) = artifacts.stored(&digest) {
+                archived.push((r.try_get::<String, _>("name")?, a));
             }
         }
         let files = dynamic::ArchiveFiles {
-            source: source.and_then(|d| sources.file_path(&d).ok()),
+            source: source.and_then(|d| sources.stored(&d).ok()),
             artifacts: archived,
         };
         let dynamic = dynamic.clone();
@@ -758,6 +759,7 @@ pub(super) async fn pipeline_status_tx(
 }
 
 mod access;
+mod archived_logs;
 mod attempts;
 mod cache;
 mod dynamic;
@@ -782,5 +784,6 @@ mod pipelines;
 mod views;
 
 pub use access::TokenInfo;
+pub use archived_logs::FinishedLog;
 pub use attempts::Candidate;
 pub use views::{Gauges, LogPart};
