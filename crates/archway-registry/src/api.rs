@@ -671,7 +671,10 @@ async fn get_blob(
         if linked {
             reg.storage.link_blob(name, digest).await?;
         }
-        reg.storage.touch_blob(digest).await?;
+        // Also the authoritative check: the size may come from a cache.
+        if !reg.storage.touch_blob(digest).await? {
+            return Err(ApiError::blob_unknown(digest));
+        }
         let mut r = empty(StatusCode::OK);
         set(&mut r, "content-length", &size.to_string());
         blob_headers(&mut r, digest);

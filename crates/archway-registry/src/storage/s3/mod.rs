@@ -105,6 +105,38 @@ pub struct S3Storage {
     location: S3Location,
     redirect: bool,
     budget: PartBudget,
+    /// Shared by clones.
+    records: Arc<RecordCache>,
+}
+
+/// How many blob records [`RecordCache`] keeps (about 200 bytes each).
+const RECORD_CACHE_ENTRIES: usize = 8192;
+
+/// Blob records read recently: a blob's size and where its content is. Content-addressed, so
+/// a record only changes when the collector removes the blob and a later push publishes it
+/// again under a new data key; a read that finds nothing under a cached key reads the record
+/// again (`S3Storage::read_data`), so a stale entry costs one request, never a wrong answer.
+/// Saves a GET per blob request (pulls of small blobs are round-trip bound).
+#[derive(Debug, Default)]
+struct RecordCache(std::sync::Mutex<std::collections::HashMap<Digest, (u64, String)>>);
+
+impl RecordCache {
+    fn get(&self, d: &Digest) -> Option<(u64, String)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(d).cloned()
+    }
+
+    fn put(&self, d: &Digest, size: u64, data: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= RECORD_CACHE_ENTRIES {
+            // Bounded memory, simply: start again.
+            map.clear();
+        }
+        map.insert(d.clone(), (size, data.to_owned()));
+    }
+
+    fn forget(&self, d: &Digest) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(d);
+    }
 }
 
 /// `blobs/<alg>/<hex>`: where a verified blob's content is.
@@ -232,6 +264,7 @@ impl S3Storage {
             location: config.location.clone(),
             redirect: config.redirect,
             budget: PartBudget::new(config.part_buffers),
+            records: Arc::default(),
         })
     }
 
@@ -274,8 +307,46 @@ impl S3Storage {
     async fn record(&self, d: &Digest) -> Result<Option<(BlobRecord, Meta)>> {
         let key = record_key(d);
         match self.objects.get(&key).await? {
-            Some((bytes, meta)) => Ok(Some((parse(&key, &bytes)?, meta))),
-            None => Ok(None),
+            Some((bytes, meta)) => {
+                let record: BlobRecord = parse(&key, &bytes)?;
+                self.records.put(d, record.size, &record.data);
+                Ok(Some((record, meta)))
+            }
+            None => {
+                self.records.forget(d);
+                Ok(None)
+            }
+        }
+    }
+
+    /// A blob's size and data key: from the cache, else its record.
+    async fn sized(&self, d: &Digest) -> Result<Option<(u64, String)>> {
+        if let Some(hit) = self.records.get(d) {
+            return Ok(Some(hit));
+        }
+        Ok(self.record(d).await?.map(|(r, _)| (r.size, r.data)))
+    }
+
+    /// Reads a blob's content with `read` from where its record says; when a cached data key
+    /// has nothing (the blob was collected, perhaps pushed again), reads the record afresh
+    /// and tries once more. `None`: the blob does not exist.
+    async fn read_data<T, F, Fut>(&self, d: &Digest, read: F) -> Result<Option<T>>
+    where
+        F: Fn(u64, String) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        let cached = self.records.get(d);
+        if let Some((size, data)) = cached.clone() {
+            if let Some(v) = read(size, data).await? {
+                return Ok(Some(v));
+            }
+            self.records.forget(d);
+        }
+        match self.record(d).await? {
+            Some((r, _)) if cached.as_ref().is_none_or(|(_, data)| *data != r.data) => {
+                read(r.size, r.data).await
+            }
+            _ => Ok(None),
         }
     }
 
@@ -501,33 +572,38 @@ impl S3Storage {
 #[async_trait]
 impl Storage for S3Storage {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        Ok(self.record(digest).await?.map(|(r, _)| r.size))
+        Ok(self.sized(digest).await?.map(|(size, _)| size))
     }
 
     async fn read_blob(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<BlobContent> {
-        let unknown = || StorageError::BlobUnknown(digest.clone());
-        let (record, _) = self.record(digest).await?.ok_or_else(unknown)?;
-        if range.is_none() && record.size <= READ_WHOLE {
-            let (bytes, _) = self.objects.get(&record.data).await?.ok_or_else(unknown)?;
-            return Ok(BlobContent::Bytes(bytes));
-        }
-        if record.size == 0 {
-            return Ok(BlobContent::Bytes(Bytes::new()));
-        }
-        let range = range.map(|(s, e)| s..e.min(record.size - 1) + 1);
-        let stream = self
-            .objects
-            .read_stream(&record.data, range)
-            .await?
-            .ok_or_else(unknown)?;
-        Ok(BlobContent::Stream(stream))
+        let objects = &self.objects;
+        let content = self
+            .read_data(digest, |size, data| async move {
+                if range.is_none() && size <= READ_WHOLE {
+                    return Ok(objects
+                        .get(&data)
+                        .await?
+                        .map(|(bytes, _)| BlobContent::Bytes(bytes)));
+                }
+                if size == 0 {
+                    return Ok(Some(BlobContent::Bytes(Bytes::new())));
+                }
+                let range = range.map(|(s, e)| s..e.min(size - 1) + 1);
+                Ok(objects
+                    .read_stream(&data, range)
+                    .await?
+                    .map(BlobContent::Stream))
+            })
+            .await?;
+        content.ok_or_else(|| StorageError::BlobUnknown(digest.clone()))
     }
 
     async fn read_blob_bytes(&self, digest: &Digest) -> Result<Option<Bytes>> {
-        let Some((record, _)) = self.record(digest).await? else {
-            return Ok(None);
-        };
-        Ok(self.objects.get(&record.data).await?.map(|(b, _)| b))
+        let objects = &self.objects;
+        self.read_data(digest, |_, data| async move {
+            Ok(objects.get(&data).await?.map(|(b, _)| b))
+        })
+        .await
     }
 
     async fn put_blob_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
@@ -581,6 +657,7 @@ impl Storage for S3Storage {
             return Ok(None);
         }
         // The record is gone, so nothing reaches the content any more.
+        self.records.forget(digest);
         self.objects.delete(&record.data).await?;
         Ok(Some(record.size))
     }
