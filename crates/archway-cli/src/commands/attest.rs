@@ -6,11 +6,10 @@
 //! arguments, the source commit), pushed the same way (`artifactType:
 //! application/vnd.in-toto+json`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
-use archway_attest::provenance::{BuildProvenance, DockerfileInput};
+use archway_attest::provenance::BuildProvenance;
 use archway_build::{ImageStore, RegistrySource, Store};
 use archway_client::{Client, Location};
 use archway_oci::{Descriptor, Platform, Reference, media_type};
@@ -124,17 +123,10 @@ pub async fn attach_sboms(
     Ok(targets.len())
 }
 
-/// What a build's provenance says besides its subject and platform.
+/// A build's provenance before it is split per platform: `build` says everything but the
+/// subject, platform and base images, which come from each platform's image and `bases`.
 pub struct ProvenanceInputs {
-    pub builder_id: String,
-    pub invocation_id: String,
-    pub started_on: u64,
-    pub finished_on: u64,
-    pub source: Option<String>,
-    pub source_digest: BTreeMap<String, String>,
-    pub dockerfile: Option<DockerfileInput>,
-    pub build_args: BTreeMap<String, String>,
-    pub target: Option<String>,
+    pub build: BuildProvenance,
     pub bases: Vec<archway_build::BaseImage>,
 }
 
@@ -154,7 +146,7 @@ pub async fn attach_provenance(
         let art = archway_attest::attach::provenance_referrer(
             desc,
             archway_attest::provenance::statement_json(&statement),
-            inputs.finished_on,
+            inputs.build.finished_on,
         );
         push_artifact(client, &repo, art)
             .await
@@ -172,19 +164,6 @@ fn provenance_for(
 ) -> BuildProvenance {
     BuildProvenance {
         subjects: vec![(name.to_owned(), desc.digest.clone())],
-        builder_id: inputs.builder_id.clone(),
-        builder_version: BTreeMap::from([(
-            "archway".to_owned(),
-            archway_attest::VERSION.to_owned(),
-        )]),
-        invocation_id: inputs.invocation_id.clone(),
-        started_on: inputs.started_on,
-        finished_on: inputs.finished_on,
-        source: inputs.source.clone(),
-        source_digest: inputs.source_digest.clone(),
-        dockerfile: inputs.dockerfile.clone(),
-        build_args: inputs.build_args.clone(),
-        target: inputs.target.clone(),
         platform: Some(platform.clone()),
         base_images: inputs
             .bases
@@ -196,5 +175,6 @@ fn provenance_for(
                 platform: Some(b.platform.clone()),
             })
             .collect(),
+        ..inputs.build.clone()
     }
 }

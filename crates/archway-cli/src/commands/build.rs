@@ -317,23 +317,32 @@ fn provenance_inputs(
         .map(|c| BTreeMap::from([("gitCommit".to_owned(), c)]))
         .unwrap_or_default();
     Ok(super::attest::ProvenanceInputs {
-        builder_id,
-        invocation_id,
-        started_on,
-        finished_on,
-        source,
-        source_digest,
-        dockerfile: Some(archway_attest::provenance::DockerfileInput {
-            // Relative to the context, so where the checkout lives does not matter.
-            path: dockerfile
-                .strip_prefix(context)
-                .unwrap_or(dockerfile)
-                .to_string_lossy()
-                .into_owned(),
-            digest: archway_oci::Digest::sha256(dockerfile_text.as_bytes()),
-        }),
-        build_args: req.build_args.clone(),
-        target: req.target.clone(),
+        build: archway_attest::provenance::BuildProvenance {
+            subjects: Vec::new(),
+            builder_id,
+            builder_version: BTreeMap::from([(
+                "archway".to_owned(),
+                archway_attest::VERSION.to_owned(),
+            )]),
+            invocation_id,
+            started_on,
+            finished_on,
+            source,
+            source_digest,
+            dockerfile: Some(archway_attest::provenance::DockerfileInput {
+                // Relative to the context, so where the checkout lives does not matter.
+                path: dockerfile
+                    .strip_prefix(context)
+                    .unwrap_or(dockerfile)
+                    .to_string_lossy()
+                    .into_owned(),
+                digest: archway_oci::Digest::sha256(dockerfile_text.as_bytes()),
+            }),
+            build_args: req.build_args.clone(),
+            target: req.target.clone(),
+            platform: None,
+            base_images: Vec::new(),
+        },
         bases: result.bases.clone(),
     })
 }

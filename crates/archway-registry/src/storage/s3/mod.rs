@@ -122,7 +122,11 @@ struct RecordCache(std::sync::Mutex<std::collections::HashMap<Digest, (u64, Stri
 
 impl RecordCache {
     fn get(&self, d: &Digest) -> Option<(u64, String)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(d).cloned()
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(d)
+            .cloned()
     }
 
     fn put(&self, d: &Digest, size: u64, data: &str) {
