@@ -52,9 +52,13 @@ for pair in amd64:x86_64-unknown-linux-musl arm64:aarch64-unknown-linux-musl; do
     step "building archway $version for linux/$arch ($triple)"
     cargo build --locked --profile dist --target "$triple" -p archway-cli --bin archway
     out="dist/archway-$version-linux-$arch"
-    cp "$target_dir/$triple/dist/archway" "$out"
     mkdir -p "dist/linux/$arch"
-    cp "$out" "dist/linux/$arch/archway"
+    # Replaced by rename, not overwritten: a running copy (a registry started from dist/)
+    # keeps its file.
+    for f in "$out" "dist/linux/$arch/archway"; do
+        cp "$target_dir/$triple/dist/archway" "$f.tmp"
+        mv -f "$f.tmp" "$f"
+    done
 done
 (cd dist && sha256sum "archway-$version-linux-amd64" "archway-$version-linux-arm64" > SHA256SUMS)
 step "dist/SHA256SUMS"
