@@ -6,7 +6,8 @@
 #   scripts/release.sh --image REF      ...then `archway build` the image for both platforms
 #                                       from Dockerfile.release and push it to REF as one index
 #   scripts/release.sh --check          ...then run the arm64 binary through qemu-user
-#                                       (version, a registry round trip)
+#                                       (version, a registry round trip) and build and run
+#                                       the image from them (scripts/image-smoke.sh)
 #
 # Reproducible: the same source gives the same bytes. Builds use `--locked`, a dedicated
 # `dist` profile (no debug info, symbols stripped), paths remapped to fixed prefixes
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --image) image="${2:?--image needs a reference, e.g. localhost:5000/archway:0.1.0}"; shift 2 ;;
         --check) check=true; shift ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "error: unknown argument '$1' (see scripts/release.sh --help)" >&2; exit 2 ;;
     esac
 done
@@ -68,6 +69,8 @@ if $check; then
     ensure_binfmt
     step "the arm64 binary under qemu-user: version and a registry round trip"
     scripts/smoke.sh dist/linux/arm64/archway linux/arm64
+    step "Archway's image from these binaries: both platforms in one index, each run"
+    scripts/image-smoke.sh dist/linux/amd64/archway dist
 fi
 
 if [ -n "$image" ]; then

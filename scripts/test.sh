@@ -53,4 +53,17 @@ cargo test --locked --target aarch64-unknown-linux-musl \
     -p archway-oci -p archway-pipeline -p archway-attest -p archway-devfile --lib
 cargo build --locked --target aarch64-unknown-linux-musl -p archway-cli --bin archway
 scripts/smoke.sh target/aarch64-unknown-linux-musl/debug/archway linux/arm64
+# Archway's own image, built by Archway from the two static binaries (Dockerfile.release).
+step "Archway's image for linux/amd64 and linux/arm64, built by archway build, each platform run"
+ensure_packages musl-tools
+if command -v rustup >/dev/null; then
+    rustup target add x86_64-unknown-linux-musl >/dev/null
+fi
+CC_x86_64_unknown_linux_musl=musl-gcc cargo build --locked --target x86_64-unknown-linux-musl -p archway-cli --bin archway
+image_dist=$(mktemp -d)
+mkdir -p "$image_dist/linux/amd64" "$image_dist/linux/arm64"
+cp target/x86_64-unknown-linux-musl/debug/archway "$image_dist/linux/amd64/"
+cp target/aarch64-unknown-linux-musl/debug/archway "$image_dist/linux/arm64/"
+scripts/image-smoke.sh target/debug/archway "$image_dist"
+rm -rf "$image_dist"
 step "all checks passed"
