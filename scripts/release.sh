@@ -9,7 +9,7 @@
 #                                       (version, a registry round trip) and build and run
 #                                       the image from them (scripts/image-smoke.sh)
 #
-# Reproducible: the same source gives the same bytes. Builds use `--locked`, a dedicated
+# Meant to be reproducible: the same source gives the same bytes. Builds use `--locked`, a dedicated
 # `dist` profile (no debug info, symbols stripped), paths remapped to fixed prefixes
 # (/archway for the source, /cargo for the registry, /target for the build directory) so
 # where the checkout lives does not reach the binary, and SOURCE_DATE_EPOCH from the last
