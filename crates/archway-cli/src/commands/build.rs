@@ -278,7 +278,7 @@ fn provenance_inputs(
     req: &BuildRequest,
     result: &archway_build::BuildResult,
     started: u64,
-) -> anyhow::Result<super::attest::ProvenanceInputs> {
+) -> super::attest::ProvenanceInputs {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     let epoch_set = env("SOURCE_DATE_EPOCH").is_some();
     let (started_on, finished_on) = if epoch_set {
@@ -293,18 +293,7 @@ fn provenance_inputs(
         .or_else(|| env("CI_JOB_ID"))
         .unwrap_or_else(|| result.tag.clone());
     // The source: the CI job's project and commit, else the context's git checkout.
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(context)
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .filter(|s| !s.is_empty())
-    };
+    let git = |args: &[&str]| super::remote::git(context, args).filter(|s| !s.is_empty());
     let commit = env("CI_COMMIT_SHA").or_else(|| git(&["rev-parse", "HEAD"]));
     let origin = env("CI_PROJECT_URL").or_else(|| git(&["remote", "get-url", "origin"]));
     let source = commit.as_ref().map(|c| {
@@ -316,7 +305,7 @@ fn provenance_inputs(
         .filter(|c| c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(|c| BTreeMap::from([("gitCommit".to_owned(), c)]))
         .unwrap_or_default();
-    Ok(super::attest::ProvenanceInputs {
+    super::attest::ProvenanceInputs {
         build: archway_attest::provenance::BuildProvenance {
             subjects: Vec::new(),
             builder_id,
@@ -344,7 +333,7 @@ fn provenance_inputs(
             base_images: Vec::new(),
         },
         bases: result.bases.clone(),
-    })
+    }
 }
 
 fn source_date_epoch() -> anyhow::Result<u64> {
@@ -624,7 +613,7 @@ pub fn run(a: BuildArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let provenance = provenance_inputs(&context, &dockerfile_path, &text, &req, &result, started)?;
+    let provenance = provenance_inputs(&context, &dockerfile_path, &text, &req, &result, started);
 
     // Deliver.
     let source = Location::Layout {

@@ -658,7 +658,7 @@ fn print_job(j: &JobView) {
 
 // --- pipeline run ----------------------------------------------------------------------------
 
-fn git(root: &Path, args: &[&str]) -> Option<String> {
+pub(crate) fn git(root: &Path, args: &[&str]) -> Option<String> {
     let out = Command::new("git")
         .arg("-C")
         .arg(root)
